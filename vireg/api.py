@@ -1,0 +1,237 @@
+"""The Python API: ``fit(config) -> FitResult``. The CLI is a thin layer over this module."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vireg.config import Config, config_from_dict, load_config
+from vireg.errors import InputError
+
+Z95 = 1.6448536269514722  # standard normal 95% quantile
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Posterior summaries of q on the natural scale, one entry per parameter."""
+
+    names: list[str]
+    mean: np.ndarray
+    sd: np.ndarray
+    q5: np.ndarray
+    q50: np.ndarray
+    q95: np.ndarray
+
+
+@dataclass
+class FitResult:
+    """Everything a fit produced; ``export.write_results`` turns it into files."""
+
+    config: Config
+    param_names: list[str]
+    summary: Summary
+    theta_mean: np.ndarray  # mean of q over theta = (alpha, beta, log sigma)
+    theta_cov: np.ndarray  # covariance of q over theta
+    variational: dict
+    affine: dict
+    steps: int
+    converged: bool
+    reason: str
+    elbo_trace: np.ndarray
+    elbo: float
+    elbo_se: float
+    compile_seconds: float
+    fit_seconds: float
+    threads: int
+    n_rows: int
+    draws: np.ndarray = field(repr=False)
+    extras: dict = field(default_factory=dict)
+
+    def summary_rows(self) -> list[dict]:
+        s = self.summary
+        return [{"parameter": n, "mean": float(s.mean[i]), "sd": float(s.sd[i]),
+                 "q5": float(s.q5[i]), "q50": float(s.q50[i]), "q95": float(s.q95[i])}
+                for i, n in enumerate(s.names)]
+
+
+@dataclass(frozen=True)
+class Started:
+    """The fit has compiled its kernels and starts optimising."""
+
+    n_rows: int
+    n_params: int
+    compile_seconds: float
+    threads: int
+    max_steps: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: FitResult
+
+
+def _as_config(config: Config | dict | str | Path, overrides: list[str] | None) -> Config:
+    if isinstance(config, Config):
+        if overrides:
+            raise InputError("overrides need a config path or dict, not a Config object")
+        return config
+    if isinstance(config, dict):
+        return config_from_dict(config, overrides=overrides)
+    return load_config(config, overrides)
+
+
+def build_model(cfg: Config):
+    """Read the data and priors of a config into a ``Model`` (kernels are compiled lazily)."""
+    from vireg.data import build_design, read_table
+    from vireg.models.model import Model, resolve_priors
+
+    table = read_table(cfg.resolve_path(cfg.data.path))
+    design = build_design(table, cfg.data.response, cfg.data.covariates)
+    priors = resolve_priors(cfg.model.prior, cfg.model.family, cfg.model.intercept,
+                            design.covariates)
+    model = Model(design, cfg.model.family, cfg.model.intercept, priors)
+    _check_identifiable(model)
+    return model
+
+
+def _check_identifiable(model) -> None:
+    n_flat = sum(1 for p in model.priors if not p.is_proper and p.name != "sigma_flat")
+    if model.n_rows <= n_flat:
+        raise InputError(f"{model.n_rows} rows cannot identify {n_flat} parameters with flat priors: "
+                         "give them proper priors (e.g. coefficients: 'normal(0, 10)') or more rows")
+    if model.family == "bernoulli" and model.intercept and not model.priors[0].is_proper:
+        y = model.design.y
+        if y.min() == y.max():
+            raise InputError(f"response '{model.design.response}' is always {y[0]:g}: with a flat "
+                             "intercept prior the posterior is improper; give the intercept a "
+                             "proper prior such as 'normal(0, 2.5)'")
+
+
+def _thread_count(requested: int | None) -> int:
+    import numba
+
+    available = numba.config.NUMBA_NUM_THREADS
+    if requested is None:
+        return available
+    if requested > available:
+        raise InputError(f"{requested} threads requested but Numba can use at most {available} "
+                         "here: lower --threads (or set NUMBA_NUM_THREADS before starting)")
+    return requested
+
+
+def natural_summary(model, mean_u: np.ndarray, cov_u: np.ndarray) -> tuple[Summary, np.ndarray,
+                                                                             np.ndarray]:
+    """Exact summaries of q pushed to the natural scale.
+
+    theta = T u + c is Gaussian with mean T m + c and covariance T Sigma T^T; the intercept and
+    coefficients are reported as those normal marginals, sigma = exp(tau) as a log-normal.
+    """
+    mean_t = model.T @ mean_u + model.c
+    cov_t = model.T @ cov_u @ model.T.T
+    sd_t = np.sqrt(np.diag(cov_t))
+    mean, sd = mean_t.copy(), sd_t.copy()
+    q5, q50, q95 = mean_t - Z95 * sd_t, mean_t.copy(), mean_t + Z95 * sd_t
+    if model.has_scale:
+        mu, v = mean_t[-1], cov_t[-1, -1]
+        mean[-1] = math.exp(mu + 0.5 * v)
+        sd[-1] = mean[-1] * math.sqrt(math.expm1(v))
+        q5[-1], q50[-1], q95[-1] = (math.exp(mu - Z95 * sd_t[-1]), math.exp(mu),
+                                    math.exp(mu + Z95 * sd_t[-1]))
+    return Summary(model.param_names, mean, sd, q5, q50, q95), mean_t, cov_t
+
+
+def draw_natural(model, mean_u: np.ndarray, cov_u: np.ndarray, n: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """n draws from q on the natural scale (sigma, not log sigma), one row per draw."""
+    if n == 0:
+        return np.empty((0, model.n_params))
+    chol = np.linalg.cholesky(cov_u)
+    u = mean_u + rng.standard_normal((n, model.n_params)) @ chol.T
+    theta = model.to_theta(u)
+    if model.has_scale:
+        theta[:, -1] = np.exp(theta[:, -1])
+    return theta
+
+
+def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = None
+             ) -> Iterator[object]:
+    """Fit a config, yielding ``Started``, then ``engine.Progress`` events, then ``Finished``."""
+    cfg = _as_config(config, overrides)
+    model = build_model(cfg)
+    threads = _thread_count(cfg.runtime.threads)
+
+    import numba
+
+    from vireg import engine
+    from vireg.families import make_family
+
+    family = make_family(cfg.inference.family, model.n_params)
+    opt_seq, draw_seq = np.random.SeedSequence(cfg.inference.seed).spawn(2)
+    saved_threads = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        t0 = time.perf_counter()
+        # Compiles the data kernel (or loads it from Numba's cache) on a one-row slice.
+        model._kernel(model.Z[:1], model.y[:1], np.zeros((1, model.n_params)), model.intercept,
+                      model.chunk_rows)
+        compile_seconds = time.perf_counter() - t0
+        yield Started(model.n_rows, model.n_params, compile_seconds, threads,
+                      cfg.inference.max_steps)
+
+        t0 = time.perf_counter()
+        outcome = None
+        for event in engine.optimise(model, family, cfg.inference, np.random.default_rng(opt_seq)):
+            if isinstance(event, engine.Outcome):
+                outcome = event
+            else:
+                yield event
+        draw_rng = np.random.default_rng(draw_seq)
+        elbo, elbo_se = engine.estimate_elbo(model, family, outcome.phi, draw_rng)
+        fit_seconds = time.perf_counter() - t0
+    finally:
+        numba.set_num_threads(saved_threads)
+
+    mean_u, cov_u = family.mean_cov(outcome.phi)
+    summary, mean_t, cov_t = natural_summary(model, mean_u, cov_u)
+    draws = draw_natural(model, mean_u, cov_u, cfg.output.draws, draw_rng)
+    result = FitResult(
+        config=cfg, param_names=model.param_names, summary=summary, theta_mean=mean_t,
+        theta_cov=cov_t,
+        variational={"family": family.name, "space": "standardised (u)",
+                     **family.to_dict(outcome.phi)},
+        affine={"T": model.T.tolist(), "c": model.c.tolist()},
+        steps=outcome.steps, converged=outcome.converged, reason=outcome.reason,
+        elbo_trace=outcome.elbo_trace, elbo=elbo, elbo_se=elbo_se,
+        compile_seconds=compile_seconds, fit_seconds=fit_seconds, threads=threads,
+        n_rows=model.n_rows, draws=draws,
+        extras={"levels": outcome.levels, "backoffs": outcome.backoffs,
+                "last_distance": outcome.last_distance},
+    )
+    yield Finished(result)
+
+
+def fit(config: Config | dict | str | Path, overrides: list[str] | None = None) -> FitResult:
+    """Fit the model a config describes and return its variational posterior.
+
+    ``config`` is a ``Config``, a dict with the YAML structure, or the path of a YAML file;
+    ``overrides`` are ``key.path=value`` strings as for ``vireg fit --set``.
+    """
+    for event in iter_fit(config, overrides):
+        if isinstance(event, Finished):
+            return event.result
+    raise AssertionError("iter_fit ended without a result")
+
+
+def versions() -> dict[str, str]:
+    import numba
+
+    import vireg
+
+    return {"vireg": vireg.__version__, "python": platform.python_version(),
+            "numpy": np.__version__, "numba": numba.__version__}

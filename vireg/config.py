@@ -1,0 +1,288 @@
+"""The config schema, YAML loading, dotted ``--set`` overrides and validation.
+
+A config is four sections (``data``, ``model``, ``inference``, ``output``) plus an optional
+``runtime``. Every key is checked against the schema below: an unknown key is an error that names
+its full path and suggests the nearest valid key, a value of the wrong type names the expected type.
+Paths inside a config file are relative to the folder of that file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vireg.errors import InputError
+
+FAMILY_ALIASES = {"gaussian": "gaussian", "linear": "gaussian", "bernoulli": "bernoulli",
+                  "logistic": "bernoulli"}
+VARIATIONAL_FAMILIES = ("meanfield",)
+ESTIMATORS = ("reparam", "stl")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str
+    response: str
+    covariates: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    intercept: str = "flat"
+    coefficients: str = "flat"
+    sigma: str = "flat"
+    overrides: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str
+    intercept: bool = True
+    prior: PriorConfig = field(default_factory=PriorConfig)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    family: str = "meanfield"
+    estimator: str = "reparam"
+    samples: int = 8
+    max_steps: int = 20000
+    learning_rate: float = 0.05
+    init_scale: float = 0.1
+    tolerance: float = 0.02
+    window: int = 100
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str | None = None
+    draws: int = 1000
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig
+    model: ModelConfig
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    base_dir: str = "."
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (what ``fit.json`` records)."""
+        out = asdict(self)
+        out.pop("base_dir")
+        return out
+
+    def resolve_path(self, path: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+# --- schema -------------------------------------------------------------------------------------
+# Each leaf is (expected type(s), required). The defaults live in the dataclasses above.
+_REQUIRED = object()
+
+SCHEMA: dict[str, Any] = {
+    "data": {"path": (str, True), "response": (str, True), "covariates": ((list, type(None)), False)},
+    "model": {
+        "family": (str, True),
+        "intercept": (bool, False),
+        "prior": {"intercept": (str, False), "coefficients": (str, False), "sigma": (str, False),
+                  "overrides": (dict, False)},
+    },
+    "inference": {
+        "family": (str, False), "estimator": (str, False), "samples": (int, False),
+        "max_steps": (int, False), "learning_rate": (float, False), "init_scale": (float, False),
+        "tolerance": (float, False), "window": (int, False), "seed": (int, False),
+    },
+    "output": {"dir": ((str, type(None)), False), "draws": (int, False)},
+    "runtime": {"threads": ((int, type(None)), False)},
+}
+_REQUIRED_SECTIONS = ("data", "model")
+
+
+def _type_name(t: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a mapping", type(None): "null"}
+    ts = t if isinstance(t, tuple) else (t,)
+    return " or ".join(names[x] for x in ts)
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return "valid keys: " + ", ".join(valid)
+
+
+def _check_type(path: str, value: Any, expected: Any) -> Any:
+    ts = expected if isinstance(expected, tuple) else (expected,)
+    # bool is a subclass of int in Python; a YAML `true` is never a valid count or rate.
+    if isinstance(value, bool) and bool not in ts:
+        raise InputError(f"config key '{path}' must be {_type_name(expected)}, got {value!r}")
+    if float in ts and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, ts):
+        raise InputError(f"config key '{path}' must be {_type_name(expected)}, got {value!r}")
+    return value
+
+
+def _validate(raw: Any, schema: dict[str, Any], prefix: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        where = f"section '{prefix}'" if prefix else "the config"
+        raise InputError(f"{where} must be a mapping of keys to values, got {raw!r}")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in schema:
+            raise InputError(f"unknown config key '{path}': {_suggest(str(key), list(schema))}")
+        spec = schema[key]
+        if isinstance(spec, dict):
+            out[key] = _validate({} if value is None else value, spec, path)
+        else:
+            out[key] = _check_type(path, value, spec[0])
+    for key, spec in schema.items():
+        if not isinstance(spec, dict) and spec[1] and key not in out:
+            path = f"{prefix}.{key}" if prefix else key
+            raise InputError(f"config key '{path}' is required: add it to the config")
+    return out
+
+
+def _check_values(d: dict[str, Any]) -> None:
+    """Checks that go beyond types: allowed names, positive counts and rates."""
+    fam = d["model"]["family"]
+    if fam not in FAMILY_ALIASES:
+        raise InputError(f"model.family '{fam}' is not known: use one of gaussian (alias linear) or "
+                         f"bernoulli (alias logistic); {_suggest(fam, list(FAMILY_ALIASES))}")
+    inf = d.get("inference", {})
+    vf = inf.get("family", "meanfield")
+    if vf not in VARIATIONAL_FAMILIES:
+        raise InputError(f"inference.family '{vf}' is not available: use one of "
+                         f"{', '.join(VARIATIONAL_FAMILIES)}")
+    est = inf.get("estimator", "reparam")
+    if est not in ESTIMATORS:
+        raise InputError(f"inference.estimator '{est}' is not known: use one of {', '.join(ESTIMATORS)}")
+    positive = {"samples": 1, "max_steps": 1, "window": 10}
+    for key, lo in positive.items():
+        if key in inf and inf[key] < lo:
+            raise InputError(f"inference.{key} must be at least {lo}, got {inf[key]}")
+    for key in ("learning_rate", "init_scale", "tolerance"):
+        if key in inf and not inf[key] > 0:
+            raise InputError(f"inference.{key} must be a positive number, got {inf[key]}")
+    if inf.get("seed", 0) < 0:
+        raise InputError(f"inference.seed must be a non-negative integer, got {inf['seed']}")
+    out = d.get("output", {})
+    if out.get("draws", 0) < 0:
+        raise InputError(f"output.draws must be zero or more, got {out['draws']}")
+    threads = d.get("runtime", {}).get("threads")
+    if threads is not None and threads < 1:
+        raise InputError(f"runtime.threads must be at least 1, got {threads}")
+    covs = d["data"].get("covariates")
+    if covs is not None:
+        if not all(isinstance(c, str) for c in covs):
+            raise InputError("data.covariates must be a list of column names (strings)")
+        if len(set(covs)) != len(covs):
+            dup = next(c for c in covs if covs.count(c) > 1)
+            raise InputError(f"data.covariates lists '{dup}' twice: list each column once")
+    overrides = d["model"].get("prior", {}).get("overrides", {})
+    for name, value in overrides.items():
+        if not isinstance(value, str):
+            raise InputError(f"model.prior.overrides.{name} must be a prior string such as "
+                             f"'normal(0, 1)', got {value!r}")
+
+
+def parse_overrides(items: list[str]) -> list[tuple[list[str], Any]]:
+    """Parse ``key.path=value`` strings; the value is read as YAML (so 0.1 is a number)."""
+    parsed = []
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"--set '{item}' must look like key.path=value, e.g. inference.seed=3")
+        key, _, text = item.partition("=")
+        keys = [k for k in key.strip().split(".")]
+        if not all(keys):
+            raise InputError(f"--set '{item}': the key path '{key}' has an empty part")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        parsed.append((keys, value))
+    return parsed
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]]) -> None:
+    for keys, value in overrides:
+        node = raw
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+
+
+def config_from_dict(raw: Any, base_dir: str | Path = ".",
+                     overrides: list[str] | None = None) -> Config:
+    """Validate a config given as plain data (e.g. from ``yaml.safe_load``) and fill defaults."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError("the config must be a YAML mapping with sections data, model, inference, output")
+    raw = _deepcopy(raw)
+    _apply_overrides(raw, parse_overrides(overrides or []))
+    d = _validate(raw, SCHEMA, "")
+    for section in _REQUIRED_SECTIONS:
+        if section not in d:
+            raise InputError(f"config section '{section}' is missing: add it (see configs/ for examples)")
+    _check_values(d)
+    model = dict(d["model"])
+    model["family"] = FAMILY_ALIASES[model["family"]]
+    model["prior"] = PriorConfig(**model.get("prior", {}))
+    return Config(
+        data=DataConfig(**d["data"]),
+        model=ModelConfig(**model),
+        inference=InferenceConfig(**d.get("inference", {})),
+        output=OutputConfig(**d.get("output", {})),
+        runtime=RuntimeConfig(**d.get("runtime", {})),
+        base_dir=str(base_dir),
+    )
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file (with ``yaml.safe_load``) and validate it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"config file '{path}' not found: check the path") from None
+    except IsADirectoryError:
+        raise InputError(f"config '{path}' is a directory: give the path of a YAML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read config '{path}': {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise InputError(f"config '{path}' is not valid YAML{where}: {problem}") from None
+    return config_from_dict(raw, base_dir=path.resolve().parent, overrides=overrides)
+
+
+def _deepcopy(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _deepcopy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_deepcopy(v) for v in x]
+    return x

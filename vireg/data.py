@@ -1,0 +1,147 @@
+"""Reading tables and building the design: response vector and covariate matrix, checked.
+
+The reader keeps every cell as text until a column is needed, so an error can name the column and
+the first offending row. Only the response and the chosen covariates are converted to numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vireg.errors import InputError
+
+MISSING_TOKENS = frozenset({"", "na", "nan", "null", "none", "n/a", "."})
+
+
+@dataclass(frozen=True)
+class Table:
+    """Columns of text cells by name, in file order; ``source`` names the file for messages."""
+
+    columns: dict[str, list[str]]
+    n_rows: int
+    source: str
+
+
+@dataclass(frozen=True)
+class Design:
+    """Response and covariates as float64 arrays, with the names the user gave them."""
+
+    y: np.ndarray
+    X: np.ndarray  # (N, D), C-contiguous
+    response: str
+    covariates: list[str]
+
+
+def read_table(path: Path) -> Table:
+    """Read a CSV (or, with pyarrow installed, a Parquet) file into text columns."""
+    if not path.exists():
+        raise InputError(f"data file '{path}' not found: check data.path (relative to the config file)")
+    if path.is_dir():
+        raise InputError(f"data.path '{path}' is a directory: give the path of a CSV or Parquet file")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return _read_parquet(path)
+    return _read_csv(path)
+
+
+def _read_csv(path: Path) -> Table:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError:
+        raise InputError(f"data file '{path}' is not a UTF-8 text CSV file") from None
+    except (OSError, csv.Error) as exc:
+        raise InputError(f"cannot read data file '{path}': {exc}") from None
+    if not rows:
+        raise InputError(f"data file '{path}' is empty: it needs a header row and data rows")
+    header = [h.strip() for h in rows[0]]
+    body = [r for r in rows[1:] if r and any(c.strip() for c in r)]
+    if not body:
+        raise InputError(f"data file '{path}' has a header but no data rows")
+    seen = set()
+    for name in header:
+        if name in seen:
+            raise InputError(f"data file '{path}' has two columns named '{name}': rename one")
+        seen.add(name)
+    for i, row in enumerate(body):
+        if len(row) != len(header):
+            raise InputError(f"data file '{path}' row {i + 1} has {len(row)} fields but the header "
+                             f"has {len(header)}: fix that row")
+    columns = {name: [row[j] for row in body] for j, name in enumerate(header)}
+    return Table(columns=columns, n_rows=len(body), source=str(path))
+
+
+def _read_parquet(path: Path) -> Table:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError("reading Parquet needs pyarrow: pip install 'vireg[parquet]', or convert "
+                         "the file to CSV") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises many types for unreadable files
+        raise InputError(f"cannot read Parquet file '{path}': {exc}") from None
+    columns = {name: ["" if v is None else str(v) for v in table.column(name).to_pylist()]
+               for name in table.column_names}
+    if table.num_rows == 0:
+        raise InputError(f"data file '{path}' has no rows")
+    return Table(columns=columns, n_rows=table.num_rows, source=str(path))
+
+
+def numeric_column(table: Table, name: str) -> np.ndarray:
+    """Convert a text column to float64, naming the first bad or missing cell if there is one."""
+    cells = table.columns[name]
+    try:
+        values = np.array(cells, dtype=np.float64)
+    except ValueError:
+        values = None
+    if values is not None and np.isfinite(values).all():
+        return values
+    n_missing = sum(1 for c in cells if c.strip().lower() in MISSING_TOKENS)
+    if n_missing:
+        first = next(i for i, c in enumerate(cells) if c.strip().lower() in MISSING_TOKENS)
+        raise InputError(f"column '{name}' has {n_missing} missing value(s) (first at data row "
+                         f"{first + 1}): remove or impute those rows")
+    for i, c in enumerate(cells):
+        try:
+            v = float(c)
+        except ValueError:
+            raise InputError(f"column '{name}' has a non-numeric value '{c.strip()}' at data row "
+                             f"{i + 1}: vireg needs numbers (encode categories as 0/1 columns)") from None
+        if not math.isfinite(v):
+            raise InputError(f"column '{name}' has an infinite value '{c.strip()}' at data row "
+                             f"{i + 1}: remove or fix that row")
+    raise AssertionError("unreachable: a column failed to convert but no bad cell was found")
+
+
+def build_design(table: Table, response: str, covariates: list[str] | None) -> Design:
+    """Select and convert the response and covariate columns."""
+    names = list(table.columns)
+
+    def missing_column(col: str, key: str) -> InputError:
+        import difflib
+        close = difflib.get_close_matches(col, names, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return InputError(f"{key} '{col}' is not a column of '{table.source}': {hint}"
+                          f"columns are {', '.join(names)}")
+
+    if response not in table.columns:
+        raise missing_column(response, "data.response")
+    if covariates is None:
+        covariates = [n for n in names if n != response]
+    for c in covariates:
+        if c not in table.columns:
+            raise missing_column(c, "data.covariates entry")
+        if c == response:
+            raise InputError(f"data.covariates lists the response '{response}': remove it")
+    y = numeric_column(table, response)
+    if covariates:
+        X = np.column_stack([numeric_column(table, c) for c in covariates])
+    else:
+        X = np.empty((table.n_rows, 0))
+    return Design(y=y, X=np.ascontiguousarray(X, dtype=np.float64), response=response,
+                  covariates=list(covariates))

@@ -1,0 +1,207 @@
+"""The optimisation loop as a generator of events, and the rule that decides it has converged.
+
+Stopping rule (after Dhaka et al. 2020 and Welandawe et al. 2022): the per-step ELBO is a noisy
+Monte Carlo estimate, so a relative-change test on it fires too early or never. Instead:
+
+1. Run Adam in windows of ``window`` steps. For each window keep the mean ELBO, its Monte Carlo
+   standard error (batch means over 10 sub-batches, which allows for autocorrelation) and the
+   average of the iterates phi over the window.
+2. A step-size level is *stationary* once a window's mean ELBO is not significantly above the
+   previous window's (difference below two standard errors of the difference). The level's
+   estimate is then the iterate average of those two windows (Polyak-Ruppert averaging).
+3. Compare that estimate with the previous level's, in posterior-sd units (the family's
+   ``distance``: the largest change of a mean in sds of q, or of a log sd). Below ``tolerance``
+   the fit has converged and the level's average is the answer. Otherwise shrink the step size
+   and start a new level.
+
+The optimiser moves phi in preconditioned coordinates: the mean block m is replaced by
+m' = R^-1 m with R from ``model.location_preconditioner`` (R^T H R ~ I for the curvature H of the
+log joint), so Adam's per-coordinate steps are not slowed by correlated coefficients. This changes
+only the path, not the fixed point: q's family and the ELBO are those stated.
+
+A step whose ELBO or gradient is not finite is undone: the parameters go back to the last good
+window, the step size shrinks tenfold and Adam's moments are reset. Too many of those in a row
+stop the fit with a ``FitError`` (no results are written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from vireg.errors import FitError
+from vireg.optim import Adam
+
+LR_DECAY = 0.5
+NAN_BACKOFF = 0.1
+MAX_CONSECUTIVE_BACKOFFS = 8
+N_BATCHES = 10
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One optimisation step; ``elbo_smooth`` is an exponential moving average for display."""
+
+    step: int
+    elbo: float
+    elbo_smooth: float
+    max_steps: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the optimisation ended: the final variational parameters and why it stopped."""
+
+    phi: np.ndarray
+    steps: int
+    converged: bool
+    reason: str
+    elbo_trace: np.ndarray  # (steps,) ELBO of each step, NaN where a step was undone
+    last_distance: float | None
+    levels: int
+    backoffs: int
+
+
+def _window_stats(values: np.ndarray) -> tuple[float, float]:
+    """Mean and batch-means standard error of a window of ELBO values."""
+    batches = np.array([b.mean() for b in np.array_split(values, N_BATCHES)])
+    return float(values.mean()), float(batches.std(ddof=1) / np.sqrt(N_BATCHES))
+
+
+def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress | Outcome]:
+    """Maximise the ELBO; yields a ``Progress`` per step and finally one ``Outcome``."""
+    S, P, W = icfg.samples, model.n_params, icfg.window
+    to_x, to_phi, grad_x = _preconditioned_coordinates(model, family)
+    phi = family.init(icfg.init_scale)
+    x = to_x(phi)
+    adam = Adam(family.size, icfg.learning_rate)
+    elbo_const = model.log_det_T
+    trace = np.full(icfg.max_steps, np.nan)
+
+    win_elbo = np.empty(W)
+    win_phi = np.zeros(family.size)
+    k = 0
+    prev_window: tuple[float, float, np.ndarray] | None = None
+    level_estimate: np.ndarray | None = None
+    last_distance: float | None = None
+    levels, backoffs, failures = 0, 0, 0
+    snapshot = x.copy()
+    smooth = np.nan
+    converged, reason, final_phi = False, "", None
+
+    step = 0
+    for step in range(1, icfg.max_steps + 1):
+        eps = rng.standard_normal((S, P))
+        U = family.sample(phi, eps)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            logp, g = model.log_joint_grad(U)
+            elbo, grad = family.elbo_grad(phi, eps, logp, g, icfg.estimator)
+        if not (np.isfinite(elbo) and np.all(np.isfinite(grad))):
+            backoffs += 1
+            failures += 1
+            if failures > MAX_CONSECUTIVE_BACKOFFS:
+                raise FitError(
+                    f"the ELBO became non-finite at step {step} even after shrinking the step size "
+                    f"{failures - 1} times: the posterior may be improper (e.g. a flat prior with "
+                    "separated classes or too few rows); use proper priors such as "
+                    "'normal(0, 10)' or a smaller inference.learning_rate")
+            x = snapshot.copy()
+            phi = to_phi(x)
+            adam.lr *= NAN_BACKOFF
+            adam.reset()
+            k, win_phi[:] = 0, 0.0
+            prev_window = None
+            continue
+        elbo += elbo_const
+        trace[step - 1] = elbo
+        smooth = elbo if np.isnan(smooth) else 0.95 * smooth + 0.05 * elbo
+        x = adam.step(x, grad_x(grad))
+        phi = to_phi(x)
+        win_elbo[k] = elbo
+        win_phi += phi
+        k += 1
+        yield Progress(step, elbo, smooth, icfg.max_steps)
+        if k < W:
+            continue
+
+        # End of a window.
+        mean, se = _window_stats(win_elbo)
+        avg = win_phi / W
+        k, win_phi = 0, np.zeros(family.size)
+        failures = 0
+        snapshot = x.copy()
+        if prev_window is not None:
+            p_mean, p_se, p_avg = prev_window
+            if mean - p_mean <= 2.0 * np.hypot(se, p_se):
+                estimate = 0.5 * (avg + p_avg)
+                levels += 1
+                if level_estimate is not None:
+                    last_distance = family.distance(estimate, level_estimate)
+                    if last_distance < icfg.tolerance:
+                        converged, final_phi = True, estimate
+                        reason = (f"converged: iterate averages at successive step sizes agree to "
+                                  f"{last_distance:.3g} posterior sd (tolerance {icfg.tolerance:g})")
+                        break
+                level_estimate = estimate
+                adam.lr *= LR_DECAY
+                prev_window = None
+                continue
+        prev_window = (mean, se, avg)
+
+    if not converged:
+        if prev_window is not None:
+            final_phi = prev_window[2]
+        elif level_estimate is not None:
+            final_phi = level_estimate
+        else:
+            final_phi = phi
+        if last_distance is None:
+            by = "no stationary phase was reached"
+        else:
+            by = (f"the last change between averaged iterates was {last_distance:.3g} posterior sd "
+                  f"(tolerance {icfg.tolerance:g})")
+        reason = (f"did not converge: reached max_steps={icfg.max_steps}; {by}; raise "
+                  "inference.max_steps")
+    yield Outcome(phi=final_phi, steps=step, converged=converged, reason=reason,
+                  elbo_trace=trace[:step].copy(), last_distance=last_distance, levels=levels,
+                  backoffs=backoffs)
+
+
+def _preconditioned_coordinates(model, family):
+    """Maps phi -> x (Adam's coordinates), x -> phi, and grad_phi -> grad_x."""
+    sl, P, k = family.mean_slice, model.n_params, model.n_location
+    R = np.eye(P)
+    R[:k, :k] = model.location_preconditioner()
+    R_inv = np.linalg.inv(R)
+
+    def to_x(phi):
+        x = phi.copy()
+        x[sl] = R_inv @ phi[sl]
+        return x
+
+    def to_phi(x):
+        phi = x.copy()
+        phi[sl] = R @ x[sl]
+        return phi
+
+    def grad_x(grad):
+        g = grad.copy()
+        g[sl] = R.T @ grad[sl]
+        return g
+
+    return to_x, to_phi, grad_x
+
+
+def estimate_elbo(model, family, phi: np.ndarray, rng: np.random.Generator, n_draws: int = 256,
+                  batch: int = 32) -> tuple[float, float]:
+    """ELBO of q(phi) for the model as stated, from ``n_draws`` fresh draws: (mean, standard error)."""
+    values = []
+    for start in range(0, n_draws, batch):
+        eps = rng.standard_normal((min(batch, n_draws - start), model.n_params))
+        logp, _ = model.log_joint_grad(family.sample(phi, eps))
+        values.append(logp)
+    logp = np.concatenate(values)
+    elbo = float(logp.mean()) + family.entropy(phi) + model.log_det_T
+    return elbo, float(logp.std(ddof=1) / np.sqrt(logp.size))

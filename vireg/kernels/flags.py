@@ -1,0 +1,22 @@
+"""Compiler flags for every kernel, in one place.
+
+``FASTMATH`` is the safe subset: it lets LLVM reassociate and contract the reductions (so dot
+products vectorise) and use fast approximations of transcendental functions, but keeps the IEEE
+handling of NaN and infinity ("nnan"/"ninf" are left out), so divergence is still detected.
+Reassociation is deterministic for a given binary and loop shape, so results stay identical at any
+thread count: the thread count never changes which rows a chunk holds or the order of the reduction.
+"""
+
+FASTMATH = set({"nsz", "arcp", "contract", "afn", "reassoc"})
+JIT_OPTIONS = {"cache": True, "fastmath": FASTMATH, "nogil": True}
+TARGET_CHUNK_BYTES = 256 * 1024
+
+
+def chunk_rows_for(n_rows: int, n_cols: int) -> int:
+    """Rows per parallel chunk, fixed by the data shape alone (never by the thread count).
+
+    About 256 KiB of X per chunk: large enough to amortise the per-chunk partials, small enough to
+    give both cores work on moderate data.
+    """
+    rows = TARGET_CHUNK_BYTES // (8 * max(n_cols, 1))
+    return int(min(max(rows, 256), 2048))

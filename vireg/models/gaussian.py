@@ -1,0 +1,30 @@
+"""Gaussian likelihood with unknown noise scale: y_i ~ N(alpha + x_i . beta, sigma^2).
+
+Fitted in tau = log sigma. Per row: l = -0.5 log 2pi - tau - 0.5 (y - eta)^2 exp(-2 tau);
+dl/deta = (y - eta) exp(-2 tau); dl/dtau = -1 + (y - eta)^2 exp(-2 tau).
+"""
+
+import numpy as np
+
+from vireg.errors import InputError
+
+HAS_SCALE = True
+
+
+def check_response(y: np.ndarray, name: str) -> None:
+    if np.ptp(y) == 0:
+        raise InputError(f"response '{name}' is constant ({y[0]:g}): a gaussian model needs a "
+                         "response that varies")
+
+
+def response_scaling(y: np.ndarray, intercept: bool) -> tuple[float, float]:
+    """(centre, scale) of y for the internal standardisation; centring needs an intercept."""
+    centre = float(y.mean()) if intercept else 0.0
+    scale = float(np.sqrt(np.mean((y - centre) ** 2)))
+    return centre, scale if scale > 0 else 1.0
+
+
+def loglik_grad_kernel():
+    from vireg.kernels.likelihood import gaussian_loglik_grad
+
+    return gaussian_loglik_grad

@@ -1,0 +1,182 @@
+"""The model as fitted: likelihood, priors, and the internal affine reparameterisation.
+
+The user's parameters are theta = (alpha, beta_1..beta_D, tau = log sigma) on the scale of the
+data as given. For conditioning, the optimiser works in u, the same model written on standardised
+columns z_ij = (x_ij - c_j) / s_j and response (y - m_y) / s_y:
+
+    theta = T u + c       (an exact affine map; see ``affine_map``)
+
+so that posterior coordinates in u are of order one whatever the units of the data. The priors
+stay on theta; the log joint in u is
+
+    log p(y, u) = sum_i l_u(y_i, u) - N log s_y + log prior(T u + c)
+
+and its gradient is G_data(u) + T^T grad_theta log prior(theta). The constant log |det T| is
+carried into the reported ELBO so that it is the ELBO of the model as stated.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+
+from vireg.data import Design
+from vireg.errors import InputError
+from vireg.kernels.flags import chunk_rows_for
+from vireg.models import bernoulli, gaussian
+from vireg.models.priors import Prior, parse_prior
+
+LIKELIHOODS: dict[str, ModuleType] = {"gaussian": gaussian, "bernoulli": bernoulli}
+
+
+class Model:
+    """A Bayesian regression ready to fit: standardised data, priors and the map back."""
+
+    def __init__(self, design: Design, family: str, intercept: bool, priors: list[Prior]):
+        self.family = family
+        self.likelihood = LIKELIHOODS[family]
+        self.intercept = intercept
+        self.design = design
+        y, X = design.y, design.X
+        self.n_rows, self.n_cov = X.shape
+        self.likelihood.check_response(y, design.response)
+
+        if intercept:
+            x_centre = X.mean(axis=0)
+        else:
+            x_centre = np.zeros(self.n_cov)
+        x_scale = np.sqrt(np.mean((X - x_centre) ** 2, axis=0))
+        # A constant column cannot be standardised; leave it unscaled (its coefficient is then
+        # identified only by its prior, which the user is told about by the summary's sd).
+        x_scale = np.where(x_scale > 0, x_scale, 1.0)
+        y_centre, y_scale = self.likelihood.response_scaling(y, intercept)
+        self.x_centre, self.x_scale = x_centre, x_scale
+        self.y_centre, self.y_scale = y_centre, y_scale
+
+        self.Z = np.ascontiguousarray((X - x_centre) / x_scale)
+        self.y = np.ascontiguousarray((y - y_centre) / y_scale)
+        self.chunk_rows = chunk_rows_for(self.n_rows, self.n_cov)
+        self.T, self.c = self.affine_map()
+        self.log_det_T = float(np.linalg.slogdet(self.T)[1])
+        self.loglik_const = -self.n_rows * np.log(y_scale) if self.has_scale else 0.0
+        self.priors = priors
+        self._prior_groups = _group_priors(priors)
+        self._kernel = self.likelihood.loglik_grad_kernel()
+
+    @property
+    def has_scale(self) -> bool:
+        return self.likelihood.HAS_SCALE
+
+    @property
+    def n_params(self) -> int:
+        return int(self.intercept) + self.n_cov + int(self.has_scale)
+
+    @property
+    def param_names(self) -> list[str]:
+        """Names on the natural scale: intercept, the covariates, sigma."""
+        names = (["intercept"] if self.intercept else []) + list(self.design.covariates)
+        return names + (["sigma"] if self.has_scale else [])
+
+    def affine_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """T and c with theta = T u + c.
+
+        eta = alpha + x . beta = m_y + s_y (a + sum_j (x_j - c_j) / s_j b_j) gives
+        beta_j = s_y b_j / s_j,  alpha = m_y + s_y a - sum_j c_j beta_j,  tau = t + log s_y.
+        """
+        P, off = self.n_params, int(self.intercept)
+        T = np.zeros((P, P))
+        c = np.zeros(P)
+        slope = self.y_scale / self.x_scale
+        for j in range(self.n_cov):
+            T[off + j, off + j] = slope[j]
+        if self.intercept:
+            T[0, 0] = self.y_scale
+            T[0, off:off + self.n_cov] = -self.x_centre * slope
+            c[0] = self.y_centre
+        if self.has_scale:
+            T[P - 1, P - 1] = 1.0
+            c[P - 1] = np.log(self.y_scale)
+        return T, c
+
+    @property
+    def n_location(self) -> int:
+        """Number of location parameters (intercept and coefficients), which come first in u."""
+        return int(self.intercept) + self.n_cov
+
+    def location_preconditioner(self) -> np.ndarray:
+        """R with (R^T H R) close to a multiple of I, H the curvature of -log p in the location u.
+
+        H/N ~ w Z1^T Z1 / N + T^T diag(prior curvature) T / N, with Z1 the design with its
+        intercept column and w the likelihood's curvature per unit residual (1 for gaussian,
+        1/4 for logistic at p = 1/2). Only the optimiser uses R (Adam on m' = R^-1 m), so a rough
+        H is enough; q's family and the model are unchanged.
+        """
+        k = self.n_location
+        if k == 0:
+            return np.zeros((0, 0))
+        Z1 = np.hstack([np.ones((self.n_rows, 1)), self.Z]) if self.intercept else self.Z
+        weight = 1.0 if self.has_scale else 0.25
+        H = weight * (Z1.T @ Z1)
+        T_loc = self.T[:k, :k]
+        prior_curv = np.array([p.curvature() for p in self.priors[:k]])
+        H += T_loc.T @ (prior_curv[:, None] * T_loc)
+        H /= self.n_rows
+        H += 1e-8 * (np.trace(H) / k) * np.eye(k)
+        try:
+            L = np.linalg.cholesky(H)
+        except np.linalg.LinAlgError:
+            return np.eye(k)
+        return np.linalg.inv(L).T
+
+    def to_theta(self, U: np.ndarray) -> np.ndarray:
+        """theta = T u + c for each row of U."""
+        return U @ self.T.T + self.c
+
+    def log_prior_grad(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sum of log prior densities over parameters, and its gradient, for each row of theta."""
+        lp = np.zeros(theta.shape[0])
+        grad = np.zeros_like(theta)
+        for prior, idx in self._prior_groups:
+            x = theta[:, idx]
+            lp += prior.logpdf(x).sum(axis=1)
+            grad[:, idx] = prior.grad(x)
+        return lp, grad
+
+    def log_joint_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """log p(y, theta(u)) and its gradient with respect to u, for each draw (row) of U.
+
+        One call of the data kernel (one pass over the rows) for all draws.
+        """
+        G, ll = self._kernel(self.Z, self.y, U, self.intercept, self.chunk_rows)
+        lp, g_theta = self.log_prior_grad(self.to_theta(U))
+        return ll + self.loglik_const + lp, G + g_theta @ self.T
+
+
+def _group_priors(priors: list[Prior]) -> list[tuple[Prior, np.ndarray]]:
+    groups: dict[Prior, list[int]] = {}
+    for i, p in enumerate(priors):
+        if p.name != "flat":
+            groups.setdefault(p, []).append(i)
+    return [(p, np.array(idx)) for p, idx in groups.items()]
+
+
+def resolve_priors(prior_cfg, family: str, intercept: bool, covariates: list[str]) -> list[Prior]:
+    """One parsed prior per parameter, in theta order."""
+    priors: list[Prior] = []
+    if intercept:
+        priors.append(parse_prior(prior_cfg.intercept, "model.prior.intercept", "location"))
+    default = parse_prior(prior_cfg.coefficients, "model.prior.coefficients", "location")
+    for name in prior_cfg.overrides:
+        if name not in covariates:
+            raise InputError(f"model.prior.overrides names '{name}', which is not a covariate: "
+                             f"covariates are {', '.join(covariates) or '(none)'}")
+    for name in covariates:
+        if name in prior_cfg.overrides:
+            priors.append(parse_prior(prior_cfg.overrides[name],
+                                      f"model.prior.overrides.{name}", "location"))
+        else:
+            priors.append(default)
+    if LIKELIHOODS[family].HAS_SCALE:
+        priors.append(parse_prior(prior_cfg.sigma, "model.prior.sigma", "scale"))
+    return priors
