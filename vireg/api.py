@@ -94,8 +94,8 @@ def build_model(cfg: Config):
     table = read_table(cfg.resolve_path(cfg.data.path))
     design = build_design(table, cfg.data.response, cfg.data.covariates)
     priors = resolve_priors(cfg.model.prior, cfg.model.family, cfg.model.intercept,
-                            design.covariates)
-    model = Model(design, cfg.model.family, cfg.model.intercept, priors)
+                            design.covariates, cfg.model.sigma)
+    model = Model(design, cfg.model.family, cfg.model.intercept, priors, cfg.model.sigma)
     _check_identifiable(model)
     return model
 
@@ -177,9 +177,7 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
     numba.set_num_threads(threads)
     try:
         t0 = time.perf_counter()
-        # Compiles the data kernel (or loads it from Numba's cache) on a one-row slice.
-        model._kernel(model.Z[:1], model.y[:1], np.zeros((1, model.n_params)), model.intercept,
-                      model.chunk_rows)
+        model.warm_up()
         compile_seconds = time.perf_counter() - t0
         yield Started(model.n_rows, model.n_params, compile_seconds, threads,
                       cfg.inference.max_steps)

@@ -35,7 +35,7 @@ class DataConfig:
 class PriorConfig:
     intercept: str = "flat"
     coefficients: str = "flat"
-    sigma: str = "flat"
+    sigma: str | None = None  # "flat" for gaussian models; not allowed for bernoulli
     overrides: dict[str, str] = field(default_factory=dict)
 
 
@@ -43,6 +43,7 @@ class PriorConfig:
 class ModelConfig:
     family: str
     intercept: bool = True
+    sigma: float | None = None  # a known noise sd (gaussian only): sigma is then not fitted
     prior: PriorConfig = field(default_factory=PriorConfig)
 
 
@@ -88,7 +89,7 @@ class Config:
     def resolve_path(self, path: str) -> Path:
         """A path from the config, relative to the config file's folder."""
         p = Path(os.path.expanduser(path))
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        return p if p.is_absolute() else Path(os.path.normpath(Path(self.base_dir) / p))
 
 
 # --- schema -------------------------------------------------------------------------------------
@@ -100,6 +101,7 @@ SCHEMA: dict[str, Any] = {
     "model": {
         "family": (str, True),
         "intercept": (bool, False),
+        "sigma": ((float, type(None)), False),
         "prior": {"intercept": (str, False), "coefficients": (str, False), "sigma": (str, False),
                   "overrides": (dict, False)},
     },
@@ -167,6 +169,20 @@ def _check_values(d: dict[str, Any]) -> None:
     if fam not in FAMILY_ALIASES:
         raise InputError(f"model.family '{fam}' is not known: use one of gaussian (alias linear) or "
                          f"bernoulli (alias logistic); {_suggest(fam, list(FAMILY_ALIASES))}")
+    model = d["model"]
+    gaussian = FAMILY_ALIASES[fam] == "gaussian"
+    if model.get("sigma") is not None:
+        if not gaussian:
+            raise InputError("model.sigma (a known noise sd) applies only to family gaussian: "
+                             "remove it")
+        if not model["sigma"] > 0:
+            raise InputError(f"model.sigma must be a positive number, got {model['sigma']}")
+        if model.get("prior", {}).get("sigma") is not None:
+            raise InputError("model.sigma fixes the noise sd, so model.prior.sigma has no effect: "
+                             "remove one of them")
+    if not gaussian and model.get("prior", {}).get("sigma") is not None:
+        raise InputError("model.prior.sigma applies only to family gaussian (a bernoulli model has "
+                         "no noise scale): remove it")
     inf = d.get("inference", {})
     vf = inf.get("family", "meanfield")
     if vf not in VARIATIONAL_FAMILIES:

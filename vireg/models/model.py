@@ -33,8 +33,10 @@ LIKELIHOODS: dict[str, ModuleType] = {"gaussian": gaussian, "bernoulli": bernoul
 class Model:
     """A Bayesian regression ready to fit: standardised data, priors and the map back."""
 
-    def __init__(self, design: Design, family: str, intercept: bool, priors: list[Prior]):
+    def __init__(self, design: Design, family: str, intercept: bool, priors: list[Prior],
+                 fixed_sigma: float | None = None):
         self.family = family
+        self.fixed_sigma = fixed_sigma
         self.likelihood = LIKELIHOODS[family]
         self.intercept = intercept
         self.design = design
@@ -59,14 +61,17 @@ class Model:
         self.chunk_rows = chunk_rows_for(self.n_rows, self.n_cov)
         self.T, self.c = self.affine_map()
         self.log_det_T = float(np.linalg.slogdet(self.T)[1])
-        self.loglik_const = -self.n_rows * np.log(y_scale) if self.has_scale else 0.0
+        self.loglik_const = -self.n_rows * np.log(y_scale) if self.likelihood.HAS_SCALE else 0.0
+        # A known sigma is the fixed value t = log(sigma / s_y) of the kernel's last column.
+        self.fixed_t = None if fixed_sigma is None else float(np.log(fixed_sigma / y_scale))
         self.priors = priors
         self._prior_groups = _group_priors(priors)
         self._kernel = self.likelihood.loglik_grad_kernel()
 
     @property
     def has_scale(self) -> bool:
-        return self.likelihood.HAS_SCALE
+        """Whether log sigma is a fitted parameter (gaussian with unknown sigma)."""
+        return self.likelihood.HAS_SCALE and self.fixed_sigma is None
 
     @property
     def n_params(self) -> int:
@@ -143,12 +148,23 @@ class Model:
             grad[:, idx] = prior.grad(x)
         return lp, grad
 
+    def warm_up(self) -> None:
+        """Compile the data kernel (or load it from Numba's cache) on a one-row slice."""
+        n_kernel_cols = self.n_params + (self.fixed_t is not None)
+        self._kernel(self.Z[:1], self.y[:1], np.zeros((1, n_kernel_cols)), self.intercept,
+                     self.chunk_rows)
+
     def log_joint_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """log p(y, theta(u)) and its gradient with respect to u, for each draw (row) of U.
 
         One call of the data kernel (one pass over the rows) for all draws.
         """
-        G, ll = self._kernel(self.Z, self.y, U, self.intercept, self.chunk_rows)
+        if self.fixed_t is None:
+            G, ll = self._kernel(self.Z, self.y, U, self.intercept, self.chunk_rows)
+        else:
+            U_full = np.hstack([U, np.full((U.shape[0], 1), self.fixed_t)])
+            G, ll = self._kernel(self.Z, self.y, U_full, self.intercept, self.chunk_rows)
+            G = np.ascontiguousarray(G[:, :-1])
         lp, g_theta = self.log_prior_grad(self.to_theta(U))
         return ll + self.loglik_const + lp, G + g_theta @ self.T
 
@@ -161,7 +177,8 @@ def _group_priors(priors: list[Prior]) -> list[tuple[Prior, np.ndarray]]:
     return [(p, np.array(idx)) for p, idx in groups.items()]
 
 
-def resolve_priors(prior_cfg, family: str, intercept: bool, covariates: list[str]) -> list[Prior]:
+def resolve_priors(prior_cfg, family: str, intercept: bool, covariates: list[str],
+                   fixed_sigma: float | None = None) -> list[Prior]:
     """One parsed prior per parameter, in theta order."""
     priors: list[Prior] = []
     if intercept:
@@ -177,6 +194,6 @@ def resolve_priors(prior_cfg, family: str, intercept: bool, covariates: list[str
                                       f"model.prior.overrides.{name}", "location"))
         else:
             priors.append(default)
-    if LIKELIHOODS[family].HAS_SCALE:
-        priors.append(parse_prior(prior_cfg.sigma, "model.prior.sigma", "scale"))
+    if LIKELIHOODS[family].HAS_SCALE and fixed_sigma is None:
+        priors.append(parse_prior(prior_cfg.sigma or "flat", "model.prior.sigma", "scale"))
     return priors

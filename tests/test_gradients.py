@@ -1,0 +1,154 @@
+"""Every hand-derived gradient against central finite differences, and every density against an
+independent reference (scipy.stats)."""
+
+import numpy as np
+import pytest
+import reference
+
+from vireg.data import Design
+from vireg.families.meanfield import MeanField
+from vireg.models.model import Model
+from vireg.models.priors import parse_prior
+
+FD_STEP = 1e-5
+FD_RTOL = 1e-5
+FD_ATOL = 1e-6
+
+LOCATION_PRIORS = ["flat", "normal(0.5, 2)", "student_t(3, -1, 2.5)", "cauchy(0, 2.5)",
+                   "laplace(0.3, 1.5)"]
+SCALE_PRIORS = ["flat", "half_normal(2)", "half_cauchy(2.5)", "half_student_t(3, 10)",
+                "exponential(0.7)"]
+
+
+def central_diff(f, x, h=FD_STEP):
+    g = np.zeros_like(x)
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e[i] = h
+        g[i] = (f(x + e) - f(x - e)) / (2 * h)
+    return g
+
+
+@pytest.mark.parametrize("text", LOCATION_PRIORS)
+def test_location_prior_density_and_gradient(text):
+    prior = parse_prior(text, "test", "location")
+    x = np.array([-3.1, -0.4, 0.2, 0.9, 4.5])  # avoids the laplace kink at mu
+    np.testing.assert_allclose(prior.logpdf(x), reference.log_prior(prior.name, prior.args, x),
+                               rtol=1e-12, atol=1e-12)
+    fd = np.array([(prior.logpdf(np.array([v + FD_STEP])) - prior.logpdf(np.array([v - FD_STEP])))[0]
+                   / (2 * FD_STEP) for v in x])
+    np.testing.assert_allclose(prior.grad(x), fd, rtol=FD_RTOL, atol=FD_ATOL)
+
+
+@pytest.mark.parametrize("text", SCALE_PRIORS)
+def test_scale_prior_density_and_gradient_in_log_sigma(text):
+    prior = parse_prior(text, "test", "scale")
+    tau = np.array([-2.0, -0.3, 0.0, 1.1, 3.0])
+    np.testing.assert_allclose(prior.logpdf(tau), reference.log_prior(prior.name, prior.args, tau),
+                               rtol=1e-12, atol=1e-12)
+    fd = np.array([(prior.logpdf(np.array([v + FD_STEP])) - prior.logpdf(np.array([v - FD_STEP])))[0]
+                   / (2 * FD_STEP) for v in tau])
+    np.testing.assert_allclose(prior.grad(tau), fd, rtol=FD_RTOL, atol=FD_ATOL)
+
+
+def make_model(rng, family, N, D, intercept, coef_prior, sigma_prior="flat", fixed_sigma=None):
+    X = rng.standard_normal((N, D)) * rng.uniform(0.5, 50, D) + rng.uniform(-100, 100, D)
+    beta = rng.standard_normal(D) / X.std(axis=0)
+    eta = X @ beta - (X.mean(axis=0) @ beta) + 0.3
+    if family == "gaussian":
+        y = 40 + 5 * eta + rng.standard_normal(N) * 3
+    else:
+        y = (rng.random(N) < 1 / (1 + np.exp(-eta))).astype(float)
+    priors = ([parse_prior(coef_prior, "t", "location")] if intercept else [])
+    priors += [parse_prior(coef_prior, "t", "location")] * D
+    if family == "gaussian" and fixed_sigma is None:
+        priors.append(parse_prior(sigma_prior, "t", "scale"))
+    design = Design(y=y, X=np.ascontiguousarray(X), response="y",
+                    covariates=[f"x{j}" for j in range(D)])
+    return Model(design, family, intercept, priors, fixed_sigma), X, y
+
+
+SIZES = [(5, 1), (50, 3), (3000, 10)]
+
+
+@pytest.mark.parametrize(("N", "D"), SIZES)
+@pytest.mark.parametrize("family", ["gaussian", "bernoulli"])
+@pytest.mark.parametrize("prior", LOCATION_PRIORS)
+def test_model_log_joint_matches_reference_and_its_gradient_matches_finite_differences(
+        rng, N, D, family, prior):
+    sigma_prior = SCALE_PRIORS[(LOCATION_PRIORS.index(prior) + D) % len(SCALE_PRIORS)]
+    model, X, y = make_model(rng, family, N, D, True, prior, sigma_prior)
+    u = rng.standard_normal(model.n_params) * 0.3
+
+    def log_joint(u_):
+        return model.log_joint_grad(u_[None, :])[0][0]
+
+    theta = model.to_theta(u[None, :])[0]
+    expected = reference.log_joint_theta(X, y, theta, family, True, model.priors)
+    np.testing.assert_allclose(log_joint(u), expected, rtol=1e-10)
+    grad = model.log_joint_grad(u[None, :])[1][0]
+    scale = max(1.0, np.abs(grad).max())
+    np.testing.assert_allclose(grad, central_diff(log_joint, u), rtol=FD_RTOL, atol=FD_ATOL * scale)
+
+
+@pytest.mark.parametrize("intercept", [True, False])
+def test_fixed_sigma_and_no_intercept_models_match_reference(rng, intercept):
+    model, X, y = make_model(rng, "gaussian", 40, 2, intercept, "normal(0, 3)", fixed_sigma=2.5)
+    u = rng.standard_normal(model.n_params) * 0.3
+    theta = model.to_theta(u[None, :])[0]
+    expected = reference.log_joint_theta(X, y, theta, "gaussian", intercept, model.priors, 2.5)
+    np.testing.assert_allclose(model.log_joint_grad(u[None, :])[0][0], expected, rtol=1e-10)
+
+    def log_joint(u_):
+        return model.log_joint_grad(u_[None, :])[0][0]
+
+    np.testing.assert_allclose(model.log_joint_grad(u[None, :])[1][0], central_diff(log_joint, u),
+                               rtol=FD_RTOL, atol=1e-5)
+
+
+def mc_elbo(model, family, phi, eps):
+    """The Monte Carlo ELBO at fixed eps (what the reparameterisation gradient differentiates)."""
+    logp, _ = model.log_joint_grad(family.sample(phi, eps))
+    return logp.mean() + family.entropy(phi)
+
+
+@pytest.mark.parametrize(("N", "D"), SIZES)
+@pytest.mark.parametrize("family_name", ["gaussian", "bernoulli"])
+@pytest.mark.parametrize("S", [1, 4])
+def test_meanfield_reparam_gradient_is_the_derivative_of_the_mc_elbo_at_fixed_eps(
+        rng, N, D, family_name, S):
+    model, _, _ = make_model(rng, family_name, N, D, True, "student_t(4, 0, 5)", "half_cauchy(3)")
+    fam = MeanField(model.n_params)
+    phi = np.concatenate([rng.standard_normal(model.n_params) * 0.2,
+                          np.log(rng.uniform(0.05, 0.3, model.n_params))])
+    eps = rng.standard_normal((S, model.n_params))
+    logp, g = model.log_joint_grad(fam.sample(phi, eps))
+    elbo, grad = fam.elbo_grad(phi, eps, logp, g, "reparam")
+    np.testing.assert_allclose(elbo, mc_elbo(model, fam, phi, eps), rtol=1e-12)
+    fd = central_diff(lambda p: mc_elbo(model, fam, p, eps), phi)
+    scale = max(1.0, np.abs(grad).max())
+    np.testing.assert_allclose(grad, fd, rtol=FD_RTOL, atol=FD_ATOL * scale)
+
+
+@pytest.mark.parametrize("family_name", ["gaussian", "bernoulli"])
+def test_meanfield_stl_gradient_is_the_path_derivative_with_q_parameters_held(rng, family_name):
+    model, _, _ = make_model(rng, family_name, 200, 3, True, "normal(0, 5)")
+    fam = MeanField(model.n_params)
+    P = model.n_params
+    phi0 = np.concatenate([rng.standard_normal(P) * 0.2, np.log(rng.uniform(0.05, 0.3, P))])
+    eps = rng.standard_normal((3, P))
+
+    def log_q(u, phi):
+        m, omega = phi[:P], phi[P:]
+        return np.sum(-0.5 * ((u - m) / np.exp(omega)) ** 2 - omega - 0.5 * np.log(2 * np.pi),
+                      axis=1)
+
+    def path_objective(phi):
+        u = fam.sample(phi, eps)
+        return np.mean(model.log_joint_grad(u)[0] - log_q(u, phi0))
+
+    logp, g = model.log_joint_grad(fam.sample(phi0, eps))
+    _, grad = fam.elbo_grad(phi0, eps, logp, g, "stl")
+    scale = max(1.0, np.abs(grad).max())
+    np.testing.assert_allclose(grad, central_diff(path_objective, phi0), rtol=FD_RTOL,
+                               atol=FD_ATOL * scale)

@@ -1,0 +1,92 @@
+"""The Numba data kernels against the plain NumPy reference, and their determinism."""
+
+import numba
+import numpy as np
+import pytest
+import reference
+
+from vireg.kernels.flags import chunk_rows_for
+from vireg.kernels.likelihood import bernoulli_loglik_grad, gaussian_loglik_grad
+
+RTOL = 1e-10
+KERNELS = {
+    "gaussian": (gaussian_loglik_grad, reference.gaussian_loglik_grad),
+    "bernoulli": (bernoulli_loglik_grad, reference.bernoulli_loglik_grad),
+}
+
+
+def make_problem(rng, family, N, D, S, intercept, scale=1.0):
+    Z = rng.standard_normal((N, D)) * scale
+    if family == "gaussian":
+        y = rng.standard_normal(N)
+    else:
+        y = (rng.random(N) < 0.4).astype(float)
+    P = int(intercept) + D + (family == "gaussian")
+    U = rng.standard_normal((S, P)) * 0.5
+    return np.ascontiguousarray(Z), y, U
+
+
+@pytest.mark.parametrize("family", list(KERNELS))
+@pytest.mark.parametrize("intercept", [True, False])
+@pytest.mark.parametrize(("N", "D", "S"), [(1, 1, 1), (7, 3, 2), (300, 10, 8), (5001, 4, 3),
+                                            (2000, 0, 2)])
+def test_kernel_matches_numpy_reference(rng, family, intercept, N, D, S):
+    kernel, ref = KERNELS[family]
+    Z, y, U = make_problem(rng, family, N, D, S, intercept)
+    chunk = chunk_rows_for(N, D)
+    G, ll = kernel(Z, y, U, intercept, chunk)
+    G_ref, ll_ref = ref(Z, y, U, intercept)
+    np.testing.assert_allclose(ll, ll_ref, rtol=RTOL, atol=1e-9)
+    np.testing.assert_allclose(G, G_ref, rtol=RTOL, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", list(KERNELS))
+def test_kernel_result_does_not_depend_on_chunk_boundaries(rng, family):
+    kernel, _ = KERNELS[family]
+    Z, y, U = make_problem(rng, family, 1000, 3, 4, True)
+    G1, ll1 = kernel(Z, y, U, True, 1000)
+    G2, ll2 = kernel(Z, y, U, True, 256)  # 4 chunks, last one short
+    np.testing.assert_allclose(G1, G2, rtol=1e-12)
+    np.testing.assert_allclose(ll1, ll2, rtol=1e-12)
+
+
+def test_bernoulli_kernel_is_stable_for_huge_linear_predictors(rng):
+    Z, y, U = make_problem(rng, "bernoulli", 200, 2, 3, True, scale=1e3)
+    G, ll = bernoulli_loglik_grad(Z, y, U, True, 64)
+    G_ref, ll_ref = reference.bernoulli_loglik_grad(Z, y, U, True)
+    assert np.all(np.isfinite(G)) and np.all(np.isfinite(ll))
+    np.testing.assert_allclose(ll, ll_ref, rtol=RTOL)
+    np.testing.assert_allclose(G, G_ref, rtol=RTOL, atol=1e-9)
+
+
+def test_gaussian_kernel_handles_constant_and_huge_columns(rng):
+    Z, y, U = make_problem(rng, "gaussian", 500, 3, 2, True)
+    Z[:, 0] = 1.0  # constant column
+    Z[:, 1] *= 1e6
+    U[:, 2] *= 1e-6
+    G, ll = gaussian_loglik_grad(Z, y, U, True, 128)
+    G_ref, ll_ref = reference.gaussian_loglik_grad(Z, y, U, True)
+    np.testing.assert_allclose(ll, ll_ref, rtol=1e-9)
+    np.testing.assert_allclose(G, G_ref, rtol=1e-8, atol=1e-6)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two threads")
+@pytest.mark.parametrize("family", list(KERNELS))
+def test_kernel_is_bit_identical_at_one_and_two_threads(rng, family):
+    kernel, _ = KERNELS[family]
+    Z, y, U = make_problem(rng, family, 20000, 6, 8, True)
+    chunk = chunk_rows_for(*Z.shape)
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        G1, ll1 = kernel(Z, y, U, True, chunk)
+        numba.set_num_threads(2)
+        G2, ll2 = kernel(Z, y, U, True, chunk)
+    finally:
+        numba.set_num_threads(saved)
+    assert np.array_equal(G1, G2) and np.array_equal(ll1, ll2)
+
+
+def test_chunk_size_depends_only_on_data_shape():
+    assert chunk_rows_for(10**6, 100) == chunk_rows_for(10**6, 100)
+    assert 256 <= chunk_rows_for(10**6, 1000) <= chunk_rows_for(10**6, 1) <= 8192

@@ -1,0 +1,3 @@
+from vireg.cli import main
+
+main()

@@ -1,0 +1,130 @@
+"""The ``vireg`` command line: thin Typer commands over the Python API.
+
+Results go to standard output (``--out -``) or files; progress, tables and messages go to
+standard error. Exit codes: 0 success, 1 the fit failed or did not converge (results are still
+written, and marked), 2 bad input or usage, 130 interrupted. Heavy modules (NumPy, Numba) are
+imported inside the commands so that ``vireg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import vireg
+
+app = typer.Typer(
+    help="Bayesian linear and logistic regression by variational inference.",
+    add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"vireg {vireg.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Bayesian linear and logistic regression by variational inference."""
+
+
+@app.command()
+def fit(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    out: Annotated[str | None, typer.Option(
+        "--out", help="Output folder, or '-' to print summary.csv to standard output and write "
+                      "no files. Default: output.dir of the config, else runs/<config name>.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a config value, e.g. --set inference.samples=16 (repeatable).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (inference.seed).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="Threads for the data kernel (default: all cores).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
+) -> None:
+    """Fit the model a config describes and write its variational posterior."""
+    from vireg.errors import ViregError
+
+    overrides = list(set_ or [])
+    if seed is not None:
+        overrides.append(f"inference.seed={seed}")
+    if threads is not None:
+        overrides.append(f"runtime.threads={threads}")
+    try:
+        code = _run_fit(config, out, overrides, quiet)
+    except ViregError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted; no result files were written (earlier results are intact)",
+              file=sys.stderr)
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bool) -> int:
+    from vireg import api, export
+    from vireg.config import load_config
+    from vireg.engine import Progress
+    from vireg.render import FitDisplay
+
+    cfg = load_config(config_path, overrides)
+    if out == "-":
+        out_dir = None
+    elif out is not None:
+        out_dir = Path(out)
+    elif cfg.output.dir is not None:
+        out_dir = cfg.resolve_path(cfg.output.dir)
+    else:
+        out_dir = Path("runs") / config_path.stem
+
+    display = FitDisplay(enabled=not quiet)
+    result = None
+    step = 0
+    try:
+        for event in api.iter_fit(cfg):
+            if isinstance(event, Progress):
+                step = event.step
+                display.progress(event)
+            elif isinstance(event, api.Started):
+                display.start(event)
+            elif isinstance(event, api.Finished):
+                result = event.result
+    except KeyboardInterrupt:
+        display.stop()
+        print(f"error: interrupted at step {step}; no result files were written (earlier results "
+              "are intact)", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        display.stop()
+
+    if out_dir is None:
+        sys.stdout.write(export.summary_csv(result))
+        sys.stdout.flush()
+    else:
+        export.write_results(result, out_dir, api.versions())
+    display.finish(result, out_dir)
+    if not result.converged:
+        print(f"warning: {result.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

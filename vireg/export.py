@@ -1,0 +1,110 @@
+"""Result files, written atomically: every file goes to a temporary name in the output folder
+first and is renamed into place only when all of them are complete, so an interrupted or failed
+run never leaves a half-written file and never clobbers an earlier run's results part-way."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from vireg.errors import InputError
+
+SUMMARY_COLUMNS = ["parameter", "mean", "sd", "q5", "q50", "q95"]
+
+
+def _num(x: float) -> str:
+    """Shortest text that reads back as the same float."""
+    return repr(float(x))
+
+
+def summary_csv(result) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SUMMARY_COLUMNS)
+    for row in result.summary_rows():
+        w.writerow([row["parameter"]] + [_num(row[c]) for c in SUMMARY_COLUMNS[1:]])
+    return buf.getvalue()
+
+
+def draws_csv(result) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(result.param_names)
+    for d in result.draws:
+        w.writerow([_num(x) for x in d])
+    return buf.getvalue()
+
+
+def elbo_csv(result) -> str:
+    lines = ["step,elbo"]
+    lines += [f"{i + 1},{_num(e)}" for i, e in enumerate(result.elbo_trace) if np.isfinite(e)]
+    return "\n".join(lines) + "\n"
+
+
+def fit_json(result, versions: dict) -> str:
+    names = result.param_names
+    theta_names = names[:-1] + ["log_sigma"] if names and names[-1] == "sigma" else names
+    doc = {
+        "config": result.config.to_dict(),
+        "converged": result.converged,
+        "stop_reason": result.reason,
+        "steps": result.steps,
+        "elbo": result.elbo,
+        "elbo_se": result.elbo_se,
+        "n_rows": result.n_rows,
+        "parameters": names,
+        "summary": result.summary_rows(),
+        "variational": result.variational,
+        "affine_map": {"description": "theta = T u + c; theta = (intercept, coefficients, "
+                       "log sigma), u = the standardised coordinates q is defined on", **result.affine},
+        "posterior_theta": {"names": theta_names, "mean": result.theta_mean.tolist(),
+                            "cov": result.theta_cov.tolist()},
+        "optimisation": result.extras,
+        "compile_seconds": result.compile_seconds,
+        "fit_seconds": result.fit_seconds,
+        "threads": result.threads,
+        "versions": versions,
+    }
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def write_results(result, out_dir: Path, versions: dict) -> list[Path]:
+    """Write summary.csv, draws.csv, elbo.csv and fit.json into ``out_dir`` atomically."""
+    files = {
+        "summary.csv": summary_csv(result),
+        "draws.csv": draws_csv(result),
+        "elbo.csv": elbo_csv(result),
+        "fit.json": fit_json(result, versions),
+    }
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (OSError, FileExistsError) as exc:
+        raise InputError(f"cannot create output folder '{out_dir}': {exc.strerror or exc}; "
+                         "choose another --out") from None
+    if not out_dir.is_dir():
+        raise InputError(f"output path '{out_dir}' exists and is not a folder: choose another --out")
+    temps: dict[str, str] = {}
+    try:
+        for name, text in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
+            temps[name] = tmp
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for name, tmp in temps.items():
+            os.replace(tmp, out_dir / name)
+    except OSError as exc:
+        raise InputError(f"cannot write results to '{out_dir}': {exc.strerror or exc}; "
+                         "choose another --out") from None
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return [out_dir / n for n in files]

@@ -1,0 +1,93 @@
+"""Rich rendering of a fit on standard error: a progress bar while it runs, a table at the end."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+SPARK = "▁▂▃▄▅▆▇█"
+REFRESH_SECONDS = 0.1
+
+
+def sparkline(values, width: int = 40) -> str:
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return ""
+    # Skip the first tenth so the rise from the start does not flatten the rest of the trace.
+    v = v[v.size // 10:] if v.size >= 20 else v
+    chunks = np.array_split(v, min(width, v.size))
+    means = np.array([c.mean() for c in chunks])
+    lo, hi = means.min(), means.max()
+    if hi <= lo:
+        return SPARK[0] * len(means)
+    idx = ((means - lo) / (hi - lo) * (len(SPARK) - 1)).round().astype(int)
+    return "".join(SPARK[i] for i in idx)
+
+
+class FitDisplay:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.console = Console(stderr=True)
+        self._bar: Progress | None = None
+        self._task = None
+        self._last = 0.0
+        self._t0 = 0.0
+
+    def start(self, started) -> None:
+        if not self.enabled:
+            return
+        self.console.print(f"[dim]{started.n_rows} rows, {started.n_params} parameters, "
+                           f"{started.threads} thread(s); kernels ready in "
+                           f"{started.compile_seconds:.2f} s[/dim]")
+        self._bar = Progress(
+            TextColumn("step {task.completed:>6.0f}"),
+            BarColumn(),
+            TextColumn("ELBO {task.fields[elbo]}"),
+            TextColumn("{task.fields[rate]} steps/s"),
+            TextColumn("at most"),
+            TimeRemainingColumn(),
+            console=self.console, transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("fit", total=started.max_steps, elbo="-", rate="-")
+        self._t0 = time.perf_counter()
+
+    def progress(self, event) -> None:
+        if self._bar is None:
+            return
+        now = time.perf_counter()
+        if now - self._last < REFRESH_SECONDS:
+            return
+        self._last = now
+        rate = event.step / max(now - self._t0, 1e-9)
+        self._bar.update(self._task, completed=event.step, elbo=f"{event.elbo_smooth:,.2f}",
+                         rate=f"{rate:,.0f}")
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def finish(self, result, out_dir) -> None:
+        if not self.enabled:
+            return
+        table = Table(title="posterior (variational, natural scale)", title_justify="left")
+        for col in ("parameter", "mean", "sd", "q5", "q50", "q95"):
+            table.add_column(col, justify="left" if col == "parameter" else "right")
+        for row in result.summary_rows():
+            table.add_row(row["parameter"], *(f"{row[c]:.4g}" for c in
+                                              ("mean", "sd", "q5", "q50", "q95")))
+        self.console.print(table)
+        style = "green" if result.converged else "yellow"
+        self.console.print(f"[{style}]{result.reason}[/{style}]")
+        self.console.print(f"ELBO {result.elbo:,.2f} ± {result.elbo_se:.2f}  "
+                           f"{sparkline(result.elbo_trace)}  {result.steps} steps in "
+                           f"{result.fit_seconds:.2f} s (+{result.compile_seconds:.2f} s compile)")
+        if out_dir is not None:
+            self.console.print(f"results in {out_dir}/ (summary.csv, draws.csv, elbo.csv, fit.json)")
