@@ -6,21 +6,24 @@ import pytest
 import reference
 
 from vireg.kernels.flags import chunk_rows_for
-from vireg.kernels.likelihood import bernoulli_loglik_grad, gaussian_loglik_grad
+from vireg.kernels.likelihood import (
+    bernoulli_loglik_grad,
+    bernoulli_loglik_grad_serial,
+    gaussian_loglik_grad,
+    gaussian_loglik_grad_serial,
+)
 
 RTOL = 1e-10
 KERNELS = {
     "gaussian": (gaussian_loglik_grad, reference.gaussian_loglik_grad),
     "bernoulli": (bernoulli_loglik_grad, reference.bernoulli_loglik_grad),
 }
+SERIAL = {"gaussian": gaussian_loglik_grad_serial, "bernoulli": bernoulli_loglik_grad_serial}
 
 
 def make_problem(rng, family, N, D, S, intercept, scale=1.0):
     Z = rng.standard_normal((N, D)) * scale
-    if family == "gaussian":
-        y = rng.standard_normal(N)
-    else:
-        y = (rng.random(N) < 0.4).astype(float)
+    y = rng.standard_normal(N) if family == "gaussian" else (rng.random(N) < 0.4).astype(float)
     P = int(intercept) + D + (family == "gaussian")
     U = rng.standard_normal((S, P)) * 0.5
     return np.ascontiguousarray(Z), y, U
@@ -30,8 +33,10 @@ def make_problem(rng, family, N, D, S, intercept, scale=1.0):
 @pytest.mark.parametrize("intercept", [True, False])
 @pytest.mark.parametrize(("N", "D", "S"), [(1, 1, 1), (7, 3, 2), (300, 10, 8), (5001, 4, 3),
                                             (2000, 0, 2)])
-def test_kernel_matches_numpy_reference(rng, family, intercept, N, D, S):
+@pytest.mark.parametrize("build", ["parallel", "serial"])
+def test_kernel_matches_numpy_reference(rng, family, intercept, N, D, S, build):
     kernel, ref = KERNELS[family]
+    kernel = kernel if build == "parallel" else SERIAL[family]
     Z, y, U = make_problem(rng, family, N, D, S, intercept)
     chunk = chunk_rows_for(N, D)
     G, ll = kernel(Z, y, U, intercept, chunk)

@@ -95,7 +95,8 @@ def build_model(cfg: Config):
     design = build_design(table, cfg.data.response, cfg.data.covariates)
     priors = resolve_priors(cfg.model.prior, cfg.model.family, cfg.model.intercept,
                             design.covariates, cfg.model.sigma)
-    model = Model(design, cfg.model.family, cfg.model.intercept, priors, cfg.model.sigma)
+    model = Model(design, cfg.model.family, cfg.model.intercept, priors, cfg.model.sigma,
+                  draws_per_step=cfg.inference.samples)
     _check_identifiable(model)
     return model
 

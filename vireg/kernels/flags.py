@@ -20,3 +20,12 @@ def chunk_rows_for(n_rows: int, n_cols: int) -> int:
     """
     rows = TARGET_CHUNK_BYTES // (8 * max(n_cols, 1))
     return int(min(max(rows, 256), 2048))
+
+
+PARALLEL_MIN_WORK = 1 << 20
+
+
+def use_parallel(n_rows: int, n_cols: int, n_draws: int) -> bool:
+    """Whether a step has enough work (rows x draws x columns) to use the parallel build."""
+    n_chunks = -(-n_rows // chunk_rows_for(n_rows, n_cols))
+    return n_chunks >= 2 and n_rows * n_draws * (n_cols + 2) >= PARALLEL_MIN_WORK

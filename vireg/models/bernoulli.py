@@ -23,7 +23,7 @@ def response_scaling(y: np.ndarray, intercept: bool) -> tuple[float, float]:
     return 0.0, 1.0
 
 
-def loglik_grad_kernel():
-    from vireg.kernels.likelihood import bernoulli_loglik_grad
+def loglik_grad_kernel(parallel: bool):
+    from vireg.kernels import likelihood
 
-    return bernoulli_loglik_grad
+    return likelihood.bernoulli_loglik_grad if parallel else likelihood.bernoulli_loglik_grad_serial

@@ -24,7 +24,7 @@ def response_scaling(y: np.ndarray, intercept: bool) -> tuple[float, float]:
     return centre, scale if scale > 0 else 1.0
 
 
-def loglik_grad_kernel():
-    from vireg.kernels.likelihood import gaussian_loglik_grad
+def loglik_grad_kernel(parallel: bool):
+    from vireg.kernels import likelihood
 
-    return gaussian_loglik_grad
+    return likelihood.gaussian_loglik_grad if parallel else likelihood.gaussian_loglik_grad_serial

@@ -23,7 +23,7 @@ import numpy as np
 
 from vireg.data import Design
 from vireg.errors import InputError
-from vireg.kernels.flags import chunk_rows_for
+from vireg.kernels.flags import chunk_rows_for, use_parallel
 from vireg.models import bernoulli, gaussian
 from vireg.models.priors import Prior, parse_prior
 
@@ -34,7 +34,7 @@ class Model:
     """A Bayesian regression ready to fit: standardised data, priors and the map back."""
 
     def __init__(self, design: Design, family: str, intercept: bool, priors: list[Prior],
-                 fixed_sigma: float | None = None):
+                 fixed_sigma: float | None = None, draws_per_step: int = 8):
         self.family = family
         self.fixed_sigma = fixed_sigma
         self.likelihood = LIKELIHOODS[family]
@@ -44,10 +44,7 @@ class Model:
         self.n_rows, self.n_cov = X.shape
         self.likelihood.check_response(y, design.response)
 
-        if intercept:
-            x_centre = X.mean(axis=0)
-        else:
-            x_centre = np.zeros(self.n_cov)
+        x_centre = X.mean(axis=0) if intercept else np.zeros(self.n_cov)
         x_scale = np.sqrt(np.mean((X - x_centre) ** 2, axis=0))
         # A constant column cannot be standardised; leave it unscaled (its coefficient is then
         # identified only by its prior, which the user is told about by the summary's sd).
@@ -66,7 +63,8 @@ class Model:
         self.fixed_t = None if fixed_sigma is None else float(np.log(fixed_sigma / y_scale))
         self.priors = priors
         self._prior_groups = _group_priors(priors)
-        self._kernel = self.likelihood.loglik_grad_kernel()
+        self.parallel = use_parallel(self.n_rows, self.n_cov, draws_per_step)
+        self._kernel = self.likelihood.loglik_grad_kernel(self.parallel)
 
     @property
     def has_scale(self) -> bool:

@@ -1,0 +1,246 @@
+"""The command line: files, standard output, overrides, and one-line errors on bad input."""
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import write_csv
+from typer.testing import CliRunner
+
+from vireg.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def make_project(tmp_path, family="bernoulli", n=120, **model):
+    """A config and CSV in tmp_path; returns the config path."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x1 = rng.standard_normal(n)
+    x2 = rng.standard_normal(n) * 10 + 50
+    eta = 0.5 + 1.2 * x1 - 0.05 * (x2 - 50)
+    if family == "bernoulli":
+        y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(int)
+    else:
+        y = 3 + 2 * eta + rng.standard_normal(n)
+    write_csv(tmp_path / "data.csv", {"y": y, "x1": x1, "x2": x2})
+    cfg = {"data": {"path": "data.csv", "response": "y", "covariates": ["x1", "x2"]},
+           "model": {"family": family, **model},
+           "inference": {"seed": 3},
+           "output": {"dir": "out", "draws": 50}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_fit_writes_all_result_files(tmp_path):
+    config = make_project(tmp_path)
+    res = run("fit", config, "--quiet")
+    assert res.exit_code == 0, res.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["draws.csv", "elbo.csv", "fit.json",
+                                                     "summary.csv"]
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["parameter"] for r in summary] == ["intercept", "x1", "x2"]
+    assert list(summary[0]) == ["parameter", "mean", "sd", "q5", "q50", "q95"]
+    draws = list(csv.reader((out / "draws.csv").open()))
+    assert draws[0] == ["intercept", "x1", "x2"] and len(draws) == 51
+    doc = json.loads((out / "fit.json").read_text())
+    assert doc["converged"] is True and doc["steps"] > 0
+    assert {"compile_seconds", "fit_seconds", "threads", "versions", "variational",
+            "stop_reason", "elbo", "config"} <= set(doc)
+    elbo = list(csv.DictReader((out / "elbo.csv").open()))
+    assert len(elbo) == doc["steps"]
+    assert res.stdout == ""  # nothing but results on stdout, and results went to files
+
+
+def test_gaussian_summary_ends_with_sigma_on_natural_scale(tmp_path):
+    config = make_project(tmp_path, family="linear")
+    res = run("fit", config, "--out", "-", "--quiet")
+    assert res.exit_code == 0, res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [r["parameter"] for r in rows] == ["intercept", "x1", "x2", "sigma"]
+    sigma = rows[-1]
+    assert 0.7 < float(sigma["mean"]) < 1.4  # data were simulated with sigma = 1
+    assert float(sigma["q5"]) < float(sigma["q50"]) < float(sigma["q95"])
+
+
+def test_out_dash_prints_csv_and_writes_no_files(tmp_path):
+    config = make_project(tmp_path)
+    res = run("fit", config, "--out", "-")
+    assert res.exit_code == 0, res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == 3 and all(float(r["sd"]) > 0 for r in rows)
+    assert not (tmp_path / "out").exists()
+
+
+def test_set_overrides_config_values(tmp_path):
+    config = make_project(tmp_path)
+    res = run("fit", config, "--quiet", "--set", "output.draws=7", "--set", "inference.samples=4")
+    assert res.exit_code == 0, res.stderr
+    assert len((tmp_path / "out" / "draws.csv").read_text().splitlines()) == 8
+    doc = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert doc["config"]["inference"]["samples"] == 4
+
+
+def test_seed_option_changes_and_reproduces_results(tmp_path):
+    config = make_project(tmp_path)
+    a = run("fit", config, "--out", "-", "--seed", "1", "--quiet").stdout
+    b = run("fit", config, "--out", "-", "--seed", "1", "--quiet").stdout
+    c = run("fit", config, "--out", "-", "--seed", "2", "--quiet").stdout
+    assert a == b and a != c
+
+
+def test_out_option_writes_to_the_given_folder(tmp_path):
+    config = make_project(tmp_path)
+    res = run("fit", config, "--quiet", "--out", tmp_path / "elsewhere")
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "elsewhere" / "summary.csv").exists()
+
+
+def _corrupt(tmp_path, how):
+    """Apply one user mistake to a fresh project; returns the args for `vireg fit`."""
+    config = make_project(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    data = tmp_path / "data.csv"
+    lines = data.read_text().splitlines()
+    if how == "missing config":
+        return ["fit", tmp_path / "nope.yaml"]
+    if how == "missing data file":
+        cfg["data"]["path"] = "nope.csv"
+    elif how == "missing column":
+        cfg["data"]["covariates"] = ["x1", "x3"]
+    elif how == "missing response":
+        cfg["data"]["response"] = "z"
+    elif how == "non-numeric value":
+        lines[5] = "1,abc,3.0"
+        data.write_text("\n".join(lines) + "\n")
+    elif how == "missing value":
+        lines[7] = "1,,3.0"
+        data.write_text("\n".join(lines) + "\n")
+    elif how == "non-binary response":
+        lines[3] = "2," + lines[3].split(",", 1)[1]
+        data.write_text("\n".join(lines) + "\n")
+    elif how == "unknown config key":
+        cfg["inference"]["learning_rat"] = 0.1
+    elif how == "unknown section":
+        cfg["infrence"] = {}
+    elif how == "invalid prior string":
+        cfg["model"]["prior"] = {"coefficients": "normal(0, 2.5"}
+    elif how == "unknown prior":
+        cfg["model"]["prior"] = {"coefficients": "gauss(0, 1)"}
+    elif how == "negative prior scale":
+        cfg["model"]["prior"] = {"coefficients": "normal(0, -1)"}
+    elif how == "wrong type":
+        cfg["inference"]["samples"] = "many"
+    elif how == "unknown family":
+        cfg["model"]["family"] = "poisson"
+    elif how == "bad yaml":
+        config.write_text("data: [unclosed\nmodel: {}\n")
+        return ["fit", config]
+    elif how == "bad set":
+        return ["fit", config, "--set", "inference.samples"]
+    elif how == "too many threads":
+        return ["fit", config, "--threads", "9999"]
+    elif how == "empty data file":
+        data.write_text("")
+    elif how == "header only":
+        data.write_text(lines[0] + "\n")
+    config.write_text(yaml.safe_dump(cfg))
+    return ["fit", config]
+
+
+BAD_INPUTS = ["missing config", "missing data file", "missing column", "missing response",
+              "non-numeric value", "missing value", "non-binary response", "unknown config key",
+              "unknown section", "invalid prior string", "unknown prior", "negative prior scale",
+              "wrong type", "unknown family", "bad yaml", "bad set", "too many threads",
+              "empty data file", "header only"]
+
+
+@pytest.mark.parametrize("how", BAD_INPUTS)
+def test_bad_input_gives_one_line_error_exit_2_and_no_files(tmp_path, how):
+    args = _corrupt(tmp_path, how)
+    res = run(*args)
+    assert res.exit_code == 2, (res.exit_code, res.stderr, res.stdout)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert res.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_error_messages_name_the_problem(tmp_path):
+    res = run(*_corrupt(tmp_path, "unknown config key"))
+    assert "inference.learning_rat" in res.stderr and "learning_rate" in res.stderr
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    res = run(*_corrupt(tmp_path / "a", "non-numeric value"))
+    assert "'x1'" in res.stderr and "row 5" in res.stderr
+    res = run(*_corrupt(tmp_path / "b", "non-binary response"))
+    assert "0 or 1" in res.stderr
+
+
+def test_failed_rerun_keeps_earlier_results_intact(tmp_path):
+    config = make_project(tmp_path)
+    assert run("fit", config, "--quiet").exit_code == 0
+    before = (tmp_path / "out" / "summary.csv").read_text()
+    res = run("fit", config, "--quiet", "--set", "model.prior.coefficients=nope(1)")
+    assert res.exit_code == 2
+    assert (tmp_path / "out" / "summary.csv").read_text() == before
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_not_converging_within_max_steps_exits_1_and_marks_results(tmp_path):
+    config = make_project(tmp_path)
+    res = run("fit", config, "--quiet", "--set", "inference.max_steps=150")
+    assert res.exit_code == 1
+    assert "did not converge" in res.stderr and "max_steps" in res.stderr
+    doc = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert doc["converged"] is False and doc["steps"] == 150
+
+
+def test_version_and_help():
+    assert run("--version").stdout.startswith("vireg ")
+    res = run("fit", "--help")
+    assert res.exit_code == 0 and "--out" in res.stdout
+
+
+def test_installed_command_runs_as_a_subprocess(tmp_path):
+    beside = Path(sys.executable).parent / "vireg"  # the venv's entry point, even if not on PATH
+    exe = str(beside) if beside.exists() else shutil.which("vireg")
+    assert exe, "the vireg command is not installed"
+    cmd = [exe]
+    config = make_project(tmp_path)
+    proc = subprocess.run(cmd + ["fit", str(config), "--out", "-", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert [r["parameter"] for r in rows] == ["intercept", "x1", "x2"]
+    bad = subprocess.run(cmd + ["fit", str(tmp_path / "missing.yaml")], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_help_does_not_import_numba_or_numpy():
+    code = ("import sys; from vireg.cli import app; "
+            "assert 'numba' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_shipped_configs_fit(tmp_path):
+    for name in ("wells", "kidiq"):
+        res = run("fit", REPO / "configs" / f"{name}.yaml", "--out", tmp_path / name, "--quiet")
+        assert res.exit_code == 0, res.stderr

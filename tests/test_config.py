@@ -1,0 +1,60 @@
+"""Config validation: defaults, aliases, overrides and errors that name the key."""
+
+import pytest
+
+from vireg.config import config_from_dict, load_config
+from vireg.errors import InputError
+
+BASE = {"data": {"path": "d.csv", "response": "y"}, "model": {"family": "logistic"}}
+
+
+def test_defaults_and_family_aliases():
+    cfg = config_from_dict(BASE)
+    assert cfg.model.family == "bernoulli" and cfg.model.intercept is True
+    assert cfg.inference.family == "meanfield" and cfg.inference.estimator == "reparam"
+    assert cfg.inference.samples >= 1 and cfg.inference.max_steps > 0
+    assert config_from_dict({**BASE, "model": {"family": "linear"}}).model.family == "gaussian"
+
+
+def test_dotted_overrides_are_typed_by_yaml():
+    cfg = config_from_dict(BASE, overrides=["inference.learning_rate=0.01",
+                                            "data.covariates=[a, b]", "model.intercept=false"])
+    assert cfg.inference.learning_rate == 0.01
+    assert cfg.data.covariates == ["a", "b"] and cfg.model.intercept is False
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"inference": {"sampels": 3}}, ["inference.sampels", "samples"]),
+    ({"model": {"family": "logistic", "priors": {}}}, ["model.priors", "prior"]),
+    ({"inference": {"samples": 0}}, ["inference.samples", "at least 1"]),
+    ({"inference": {"samples": 2.5}}, ["inference.samples", "integer"]),
+    ({"inference": {"learning_rate": -1}}, ["learning_rate", "positive"]),
+    ({"model": {"family": "logistic", "intercept": "yes"}}, ["model.intercept", "true or false"]),
+    ({"model": {"family": "logistic", "prior": {"sigma": "half_normal(1)"}}},
+     ["model.prior.sigma", "gaussian"]),
+    ({"model": {"family": "gaussian", "sigma": -2.0}}, ["model.sigma", "positive"]),
+    ({"data": {"path": "d.csv"}}, ["data.response", "required"]),
+    ({"inference": {"family": "fullrnk"}}, ["inference.family", "meanfield"]),
+])
+def test_invalid_configs_name_the_key(change, words):
+    raw = {**BASE, **change}
+    with pytest.raises(InputError) as info:
+        config_from_dict(raw)
+    for w in words:
+        assert w in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_syntax_error_gives_line_number(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  path: d.csv\n  response: [y\nmodel: {family: gaussian}\n")
+    with pytest.raises(InputError, match="line"):
+        load_config(path)
+
+
+def test_paths_are_relative_to_the_config_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "c.yaml"
+    path.write_text("data: {path: ../d.csv, response: y}\nmodel: {family: gaussian}\n")
+    cfg = load_config(path)
+    assert cfg.resolve_path(cfg.data.path) == tmp_path / "d.csv"
