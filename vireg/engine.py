@@ -6,13 +6,18 @@ Monte Carlo estimate, so a relative-change test on it fires too early or never. 
 1. Run Adam in windows of ``window`` steps. For each window keep the mean ELBO, its Monte Carlo
    standard error (batch means over 10 sub-batches, which allows for autocorrelation) and the
    average of the iterates phi over the window.
-2. A step-size level is *stationary* once a window's mean ELBO is not significantly above the
-   previous window's (difference below two standard errors of the difference). The level's
-   estimate is then the iterate average of those two windows (Polyak-Ruppert averaging).
+2. A step-size level is *stationary* once (a) a window's mean ELBO is not significantly above the
+   previous window's (difference below two standard errors of the difference) and (b) no
+   coordinate of the window's mean gradient is significantly non-zero (|mean| / standard error
+   below a Bonferroni-corrected threshold over all coordinates). (b) catches the iterates creeping
+   towards the optimum with steps too small to change the ELBO visibly, which (a) alone, and a
+   comparison of successive averages, would take for convergence. The level's estimate is then
+   the iterate average of the last two windows (Polyak-Ruppert averaging).
 3. Compare that estimate with the previous level's, in posterior-sd units (the family's
    ``distance``: the largest change of a mean in sds of q, or of a log sd). Below ``tolerance``
-   the fit has converged and the level's average is the answer. Otherwise shrink the step size
-   and start a new level.
+   the fit has converged and the level's average is the answer. Otherwise halve the step size,
+   forget Adam's moment estimates (their long memory of early, large gradients would otherwise
+   keep the steps needlessly small) and start a new level.
 
 The optimiser moves phi in preconditioned coordinates: the mean block m is replaced by
 m' = R^-1 m with R from ``model.location_preconditioner`` (R^T H R ~ I for the curvature H of the
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -35,6 +41,7 @@ from vireg.errors import FitError
 from vireg.optim import Adam
 
 LR_DECAY = 0.5
+MEAN_STEP_SD = 0.1
 NAN_BACKOFF = 0.1
 MAX_CONSECUTIVE_BACKOFFS = 8
 N_BATCHES = 10
@@ -64,24 +71,36 @@ class Outcome:
     backoffs: int
 
 
-def _window_stats(values: np.ndarray) -> tuple[float, float]:
-    """Mean and batch-means standard error of a window of ELBO values."""
-    batches = np.array([b.mean() for b in np.array_split(values, N_BATCHES)])
-    return float(values.mean()), float(batches.std(ddof=1) / np.sqrt(N_BATCHES))
+def _batch_means(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over axis 0 and its batch-means standard error (allows for autocorrelation)."""
+    batches = np.array([b.mean(axis=0) for b in np.array_split(values, N_BATCHES)])
+    return values.mean(axis=0), batches.std(axis=0, ddof=1) / np.sqrt(N_BATCHES)
+
+
+def drift_threshold(n_coordinates: int, alpha: float = 0.01) -> float:
+    """|mean gradient| / se above which some coordinate is still moving: a two-sided Bonferroni
+    bound at level alpha over all coordinates, widened from the normal to Student's t with
+    N_BATCHES - 1 degrees of freedom (Cornish-Fisher: t ~ z + (z^3 + z) / (4 nu))."""
+    z = NormalDist().inv_cdf(1.0 - alpha / (2.0 * n_coordinates))
+    return z + (z**3 + z) / (4.0 * (N_BATCHES - 1))
 
 
 def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress | Outcome]:
     """Maximise the ELBO; yields a ``Progress`` per step and finally one ``Outcome``."""
     S, P, W = icfg.samples, model.n_params, icfg.window
-    to_x, to_phi, grad_x = _preconditioned_coordinates(model, family)
-    phi = family.init(icfg.init_scale)
+    H = model.location_curvature()
+    to_x, to_phi, grad_x, mean_sd_x = _preconditioned_coordinates(model, family, H)
+    mean_block = family.mean_slice
+    phi = family.init(np.minimum(icfg.init_scale, model.initial_sd(H)))
     x = to_x(phi)
     adam = Adam(family.size, icfg.learning_rate)
     elbo_const = model.log_det_T
     trace = np.full(icfg.max_steps, np.nan)
 
     win_elbo = np.empty(W)
+    win_grad = np.empty((W, family.size))
     win_phi = np.zeros(family.size)
+    z_drift = drift_threshold(family.size)
     k = 0
     prev_window: tuple[float, float, np.ndarray] | None = None
     level_estimate: np.ndarray | None = None
@@ -120,6 +139,7 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
         x = adam.step(x, grad_x(grad))
         phi = to_phi(x)
         win_elbo[k] = elbo
+        win_grad[k] = grad
         win_phi += phi
         k += 1
         yield Progress(step, elbo, smooth, icfg.max_steps)
@@ -127,14 +147,16 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
             continue
 
         # End of a window.
-        mean, se = _window_stats(win_elbo)
+        mean, se = _batch_means(win_elbo)
+        g_mean, g_se = _batch_means(win_grad)
+        drifting = bool(np.any(np.abs(g_mean) > z_drift * np.maximum(g_se, 1e-300)))
         avg = win_phi / W
         k, win_phi = 0, np.zeros(family.size)
         failures = 0
         snapshot = x.copy()
         if prev_window is not None:
             p_mean, p_se, p_avg = prev_window
-            if mean - p_mean <= 2.0 * np.hypot(se, p_se):
+            if mean - p_mean <= 2.0 * np.hypot(se, p_se) and not drifting:
                 estimate = 0.5 * (avg + p_avg)
                 levels += 1
                 if level_estimate is not None:
@@ -144,8 +166,16 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
                         reason = (f"converged: iterate averages at successive step sizes agree to "
                                   f"{last_distance:.3g} posterior sd (tolerance {icfg.tolerance:g})")
                         break
+                if level_estimate is None:
+                    # The first stationary level has located q roughly: from now on a mean moves
+                    # by at most MEAN_STEP_SD of its own posterior sd per step, which skips the
+                    # levels that halving from the initial step size would need to get there.
+                    adam.lr[mean_block] = np.minimum(adam.lr[mean_block],
+                                                     MEAN_STEP_SD * mean_sd_x(estimate))
+                else:
+                    adam.lr *= LR_DECAY
                 level_estimate = estimate
-                adam.lr *= LR_DECAY
+                adam.reset()
                 prev_window = None
                 continue
         prev_window = (mean, se, avg)
@@ -169,11 +199,11 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
                   backoffs=backoffs)
 
 
-def _preconditioned_coordinates(model, family):
+def _preconditioned_coordinates(model, family, H):
     """Maps phi -> x (Adam's coordinates), x -> phi, and grad_phi -> grad_x."""
     sl, P, k = family.mean_slice, model.n_params, model.n_location
     R = np.eye(P)
-    R[:k, :k] = model.location_preconditioner()
+    R[:k, :k] = model.location_preconditioner(H)
     R_inv = np.linalg.inv(R)
 
     def to_x(phi):
@@ -191,7 +221,12 @@ def _preconditioned_coordinates(model, family):
         g[sl] = R.T @ grad[sl]
         return g
 
-    return to_x, to_phi, grad_x
+    def mean_sd_x(phi):
+        """sd of q along each of Adam's mean coordinates m' = R^-1 m."""
+        cov = family.mean_cov(phi)[1]
+        return np.sqrt(np.diag(R_inv @ cov @ R_inv.T))
+
+    return to_x, to_phi, grad_x, mean_sd_x
 
 
 def estimate_elbo(model, family, phi: np.ndarray, rng: np.random.Generator, n_draws: int = 256,

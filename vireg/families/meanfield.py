@@ -30,8 +30,9 @@ class MeanField:
         self.P = n_params
         self.size = 2 * n_params
 
-    def init(self, init_scale: float) -> np.ndarray:
-        return np.concatenate([np.zeros(self.P), np.full(self.P, math.log(init_scale))])
+    def init(self, sd: np.ndarray) -> np.ndarray:
+        """m = 0 (the null model on standardised data), s = the given per-coordinate sd."""
+        return np.concatenate([np.zeros(self.P), np.log(sd)])
 
     def split(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return phi[: self.P], phi[self.P:]

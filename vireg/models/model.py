@@ -107,30 +107,52 @@ class Model:
         """Number of location parameters (intercept and coefficients), which come first in u."""
         return int(self.intercept) + self.n_cov
 
-    def location_preconditioner(self) -> np.ndarray:
-        """R with (R^T H R) close to a multiple of I, H the curvature of -log p in the location u.
+    def location_curvature(self) -> np.ndarray:
+        """H, a rough curvature of -log p(y, u) in the location block of u (intercept, coefficients).
 
-        H/N ~ w Z1^T Z1 / N + T^T diag(prior curvature) T / N, with Z1 the design with its
-        intercept column and w the likelihood's curvature per unit residual (1 for gaussian,
-        1/4 for logistic at p = 1/2). Only the optimiser uses R (Adam on m' = R^-1 m), so a rough
-        H is enough; q's family and the model are unchanged.
+        H = w Z1^T Z1 + T^T diag(prior curvature) T, with Z1 the design with its intercept column
+        and w the likelihood's curvature per row: 1/sigma~^2 for gaussian (sigma~ from the
+        least-squares residuals on the standardised scale, or the known sigma), and 1/4, its
+        largest value, for logistic. Used only to precondition the optimiser and to choose the
+        initial scale of q, never in the model.
         """
         k = self.n_location
-        if k == 0:
-            return np.zeros((0, 0))
         Z1 = np.hstack([np.ones((self.n_rows, 1)), self.Z]) if self.intercept else self.Z
-        weight = 1.0 if self.has_scale else 0.25
-        H = weight * (Z1.T @ Z1)
+        gram = Z1.T @ Z1
+        if self.likelihood.HAS_SCALE:
+            if self.fixed_t is not None:
+                weight = float(np.exp(-2.0 * self.fixed_t))
+            else:
+                coef = np.linalg.lstsq(gram, Z1.T @ self.y, rcond=None)[0]
+                resid2 = max(float(self.y @ self.y - coef @ (Z1.T @ self.y)) / self.n_rows, 1e-12)
+                weight = 1.0 / resid2
+        else:
+            weight = 0.25
         T_loc = self.T[:k, :k]
         prior_curv = np.array([p.curvature() for p in self.priors[:k]])
-        H += T_loc.T @ (prior_curv[:, None] * T_loc)
-        H /= self.n_rows
-        H += 1e-8 * (np.trace(H) / k) * np.eye(k)
+        H = weight * gram + T_loc.T @ (prior_curv[:, None] * T_loc)
+        return H + 1e-8 * (np.trace(H) / max(k, 1)) * np.eye(k)
+
+    def location_preconditioner(self, H: np.ndarray) -> np.ndarray:
+        """R with R^T (H/N) R = I, so Adam on m' = R^-1 m sees an isotropic problem.
+
+        Only the optimiser's path changes (Adam is not invariant to linear maps); q's family and
+        the fixed point are those stated.
+        """
+        k = self.n_location
         try:
-            L = np.linalg.cholesky(H)
+            L = np.linalg.cholesky(H / self.n_rows)
         except np.linalg.LinAlgError:
             return np.eye(k)
         return np.linalg.inv(L).T
+
+    def initial_sd(self, H: np.ndarray) -> np.ndarray:
+        """Per-coordinate sd of q to start from: 1/sqrt(diag H) for the location block (the
+        mean-field optimum of a Gaussian with that curvature), 1/sqrt(2N) for log sigma."""
+        sd = 1.0 / np.sqrt(np.diag(H))
+        if self.has_scale:
+            sd = np.append(sd, 1.0 / np.sqrt(2.0 * self.n_rows))
+        return sd
 
     def to_theta(self, U: np.ndarray) -> np.ndarray:
         """theta = T u + c for each row of U."""
