@@ -44,3 +44,24 @@ def natural_name(entry: dict, parameter: str) -> str:
     """The vireg name of a reference parameter (intercept, a covariate, or sigma)."""
     role = entry["parameter_roles"][parameter]
     return {"(intercept)": "intercept", "(noise sd)": "sigma"}.get(role, role)
+
+
+def load_wells() -> dict:
+    """The arsenic-wells logistic models with importance-sampling figures (computed for this
+    project, not by posteriordb): flat priors, intercept first in ``parameters``."""
+    return json.loads((DATA / "wells_mle.json").read_text())
+
+
+def wells_config(name: str, entry: dict, **inference) -> dict:
+    return {
+        "data": {"path": str(DATA / f"{name}.csv"), "response": entry["response"],
+                 "covariates": entry["covariates"]},
+        "model": {"family": "bernoulli", "intercept": True},
+        "inference": inference,
+        "output": {"draws": 0},
+    }
+
+
+def wells_names(entry: dict) -> dict:
+    """Reference parameter name -> vireg name (the intercept, then the covariates in order)."""
+    return dict(zip(entry["parameters"], ["intercept", *entry["covariates"]], strict=True))

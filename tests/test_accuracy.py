@@ -5,11 +5,21 @@ import json
 import numpy as np
 import pytest
 from conftest import write_csv
-from posteriordb import DATA, config_for, load_reference, natural_name
+from posteriordb import (
+    DATA,
+    config_for,
+    load_reference,
+    load_wells,
+    natural_name,
+    wells_config,
+    wells_names,
+)
 
 import vireg
 
 MEAN_TOL_SD = 0.1  # posterior means within 0.1 reference sd
+SD_RTOL = 0.1  # full-rank posterior sds within 10% of the reference sd
+CONJUGATE_COV_TOL = 0.05  # covariance entries within 0.05 sd_i sd_j
 CONJUGATE_MEAN_TOL_SD = 0.05
 CONJUGATE_SD_RTOL = 0.05
 
@@ -56,7 +66,25 @@ def test_meanfield_recovers_conjugate_mean_and_meanfield_optimal_variances(tmp_p
                                rtol=CONJUGATE_SD_RTOL)
 
 
+def test_fullrank_recovers_conjugate_mean_and_full_covariance(tmp_path, rng):
+    config, mean, A = conjugate_problem(tmp_path, rng)
+    config["inference"]["family"] = "fullrank"
+    result = vireg.fit(config)
+    assert result.converged, result.reason
+    cov = np.linalg.inv(A)
+    sd = np.sqrt(np.diag(cov))
+    assert (np.abs(result.theta_mean - mean) / sd).max() < CONJUGATE_MEAN_TOL_SD
+    np.testing.assert_allclose(np.sqrt(np.diag(result.theta_cov)), sd, rtol=CONJUGATE_SD_RTOL)
+    cov_err = np.abs(result.theta_cov - cov) / np.outer(sd, sd)
+    assert cov_err.max() < CONJUGATE_COV_TOL, cov_err
+
+
 REFERENCE = load_reference()
+# The one reference outside the bounds, at the full-rank Gaussian optimum itself (checked with
+# tolerance 0.002 and 64 draws per step, and with both estimators): with 46 rows and 8 parameters
+# sigma's posterior is skewed and its scale couples to the coefficients', and the Gaussian that
+# minimises KL(q || p) has a sigma sd 0.89x the NUTS one. Strict, so a fix is noticed.
+GAUSSIAN_VI_LIMIT = {"mesquite-logmesquite_logvas": "sigma sd 0.89x: full-rank Gaussian VI optimum"}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
@@ -83,3 +111,47 @@ def test_meanfield_logistic_means_match_importance_sampling_reference():
     for p, n in names.items():
         err = abs(rows[n]["mean"] - ref["is_mean_NOT_EXTERNAL"][p]) / ref["is_sd_NOT_EXTERNAL"][p]
         assert err < MEAN_TOL_SD, f"{n}: mean off by {err:.3f} sd"
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_fullrank_means_and_sds_match_nuts_reference(name, request):
+    if name in GAUSSIAN_VI_LIMIT:
+        request.applymarker(pytest.mark.xfail(reason=GAUSSIAN_VI_LIMIT[name], strict=True))
+    entry = REFERENCE[name]
+    result = vireg.fit(config_for(name, entry, family="fullrank"))
+    assert result.converged, result.reason
+    rows = {r["parameter"]: r for r in result.summary_rows()}
+    for p in entry["parameters"]:
+        row = rows[natural_name(entry, p)]
+        err = abs(row["mean"] - entry["mean"][p]) / entry["sd"][p]
+        assert err < MEAN_TOL_SD, f"{name} {p}: mean off by {err:.3f} reference sd"
+        ratio = row["sd"] / entry["sd"][p]
+        assert abs(ratio - 1) < SD_RTOL, f"{name} {p}: sd ratio {ratio:.3f}"
+
+
+WELLS = load_wells()
+
+
+@pytest.mark.parametrize("name", sorted(WELLS))
+def test_fullrank_logistic_matches_importance_sampling_reference(name):
+    entry = WELLS[name]
+    result = vireg.fit(wells_config(name, entry, family="fullrank"))
+    assert result.converged, result.reason
+    rows = {r["parameter"]: r for r in result.summary_rows()}
+    for p, n in wells_names(entry).items():
+        ref_mean, ref_sd = entry["is_mean_NOT_EXTERNAL"][p], entry["is_sd_NOT_EXTERNAL"][p]
+        err = abs(rows[n]["mean"] - ref_mean) / ref_sd
+        assert err < MEAN_TOL_SD, f"{name} {n}: mean off by {err:.3f} sd"
+        assert abs(rows[n]["sd"] / ref_sd - 1) < SD_RTOL, f"{name} {n}: sd {rows[n]['sd']:.4g}"
+
+
+def test_natural_scale_covariance_matches_draws_from_q(tmp_path, rng):
+    from test_cli import make_project
+
+    config = make_project(tmp_path, family="gaussian")
+    result = vireg.fit(config, overrides=["inference.family=fullrank", "output.draws=200000"])
+    sample_cov = np.cov(result.draws.T)
+    sd = np.sqrt(np.diag(result.natural_cov))
+    # 200,000 draws: Monte Carlo error of a covariance entry is about sd_i sd_j / 450.
+    assert (np.abs(sample_cov - result.natural_cov) / np.outer(sd, sd)).max() < 0.01
+    np.testing.assert_allclose(result.draws.mean(axis=0), result.summary.mean, atol=0.01 * sd.max())

@@ -38,6 +38,7 @@ class FitResult:
     summary: Summary
     theta_mean: np.ndarray  # mean of q over theta = (alpha, beta, log sigma)
     theta_cov: np.ndarray  # covariance of q over theta
+    natural_cov: np.ndarray  # covariance of q over (intercept, coefficients, sigma)
     variational: dict
     affine: dict
     steps: int
@@ -147,6 +148,21 @@ def natural_summary(model, mean_u: np.ndarray, cov_u: np.ndarray) -> tuple[Summa
     return Summary(model.param_names, mean, sd, q5, q50, q95), mean_t, cov_t
 
 
+def natural_cov(model, mean_t: np.ndarray, cov_t: np.ndarray) -> np.ndarray:
+    """Covariance of q over the natural parameters (intercept, coefficients, sigma).
+
+    For jointly Gaussian (x, tau), Stein's lemma gives Cov(x, e^tau) = Cov(x, tau) E[e^tau];
+    Var(e^tau) = E[e^tau]^2 (e^v - 1).
+    """
+    cov = cov_t.copy()
+    if model.has_scale:
+        mu, v = mean_t[-1], cov_t[-1, -1]
+        e_sigma = math.exp(mu + 0.5 * v)
+        cov[:-1, -1] = cov[-1, :-1] = cov_t[:-1, -1] * e_sigma
+        cov[-1, -1] = e_sigma**2 * math.expm1(v)
+    return cov
+
+
 def draw_natural(model, mean_u: np.ndarray, cov_u: np.ndarray, n: int,
                  rng: np.random.Generator) -> np.ndarray:
     """n draws from q on the natural scale (sigma, not log sigma), one row per draw."""
@@ -201,7 +217,7 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
     draws = draw_natural(model, mean_u, cov_u, cfg.output.draws, draw_rng)
     result = FitResult(
         config=cfg, param_names=model.param_names, summary=summary, theta_mean=mean_t,
-        theta_cov=cov_t,
+        theta_cov=cov_t, natural_cov=natural_cov(model, mean_t, cov_t),
         variational={"family": family.name, "space": "standardised (u)",
                      **family.to_dict(outcome.phi)},
         affine={"T": model.T.tolist(), "c": model.c.tolist()},

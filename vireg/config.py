@@ -20,7 +20,8 @@ from vireg.errors import InputError
 
 FAMILY_ALIASES = {"gaussian": "gaussian", "linear": "gaussian", "bernoulli": "bernoulli",
                   "logistic": "bernoulli"}
-VARIATIONAL_FAMILIES = ("meanfield",)
+VARIATIONAL_FAMILIES = ("meanfield", "fullrank")
+DEFAULT_ESTIMATOR = {"meanfield": "reparam", "fullrank": "stl"}
 ESTIMATORS = ("reparam", "stl")
 
 
@@ -50,7 +51,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class InferenceConfig:
     family: str = "meanfield"
-    estimator: str = "reparam"
+    estimator: str | None = None  # None: the family's default (DEFAULT_ESTIMATOR)
     samples: int = 8
     max_steps: int = 20000
     learning_rate: float = 0.05
@@ -188,7 +189,7 @@ def _check_values(d: dict[str, Any]) -> None:
     if vf not in VARIATIONAL_FAMILIES:
         raise InputError(f"inference.family '{vf}' is not available: use one of "
                          f"{', '.join(VARIATIONAL_FAMILIES)}")
-    est = inf.get("estimator", "reparam")
+    est = inf.get("estimator", DEFAULT_ESTIMATOR[vf])
     if est not in ESTIMATORS:
         raise InputError(f"inference.estimator '{est}' is not known: use one of {', '.join(ESTIMATORS)}")
     positive = {"samples": 1, "max_steps": 1, "window": 10}
@@ -268,7 +269,8 @@ def config_from_dict(raw: Any, base_dir: str | Path = ".",
     return Config(
         data=DataConfig(**d["data"]),
         model=ModelConfig(**model),
-        inference=InferenceConfig(**d.get("inference", {})),
+        inference=InferenceConfig(**{"estimator": DEFAULT_ESTIMATOR[d.get("inference", {}).get(
+            "family", "meanfield")], **d.get("inference", {})}),
         output=OutputConfig(**d.get("output", {})),
         runtime=RuntimeConfig(**d.get("runtime", {})),
         base_dir=str(base_dir),

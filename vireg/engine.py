@@ -91,7 +91,10 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
     H = model.location_curvature()
     to_x, to_phi, grad_x, mean_sd_x = _preconditioned_coordinates(model, family, H)
     mean_block = family.mean_slice
-    phi = family.init(np.minimum(icfg.init_scale, model.initial_sd(H)))
+    sd0 = np.minimum(icfg.init_scale, model.initial_sd(H))
+    cov0 = model.initial_cov(H)
+    shrink = np.minimum(1.0, icfg.init_scale / np.sqrt(np.diag(cov0)))
+    phi = family.init(sd0, shrink[:, None] * cov0 * shrink[None, :])
     x = to_x(phi)
     adam = Adam(family.size, icfg.learning_rate)
     elbo_const = model.log_det_T

@@ -47,6 +47,11 @@ def elbo_csv(result) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _corr(cov: np.ndarray) -> np.ndarray:
+    sd = np.sqrt(np.diag(cov))
+    return cov / np.outer(sd, sd)
+
+
 def fit_json(result, versions: dict) -> str:
     names = result.param_names
     theta_names = names[:-1] + ["log_sigma"] if names and names[-1] == "sigma" else names
@@ -63,6 +68,9 @@ def fit_json(result, versions: dict) -> str:
         "variational": result.variational,
         "affine_map": {"description": "theta = T u + c; theta = (intercept, coefficients, "
                        "log sigma), u = the standardised coordinates q is defined on", **result.affine},
+        "posterior": {"names": names, "mean": result.summary.mean.tolist(),
+                      "sd": result.summary.sd.tolist(), "cov": result.natural_cov.tolist(),
+                      "corr": _corr(result.natural_cov).tolist()},
         "posterior_theta": {"names": theta_names, "mean": result.theta_mean.tolist(),
                             "cov": result.theta_cov.tolist()},
         "optimisation": result.extras,

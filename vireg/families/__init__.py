@@ -6,9 +6,10 @@ moves) and answers the same questions: ``init``, ``sample`` (u = m + scale * eps
 kernel), ``entropy``, ``mean_cov`` and ``distance`` (between two phis, in posterior-sd units).
 """
 
+from vireg.families.fullrank import FullRank
 from vireg.families.meanfield import MeanField
 
-FAMILIES = {"meanfield": MeanField}
+FAMILIES = {"meanfield": MeanField, "fullrank": FullRank}
 
 
 def make_family(name: str, n_params: int):

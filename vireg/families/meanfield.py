@@ -25,12 +25,13 @@ HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
 
 class MeanField:
     name = "meanfield"
+    default_estimator = "reparam"
 
     def __init__(self, n_params: int):
         self.P = n_params
         self.size = 2 * n_params
 
-    def init(self, sd: np.ndarray) -> np.ndarray:
+    def init(self, sd: np.ndarray, cov: np.ndarray | None = None) -> np.ndarray:
         """m = 0 (the null model on standardised data), s = the given per-coordinate sd."""
         return np.concatenate([np.zeros(self.P), np.log(sd)])
 

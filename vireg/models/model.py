@@ -154,6 +154,16 @@ class Model:
             sd = np.append(sd, 1.0 / np.sqrt(2.0 * self.n_rows))
         return sd
 
+    def initial_cov(self, H: np.ndarray) -> np.ndarray:
+        """A full covariance to start a full-rank q from: H^-1 for the location block (the
+        posterior covariance of a Gaussian with that curvature), 1/(2N) for log sigma."""
+        P, k = self.n_params, self.n_location
+        cov = np.zeros((P, P))
+        cov[:k, :k] = np.linalg.inv(H)
+        if self.has_scale:
+            cov[P - 1, P - 1] = 1.0 / (2.0 * self.n_rows)
+        return cov
+
     def to_theta(self, U: np.ndarray) -> np.ndarray:
         """theta = T u + c for each row of U."""
         return U @ self.T.T + self.c
