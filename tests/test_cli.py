@@ -244,3 +244,57 @@ def test_shipped_configs_fit(tmp_path):
     for name in ("wells", "kidiq"):
         res = run("fit", REPO / "configs" / f"{name}.yaml", "--out", tmp_path / name, "--quiet")
         assert res.exit_code == 0, res.stderr
+
+
+def test_improper_posteriors_are_refused_before_fitting(tmp_path):
+    import numpy as np
+
+    x = np.r_[np.arange(20.0) - 30, np.arange(20.0) + 1]
+    cases = {
+        "separated": ({"y": (x > 0).astype(int), "x": x}, "logistic", "'x' separates"),
+        "exact": ({"y": 3 + 2 * x, "x": x}, "gaussian", "exactly"),
+    }
+    for name, (columns, family, words) in cases.items():
+        write_csv(tmp_path / f"{name}.csv", columns)
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump({"data": {"path": f"{name}.csv", "response": "y"},
+                                          "model": {"family": family},
+                                          "output": {"dir": f"out_{name}"}}))
+        res = run("fit", config, "--quiet")
+        assert res.exit_code == 2 and words in res.stderr, res.stderr
+        assert not (tmp_path / f"out_{name}").exists()
+
+
+def test_separated_data_fit_with_a_proper_prior(tmp_path):
+    import numpy as np
+
+    x = np.r_[np.arange(20.0) - 30, np.arange(20.0) + 1]
+    write_csv(tmp_path / "sep.csv", {"y": (x > 0).astype(int), "x": x})
+    config = tmp_path / "sep.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"path": "sep.csv", "response": "y"},
+        "model": {"family": "logistic", "prior": {"coefficients": "normal(0, 2.5)"}}}))
+    res = run("fit", config, "--quiet", "--out", "-")
+    assert res.exit_code == 0, res.stderr
+
+
+def test_divergence_to_nan_stops_with_a_message_and_writes_nothing(tmp_path, monkeypatch):
+    """A log joint that turns non-finite is undone, the step size shrinks, and repeated failure
+    ends the fit with exit code 1, a one-line message and no files."""
+    from vireg.models.model import Model
+
+    config = make_project(tmp_path)
+    real = Model.log_joint_grad
+
+    def poisoned(self, U):
+        logp, g = real(self, U)
+        return logp * np.nan, g
+
+    import numpy as np
+
+    monkeypatch.setattr(Model, "log_joint_grad", poisoned)
+    res = run("fit", config, "--quiet")
+    assert res.exit_code == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "non-finite" in lines[0] and "Traceback" not in res.stderr
+    assert not (tmp_path / "out").exists()

@@ -103,16 +103,43 @@ def build_model(cfg: Config):
 
 
 def _check_identifiable(model) -> None:
+    """Refuse models whose posterior does not exist (improper) before spending time fitting them."""
     n_flat = sum(1 for p in model.priors if not p.is_proper and p.name != "sigma_flat")
     if model.n_rows <= n_flat:
-        raise InputError(f"{model.n_rows} rows cannot identify {n_flat} parameters with flat priors: "
-                         "give them proper priors (e.g. coefficients: 'normal(0, 10)') or more rows")
-    if model.family == "bernoulli" and model.intercept and not model.priors[0].is_proper:
-        y = model.design.y
-        if y.min() == y.max():
-            raise InputError(f"response '{model.design.response}' is always {y[0]:g}: with a flat "
-                             "intercept prior the posterior is improper; give the intercept a "
-                             "proper prior such as 'normal(0, 2.5)'")
+        raise InputError(f"{model.n_rows} rows cannot identify {n_flat} parameters with flat "
+                         "priors: give them proper priors (e.g. coefficients: 'normal(0, 10)') or "
+                         "more rows")
+    response = model.design.response
+    if model.family == "bernoulli":
+        _check_bernoulli_proper(model, response)
+    elif model.has_scale:
+        Z1 = np.hstack([np.ones((model.n_rows, 1)), model.Z]) if model.intercept else model.Z
+        coef = np.linalg.lstsq(Z1, model.y, rcond=None)[0]
+        resid = model.y - Z1 @ coef
+        if np.sqrt(np.mean(resid**2)) < 1e-10:
+            raise InputError(f"the covariates predict '{response}' exactly (zero residuals), so "
+                             "the posterior of sigma piles up at 0 and does not exist: check that "
+                             "no covariate is a copy of (or computed from) the response")
+
+
+def _check_bernoulli_proper(model, response: str) -> None:
+    from vireg.models import bernoulli
+
+    y = model.design.y
+    if model.intercept and not model.priors[0].is_proper and y.min() == y.max():
+        raise InputError(f"response '{response}' is always {y[0]:g}: with a flat intercept prior "
+                         "the posterior is improper; give the intercept a proper prior such as "
+                         "'normal(0, 2.5)'")
+    if any(p.is_proper for p in model.priors):
+        return  # any proper prior on a coefficient bounds that direction; see the README
+    Z1 = np.hstack([np.ones((model.n_rows, 1)), model.Z]) if model.intercept else model.Z
+    if bernoulli.separation(Z1, y):
+        col = bernoulli.separating_column(model.design.X, y, model.design.covariates)
+        which = f"'{col}' separates the 0s from the 1s" if col else (
+            "a combination of the covariates separates the 0s from the 1s")
+        raise InputError(f"{which}, so with flat priors the posterior does not exist (the "
+                         "coefficients run off to infinity): give the coefficients a proper "
+                         "prior such as 'normal(0, 2.5)'")
 
 
 def _thread_count(requested: int | None) -> int:

@@ -25,8 +25,9 @@ log joint), so Adam's per-coordinate steps are not slowed by correlated coeffici
 only the path, not the fixed point: q's family and the ELBO are those stated.
 
 A step whose ELBO or gradient is not finite is undone: the parameters go back to the last good
-window, the step size shrinks tenfold and Adam's moments are reset. Too many of those in a row
-stop the fit with a ``FitError`` (no results are written).
+window, the step size shrinks tenfold and Adam's moments are reset; each clean window after that
+doubles the step size back towards the level's. Too many failures in a row stop the fit with a
+``FitError`` (no results are written).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
     phi = family.init(sd0, shrink[:, None] * cov0 * shrink[None, :])
     x = to_x(phi)
     adam = Adam(family.size, icfg.learning_rate)
+    nominal_lr = adam.lr.copy()  # the level's step size; adam.lr falls below it after a backoff
     elbo_const = model.log_det_T
     trace = np.full(icfg.max_steps, np.nan)
 
@@ -157,6 +159,7 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
         k, win_phi = 0, np.zeros(family.size)
         failures = 0
         snapshot = x.copy()
+        adam.lr = np.minimum(adam.lr * 2.0, nominal_lr)  # recover from backoffs gradually
         if prev_window is not None:
             p_mean, p_se, p_avg = prev_window
             if mean - p_mean <= 2.0 * np.hypot(se, p_se) and not drifting:
@@ -173,10 +176,11 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
                     # The first stationary level has located q roughly: from now on a mean moves
                     # by at most MEAN_STEP_SD of its own posterior sd per step, which skips the
                     # levels that halving from the initial step size would need to get there.
-                    adam.lr[mean_block] = np.minimum(adam.lr[mean_block],
-                                                     MEAN_STEP_SD * mean_sd_x(estimate))
+                    nominal_lr[mean_block] = np.minimum(nominal_lr[mean_block],
+                                                        MEAN_STEP_SD * mean_sd_x(estimate))
                 else:
-                    adam.lr *= LR_DECAY
+                    nominal_lr *= LR_DECAY
+                adam.lr = np.minimum(adam.lr, nominal_lr)
                 level_estimate = estimate
                 adam.reset()
                 prev_window = None

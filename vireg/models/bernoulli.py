@@ -27,3 +27,37 @@ def loglik_grad_kernel(parallel: bool):
     from vireg.kernels import likelihood
 
     return likelihood.bernoulli_loglik_grad if parallel else likelihood.bernoulli_loglik_grad_serial
+
+
+def separation(Z1: np.ndarray, y: np.ndarray, max_iter: int = 50) -> str | None:
+    """Whether the classes are (quasi-)completely separated, so the MLE (and a flat-prior
+    posterior) does not exist; returns a description, or None if the MLE exists.
+
+    Newton's method on the log-likelihood (Z1: design with its intercept column): under separation
+    the iterates run off to infinity, driving fitted probabilities to 0 or 1 (the condition R's
+    glm warns about). A column that separates on its own is named.
+    """
+    n, k = Z1.shape
+    w = np.zeros(k)
+    for _ in range(max_iter):
+        eta = Z1 @ w
+        p = 0.5 * (1.0 + np.tanh(0.5 * eta))  # sigmoid without overflow
+        weight = p * (1.0 - p)
+        H = (Z1 * weight[:, None]).T @ Z1 + 1e-10 * np.eye(k)
+        step = np.linalg.solve(H, Z1.T @ (y - p))
+        w = w + step
+        if np.max(np.abs(step)) < 1e-8 * (1.0 + np.max(np.abs(w))):
+            break
+    eta = Z1 @ w
+    separated = np.mean(np.abs(eta) > 30.0) > 0.5 or not np.all(np.isfinite(w))
+    return "separated" if separated else None
+
+
+def separating_column(X: np.ndarray, y: np.ndarray, names: list[str]) -> str | None:
+    """The first covariate whose values for y = 1 all lie on one side of those for y = 0."""
+    ones, zeros = y == 1, y == 0
+    for j, name in enumerate(names):
+        x1, x0 = X[ones, j], X[zeros, j]
+        if x1.min() >= x0.max() or x1.max() <= x0.min():
+            return name
+    return None

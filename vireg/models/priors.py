@@ -37,7 +37,7 @@ class Prior:
 
     @property
     def is_proper(self) -> bool:
-        return self.name != "flat"
+        return self.name not in ("flat", "sigma_flat")
 
     def logpdf(self, x: np.ndarray) -> np.ndarray:
         """log p(x) of a location prior, or log p_tau(tau) of a scale prior at x = tau."""
