@@ -154,6 +154,21 @@ def _corrupt(tmp_path, how):
         return ["fit", config, "--set", "inference.samples"]
     elif how == "too many threads":
         return ["fit", config, "--threads", "9999"]
+    elif how == "infinite config number":
+        cfg["inference"]["tolerance"] = float("inf")
+    elif how == "empty --out":
+        return ["fit", config, "--out", ""]
+    elif how == "trailing comma in header":
+        data.write_text(lines[0] + ",\n" + "\n".join(line + "," for line in lines[1:]) + "\n")
+    elif how == "huge value":
+        lines[2] = "1,1e300,3.0"
+        data.write_text("\n".join(lines) + "\n")
+    elif how == "collinear covariates":
+        cfg["data"]["covariates"] = ["x1", "x2", "x1b"]
+        data.write_text(lines[0] + ",x1b\n" + "\n".join(
+            f"{line},{2 * float(line.split(',')[1])}" for line in lines[1:]) + "\n")
+    elif how == "tiny prior scale":
+        cfg["model"]["prior"] = {"coefficients": "normal(0, 1e-300)"}
     elif how == "empty data file":
         data.write_text("")
     elif how == "header only":
@@ -166,7 +181,8 @@ BAD_INPUTS = ["missing config", "missing data file", "missing column", "missing 
               "non-numeric value", "missing value", "non-binary response", "unknown config key",
               "unknown section", "invalid prior string", "unknown prior", "negative prior scale",
               "wrong type", "unknown family", "bad yaml", "bad set", "too many threads",
-              "empty data file", "header only"]
+              "empty data file", "header only", "infinite config number", "empty --out",
+              "trailing comma in header", "huge value", "collinear covariates", "tiny prior scale"]
 
 
 @pytest.mark.parametrize("how", BAD_INPUTS)

@@ -51,6 +51,7 @@ class FitResult:
     fit_seconds: float
     threads: int
     n_rows: int
+    has_sigma: bool  # whether the last parameter is a fitted sigma
     draws: np.ndarray = field(repr=False)
     extras: dict = field(default_factory=dict)
 
@@ -91,55 +92,25 @@ def build_model(cfg: Config):
     """Read the data and priors of a config into a ``Model`` (kernels are compiled lazily)."""
     from vireg.data import build_design, read_table
     from vireg.models.model import Model, resolve_priors
+    from vireg.models.propriety import check_posterior_exists
 
     table = read_table(cfg.resolve_path(cfg.data.path))
     design = build_design(table, cfg.data.response, cfg.data.covariates)
     priors = resolve_priors(cfg.model.prior, cfg.model.family, cfg.model.intercept,
                             design.covariates, cfg.model.sigma)
+    if not priors:
+        raise InputError("the model has no parameters to fit (no intercept, no covariates and no "
+                         "unknown sigma): add covariates or set model.intercept: true")
+    reserved = {"intercept": cfg.model.intercept, "sigma": len(priors) > design.X.shape[1]
+                + cfg.model.intercept}
+    for name in design.covariates:
+        if reserved.get(name):
+            raise InputError(f"covariate '{name}' has the name of vireg's own parameter "
+                             f"'{name}': rename the column")
     model = Model(design, cfg.model.family, cfg.model.intercept, priors, cfg.model.sigma,
                   draws_per_step=cfg.inference.samples)
-    _check_identifiable(model)
+    check_posterior_exists(model)
     return model
-
-
-def _check_identifiable(model) -> None:
-    """Refuse models whose posterior does not exist (improper) before spending time fitting them."""
-    n_flat = sum(1 for p in model.priors if not p.is_proper and p.name != "sigma_flat")
-    if model.n_rows <= n_flat:
-        raise InputError(f"{model.n_rows} rows cannot identify {n_flat} parameters with flat "
-                         "priors: give them proper priors (e.g. coefficients: 'normal(0, 10)') or "
-                         "more rows")
-    response = model.design.response
-    if model.family == "bernoulli":
-        _check_bernoulli_proper(model, response)
-    elif model.has_scale:
-        Z1 = np.hstack([np.ones((model.n_rows, 1)), model.Z]) if model.intercept else model.Z
-        coef = np.linalg.lstsq(Z1, model.y, rcond=None)[0]
-        resid = model.y - Z1 @ coef
-        if np.sqrt(np.mean(resid**2)) < 1e-10:
-            raise InputError(f"the covariates predict '{response}' exactly (zero residuals), so "
-                             "the posterior of sigma piles up at 0 and does not exist: check that "
-                             "no covariate is a copy of (or computed from) the response")
-
-
-def _check_bernoulli_proper(model, response: str) -> None:
-    from vireg.models import bernoulli
-
-    y = model.design.y
-    if model.intercept and not model.priors[0].is_proper and y.min() == y.max():
-        raise InputError(f"response '{response}' is always {y[0]:g}: with a flat intercept prior "
-                         "the posterior is improper; give the intercept a proper prior such as "
-                         "'normal(0, 2.5)'")
-    if any(p.is_proper for p in model.priors):
-        return  # any proper prior on a coefficient bounds that direction; see the README
-    Z1 = np.hstack([np.ones((model.n_rows, 1)), model.Z]) if model.intercept else model.Z
-    if bernoulli.separation(Z1, y):
-        col = bernoulli.separating_column(model.design.X, y, model.design.covariates)
-        which = f"'{col}' separates the 0s from the 1s" if col else (
-            "a combination of the covariates separates the 0s from the 1s")
-        raise InputError(f"{which}, so with flat priors the posterior does not exist (the "
-                         "coefficients run off to infinity): give the coefficients a proper "
-                         "prior such as 'normal(0, 2.5)'")
 
 
 def _thread_count(requested: int | None) -> int:
@@ -251,7 +222,7 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
         steps=outcome.steps, converged=outcome.converged, reason=outcome.reason,
         elbo_trace=outcome.elbo_trace, elbo=elbo, elbo_se=elbo_se,
         compile_seconds=compile_seconds, fit_seconds=fit_seconds, threads=threads,
-        n_rows=model.n_rows, draws=draws,
+        n_rows=model.n_rows, has_sigma=model.has_scale, draws=draws,
         extras={"levels": outcome.levels, "backoffs": outcome.backoffs,
                 "last_distance": outcome.last_distance},
     )

@@ -78,9 +78,12 @@ def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bo
     from vireg import api, export
     from vireg.config import load_config
     from vireg.engine import Progress
+    from vireg.errors import InputError
     from vireg.render import FitDisplay
 
     cfg = load_config(config_path, overrides)
+    if out is not None and not out.strip():
+        raise InputError("--out needs a folder name, or '-' for standard output")
     if out == "-":
         out_dir = None
     elif out is not None:
@@ -90,6 +93,8 @@ def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bo
     else:
         out_dir = Path("runs") / config_path.stem
 
+    if out_dir is not None:
+        export.check_output_dir(out_dir)
     display = FitDisplay(enabled=not quiet)
     result = None
     step = 0

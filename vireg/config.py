@@ -9,6 +9,7 @@ Paths inside a config file are relative to the folder of that file.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -138,6 +139,8 @@ def _check_type(path: str, value: Any, expected: Any) -> Any:
         raise InputError(f"config key '{path}' must be {_type_name(expected)}, got {value!r}")
     if float in ts and isinstance(value, int):
         return float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"config key '{path}' must be a finite number, got {value!r}")
     if not isinstance(value, ts):
         raise InputError(f"config key '{path}' must be {_type_name(expected)}, got {value!r}")
     return value

@@ -15,7 +15,16 @@ import numpy as np
 
 from vireg.errors import InputError
 
-MISSING_TOKENS = frozenset({"", "na", "nan", "null", "none", "n/a", "."})
+MISSING_TOKENS = frozenset({"", "na", "nan", "-nan", "+nan", "null", "none", "n/a", "."})
+# Values beyond this cannot be standardised without overflow (their squares exceed float64).
+MAX_ABS_VALUE = 1e100
+
+
+def _show(cell: str) -> str:
+    """A cell as it can appear in a one-line message: quoted, newlines escaped, truncated."""
+    text = cell.strip()
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return repr(text)
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ def read_table(path: Path) -> Table:
 def _read_csv(path: Path) -> Table:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
+            rows = list(csv.reader(fh, skipinitialspace=True))
     except UnicodeDecodeError:
         raise InputError(f"data file '{path}' is not a UTF-8 text CSV file") from None
     except (OSError, csv.Error) as exc:
@@ -59,6 +68,11 @@ def _read_csv(path: Path) -> Table:
     if not rows:
         raise InputError(f"data file '{path}' is empty: it needs a header row and data rows")
     header = [h.strip() for h in rows[0]]
+    for j, name in enumerate(header):
+        if not name:
+            where = "the last" if j == len(header) - 1 else f"column {j + 1}"
+            raise InputError(f"data file '{path}': {where} header field is empty (a trailing "
+                             "comma?): name every column")
     body = [r for r in rows[1:] if r and any(c.strip() for c in r)]
     if not body:
         raise InputError(f"data file '{path}' has a header but no data rows")
@@ -100,6 +114,11 @@ def numeric_column(table: Table, name: str) -> np.ndarray:
     except ValueError:
         values = None
     if values is not None and np.isfinite(values).all():
+        big = np.flatnonzero(np.abs(values) > MAX_ABS_VALUE)
+        if big.size:
+            i = int(big[0])
+            raise InputError(f"column '{name}' has a value too large to work with ({_show(cells[i])} "
+                             f"at data row {i + 1}; at most {MAX_ABS_VALUE:g}): rescale the column")
         return values
     n_missing = sum(1 for c in cells if c.strip().lower() in MISSING_TOKENS)
     if n_missing:
@@ -110,10 +129,10 @@ def numeric_column(table: Table, name: str) -> np.ndarray:
         try:
             v = float(c)
         except ValueError:
-            raise InputError(f"column '{name}' has a non-numeric value '{c.strip()}' at data row "
+            raise InputError(f"column '{name}' has a non-numeric value {_show(c)} at data row "
                              f"{i + 1}: vireg needs numbers (encode categories as 0/1 columns)") from None
         if not math.isfinite(v):
-            raise InputError(f"column '{name}' has an infinite value '{c.strip()}' at data row "
+            raise InputError(f"column '{name}' has an infinite value {_show(c)} at data row "
                              f"{i + 1}: remove or fix that row")
     raise AssertionError("unreachable: a column failed to convert but no bad cell was found")
 

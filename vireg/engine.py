@@ -46,6 +46,7 @@ MEAN_STEP_SD = 0.1
 NAN_BACKOFF = 0.1
 MAX_CONSECUTIVE_BACKOFFS = 8
 N_BATCHES = 10
+QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,11 @@ def drift_threshold(n_coordinates: int, alpha: float = 0.01) -> float:
 
 
 def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress | Outcome]:
-    """Maximise the ELBO; yields a ``Progress`` per step and finally one ``Outcome``."""
+    """Maximise the ELBO; yields a ``Progress`` per step and finally one ``Outcome``.
+
+    Floating-point warnings are silenced inside a step (``QUIET``): every step's ELBO and
+    gradient are checked for finiteness explicitly, and a non-finite step is undone.
+    """
     S, P, W = icfg.samples, model.n_params, icfg.window
     H = model.location_curvature()
     to_x, to_phi, grad_x, mean_sd_x = _preconditioned_coordinates(model, family, H)
@@ -118,8 +123,8 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
     step = 0
     for step in range(1, icfg.max_steps + 1):
         eps = rng.standard_normal((S, P))
-        U = family.sample(phi, eps)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with np.errstate(**QUIET):
+            U = family.sample(phi, eps)
             logp, g = model.log_joint_grad(U)
             elbo, grad = family.elbo_grad(phi, eps, logp, g, icfg.estimator)
         if not (np.isfinite(elbo) and np.all(np.isfinite(grad))):
@@ -141,8 +146,9 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
         elbo += elbo_const
         trace[step - 1] = elbo
         smooth = elbo if np.isnan(smooth) else 0.95 * smooth + 0.05 * elbo
-        x = adam.step(x, grad_x(grad))
-        phi = to_phi(x)
+        with np.errstate(**QUIET):
+            x = adam.step(x, grad_x(grad))
+            phi = to_phi(x)
         win_elbo[k] = elbo
         win_grad[k] = grad
         win_phi += phi

@@ -54,7 +54,7 @@ def _corr(cov: np.ndarray) -> np.ndarray:
 
 def fit_json(result, versions: dict) -> str:
     names = result.param_names
-    theta_names = names[:-1] + ["log_sigma"] if names and names[-1] == "sigma" else names
+    theta_names = names[:-1] + ["log_sigma"] if result.has_sigma else names
     doc = {
         "config": result.config.to_dict(),
         "converged": result.converged,
@@ -82,6 +82,24 @@ def fit_json(result, versions: dict) -> str:
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Fail before fitting, not after, if results cannot be written to ``out_dir``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output path '{out_dir}' exists and is not a folder: choose another --out")
+    parent = out_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write results under '{parent}' (permission denied or not a "
+                         "folder): choose another --out")
+
+
 def write_results(result, out_dir: Path, versions: dict) -> list[Path]:
     """Write summary.csv, draws.csv, elbo.csv and fit.json into ``out_dir`` atomically."""
     files = {
@@ -102,6 +120,7 @@ def write_results(result, out_dir: Path, versions: dict) -> list[Path]:
         for name, text in files.items():
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
             temps[name] = tmp
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for sharing
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
                 fh.write(text)
                 fh.flush()

@@ -56,6 +56,8 @@ def separation(Z1: np.ndarray, y: np.ndarray, max_iter: int = 50) -> str | None:
 def separating_column(X: np.ndarray, y: np.ndarray, names: list[str]) -> str | None:
     """The first covariate whose values for y = 1 all lie on one side of those for y = 0."""
     ones, zeros = y == 1, y == 0
+    if not ones.any() or not zeros.any():
+        return None
     for j, name in enumerate(names):
         x1, x0 = X[ones, j], X[zeros, j]
         if x1.min() >= x0.max() or x1.max() <= x0.min():

@@ -21,6 +21,10 @@ import numpy as np
 from vireg.errors import InputError
 
 LOG_2PI = math.log(2.0 * math.pi)
+# Bounds on prior arguments: far beyond any sensible prior, and small enough that 1/s^2 and s^2
+# stay finite in float64.
+MAX_PRIOR_ARG = 1e100
+MIN_PRIOR_SCALE = 1e-100
 
 
 @dataclass(frozen=True)
@@ -225,16 +229,17 @@ def parse_prior(text: str, where: str, kind: str) -> Prior:
             except ValueError:
                 raise InputError(f"{where}: argument '{part.strip()}' of '{text}' is not a number: "
                                  f"write {_signature(name, table)} with numbers") from None
-            if not math.isfinite(value):
-                raise InputError(f"{where}: argument '{part.strip()}' of '{text}' must be finite")
+            if not math.isfinite(value) or abs(value) > MAX_PRIOR_ARG:
+                raise InputError(f"{where}: argument '{part.strip()}' of '{text}' must be a finite "
+                                 f"number of size at most {MAX_PRIOR_ARG:g}")
             args.append(value)
     if len(args) != len(argnames):
         raise InputError(f"{where}: '{text}' takes {len(argnames)} argument(s): write "
                          f"{_signature(name, table)}")
     for i in positive:
-        if not args[i] > 0:
-            raise InputError(f"{where}: argument {argnames[i]} of '{text}' must be positive, "
-                             f"got {args[i]:g}")
+        if not args[i] >= MIN_PRIOR_SCALE:
+            raise InputError(f"{where}: argument {argnames[i]} of '{text}' must be positive (at "
+                             f"least {MIN_PRIOR_SCALE:g}), got {args[i]:g}")
     if kind == "scale" and name == "flat":
         name = "sigma_flat"
     return Prior(name, tuple(args))

@@ -1,0 +1,108 @@
+"""Checks, before any fitting, that the posterior of a model exists (is proper).
+
+Flat priors make the posterior the normalised likelihood, which does not exist when the data
+cannot pin the parameters down: collinear or constant columns, too few rows, a linear model that
+fits exactly, or logistic data whose classes a covariate separates. Fitting such a model would
+return confident nonsense, so each case is an ``InputError`` that names the columns and the fix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vireg.errors import InputError
+from vireg.models import bernoulli
+
+COLLINEAR_RTOL = 1e-9
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names)
+
+
+def check_posterior_exists(model) -> None:
+    flat = [i for i in range(model.n_location) if not model.priors[i].is_proper]
+    names = (["(intercept)"] if model.intercept else []) + list(model.design.covariates)
+    _check_design_rank(model, flat, names)
+    if model.family == "bernoulli":
+        _check_bernoulli(model, flat, names)
+    elif model.has_scale:
+        _check_gaussian(model, flat)
+
+
+def _design_with_intercept(model) -> np.ndarray:
+    if model.intercept:
+        return np.hstack([np.ones((model.n_rows, 1)), model.Z])
+    return model.Z
+
+
+def _check_design_rank(model, flat: list[int], names: list[str]) -> None:
+    if not flat:
+        return
+    if model.n_rows < len(flat):
+        raise InputError(f"{model.n_rows} rows cannot identify {len(flat)} parameters with flat "
+                         "priors: give them proper priors (e.g. coefficients: 'normal(0, 10)') or "
+                         "use more rows")
+    off = int(model.intercept)
+    X = model.design.X
+    for i in flat[off:] if model.intercept else flat:
+        j = i - off
+        if np.ptp(X[:, j]) == 0 and (model.intercept or X[0, j] == 0):
+            what = "is constant" if model.intercept else "is all zeros"
+            raise InputError(f"column '{names[i]}' {what}, so its coefficient is not identified "
+                             "under a flat prior: drop it from data.covariates or give it a proper "
+                             "prior")
+    cols = _design_with_intercept(model)[:, flat]
+    norms = np.sqrt(np.sum(cols**2, axis=0))
+    _, sv, vt = np.linalg.svd(cols / norms, full_matrices=False)
+    if sv[-1] < COLLINEAR_RTOL * sv[0]:
+        v = np.abs(vt[-1])
+        involved = [names[flat[k]] for k in np.flatnonzero(v > 0.1 * v.max())]
+        raise InputError(f"columns {_quoted(involved)} are collinear (one is a linear combination "
+                         "of the others), so with flat priors the posterior does not exist: drop "
+                         "one of them or give the coefficients proper priors")
+
+
+def _check_gaussian(model, flat: list[int]) -> None:
+    response = model.design.response
+    Z1 = _design_with_intercept(model)
+    coef = np.linalg.lstsq(Z1, model.y, rcond=None)[0]
+    if np.sqrt(np.mean((model.y - Z1 @ coef) ** 2)) < 1e-10:
+        raise InputError(f"the covariates predict '{response}' exactly (zero residuals), so the "
+                         "posterior of sigma piles up at 0 and does not exist: check that no "
+                         "covariate is a copy of (or computed from) the response")
+    # With a flat prior on sigma, p(sigma | y) ~ sigma^-(N - k) exp(-RSS / 2 sigma^2), which is
+    # integrable only when N - k >= 2 (k = parameters with flat priors).
+    if not model.priors[-1].is_proper and model.n_rows < len(flat) + 2:
+        raise InputError(f"{model.n_rows} rows are too few for {len(flat)} flat-prior "
+                         "coefficients and a flat prior on sigma (the posterior needs at least "
+                         f"{len(flat) + 2} rows): give sigma a proper prior such as "
+                         "'half_normal(10)' or use more rows")
+
+
+def _check_bernoulli(model, flat: list[int], names: list[str]) -> None:
+    response = model.design.response
+    y = model.design.y
+    if model.intercept and 0 in flat and y.min() == y.max():
+        raise InputError(f"response '{response}' is always {y[0]:g}: with a flat intercept prior "
+                         "the posterior is improper; give the intercept a proper prior such as "
+                         "'normal(0, 2.5)'")
+    if not flat:
+        return
+    # Only flat-prior directions can run off to infinity; a proper prior bounds the others. The
+    # columns are taken on the natural scale (a proper intercept prior pins the natural intercept),
+    # scaled by their root mean square for conditioning, which does not change separability.
+    off = int(model.intercept)
+    X1 = np.hstack([np.ones((model.n_rows, 1)), model.design.X]) if model.intercept \
+        else model.design.X
+    cols = X1[:, flat]
+    cols = cols / np.sqrt(np.mean(cols**2, axis=0))
+    if bernoulli.separation(cols, y):
+        flat_cov = [i - off for i in flat if i >= off]
+        col = bernoulli.separating_column(model.design.X[:, flat_cov], y,
+                                          [names[i + off] for i in flat_cov])
+        which = f"'{col}' separates the 0s from the 1s" if col else (
+            "a combination of the flat-prior covariates separates the 0s from the 1s")
+        raise InputError(f"{which}, so with flat priors the posterior does not exist (the "
+                         "coefficients run off to infinity): give the coefficients a proper "
+                         "prior such as 'normal(0, 2.5)'")
