@@ -95,3 +95,22 @@ def test_kernel_is_bit_identical_at_one_and_two_threads(rng, family):
 def test_chunk_size_depends_only_on_data_shape():
     assert chunk_rows_for(10**6, 100) == chunk_rows_for(10**6, 100)
     assert 256 <= chunk_rows_for(10**6, 1000) <= chunk_rows_for(10**6, 1) <= 8192
+
+
+def test_vectorisable_exp_and_log1p_match_libm_over_their_ranges():
+    from numba import njit
+
+    from vireg.kernels.elementary import exp_nonpositive, log1p_unit
+
+    @njit
+    def apply(f, x):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = f(x[i])
+        return out
+
+    x = -np.linspace(0.0, 40.0, 400001)
+    assert np.max(np.abs(apply(exp_nonpositive, x) / np.exp(x) - 1)) < 1e-13
+    e = np.r_[np.exp(-np.linspace(0, 40, 10001)), np.linspace(1e-6, 1, 100001)]
+    assert np.max(np.abs(apply(log1p_unit, e) / np.log1p(e) - 1)) < 2e-15
+    assert apply(log1p_unit, np.zeros(1))[0] == 0.0

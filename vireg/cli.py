@@ -127,6 +127,43 @@ def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bo
     return 0
 
 
+@app.command()
+def bench(
+    model: Annotated[str, typer.Option("--model", help="logistic or linear.")] = "logistic",
+    family: Annotated[str, typer.Option("--family", help="meanfield or fullrank.")] = "meanfield",
+    n: Annotated[int, typer.Option("--n", help="Rows of synthetic data.")] = 100_000,
+    d: Annotated[int, typer.Option("--d", help="Covariates.")] = 50,
+    samples: Annotated[int, typer.Option("--samples", help="Monte Carlo draws per step.")] = 8,
+    threads: Annotated[int | None, typer.Option("--threads", help="Threads (default all).")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Steps to time (median).")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Measure gradient-step throughput on synthetic data against NumPy and memory bandwidth."""
+    if model not in ("logistic", "linear"):
+        _fail(f"--model '{model}' is not known: use logistic or linear", 2)
+    if family not in ("meanfield", "fullrank"):
+        _fail(f"--family '{family}' is not known: use meanfield or fullrank", 2)
+    for name, value in (("--n", n), ("--d", d), ("--samples", samples), ("--steps", steps)):
+        if value < 1:
+            _fail(f"{name} must be at least 1, got {value}", 2)
+    if threads is not None and threads < 1:
+        _fail(f"--threads must be at least 1, got {threads}", 2)
+    gib = n * d * 8 * 2.5 / 2**30  # X, its standardised copy, and NumPy's temporaries
+    if gib > 16:
+        _fail(f"--n {n} --d {d} needs about {gib:.0f} GiB of memory: choose smaller sizes", 2)
+    from vireg.bench import run_bench
+
+    result = run_bench(model, family, n, d, samples, threads, steps)
+    if as_json:
+        import json
+
+        print(json.dumps(result))
+        return
+    from vireg.render import bench_table
+
+    bench_table(result)
+
+
 def main() -> None:
     app()
 

@@ -91,3 +91,25 @@ class FitDisplay:
                            f"{result.fit_seconds:.2f} s (+{result.compile_seconds:.2f} s compile)")
         if out_dir is not None:
             self.console.print(f"results in {out_dir}/ (summary.csv, draws.csv, elbo.csv, fit.json)")
+
+
+def bench_table(r: dict) -> None:
+    console = Console()
+    table = Table(title=(f"{r['model']} {r['family']} ({r['estimator']}), N={r['n']:,} D={r['d']} "
+                         f"S={r['samples']}, {r['dtype']}, {r['threads']} thread(s)"),
+                  title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("vireg ms per step (median)", f"{r['ms_per_step']:.2f}"),
+        ("NumPy ms per step (median)", f"{r['numpy_ms_per_step']:.2f}"),
+        ("speed-up vs NumPy", f"{r['speedup_vs_numpy']:.1f}x"),
+        ("read bandwidth GB/s", f"{r['bandwidth_gb_s']:.1f}"),
+        ("roofline ms per step (one read of X)", f"{r['roofline_ms_per_step']:.2f}"),
+        ("efficiency (roofline / step)", f"{r['efficiency']:.2f}"),
+        ("compile or cache load s", f"{r['compile_s']:.2f}"),
+        ("kernel agrees with NumPy", "yes" if r["kernel_matches_numpy"] else "NO"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)

@@ -1,0 +1,26 @@
+"""`vireg bench` measures in one run and reports the fields other tools read."""
+
+import json
+
+from typer.testing import CliRunner
+
+from vireg.cli import app
+
+KEYS = {"ms_per_step", "numpy_ms_per_step", "speedup_vs_numpy", "bandwidth_gb_s",
+        "roofline_ms_per_step", "efficiency", "compile_s", "threads"}
+
+
+def test_bench_json_reports_every_measure_and_the_kernel_agrees_with_numpy():
+    for model, family in [("logistic", "meanfield"), ("linear", "fullrank")]:
+        res = CliRunner().invoke(app, ["bench", "--model", model, "--family", family, "--n", "3000",
+                                       "--d", "5", "--steps", "3", "--json"])
+        assert res.exit_code == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert set(out) >= KEYS
+        assert out["kernel_matches_numpy"] is True
+        assert out["ms_per_step"] > 0 and out["bandwidth_gb_s"] > 0
+
+
+def test_bench_rejects_bad_options_in_one_line():
+    res = CliRunner().invoke(app, ["bench", "--model", "poisson"])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1
