@@ -54,9 +54,9 @@ def test_fit_writes_all_result_files(tmp_path):
                                                      "summary.csv"]
     summary = list(csv.DictReader((out / "summary.csv").open()))
     assert [r["parameter"] for r in summary] == ["intercept", "x1", "x2"]
-    assert list(summary[0]) == ["parameter", "mean", "sd", "q5", "q50", "q95"]
+    assert list(summary[0]) == ["parameter", "mean", "sd", "q5", "q50", "q95", "khat"]
     draws = list(csv.reader((out / "draws.csv").open()))
-    assert draws[0] == ["intercept", "x1", "x2"] and len(draws) == 51
+    assert draws[0] == ["intercept", "x1", "x2", "log_p__", "log_q__"] and len(draws) == 51
     doc = json.loads((out / "fit.json").read_text())
     assert doc["converged"] is True and doc["steps"] > 0
     assert {"compile_seconds", "fit_seconds", "threads", "versions", "variational",

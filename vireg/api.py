@@ -53,12 +53,19 @@ class FitResult:
     n_rows: int
     has_sigma: bool  # whether the last parameter is a fitted sigma
     draws: np.ndarray = field(repr=False)
+    draws_log_p: np.ndarray = field(repr=False)
+    draws_log_q: np.ndarray = field(repr=False)
+    khat: float | None  # PSIS k-hat of log p - log q over output.psis_draws draws (None: off)
+    summary_method: str  # "q": exact summaries of q; "psis": Pareto-smoothed importance weights
+    diagnostics_seconds: float
     extras: dict = field(default_factory=dict)
 
     def summary_rows(self) -> list[dict]:
         s = self.summary
+        khat = float("nan") if self.khat is None else self.khat
         return [{"parameter": n, "mean": float(s.mean[i]), "sd": float(s.sd[i]),
-                 "q5": float(s.q5[i]), "q50": float(s.q50[i]), "q95": float(s.q95[i])}
+                 "q5": float(s.q5[i]), "q50": float(s.q50[i]), "q95": float(s.q95[i]),
+                 "khat": khat}
                 for i, n in enumerate(s.names)]
 
 
@@ -161,17 +168,47 @@ def natural_cov(model, mean_t: np.ndarray, cov_t: np.ndarray) -> np.ndarray:
     return cov
 
 
-def draw_natural(model, mean_u: np.ndarray, cov_u: np.ndarray, n: int,
-                 rng: np.random.Generator) -> np.ndarray:
-    """n draws from q on the natural scale (sigma, not log sigma), one row per draw."""
-    if n == 0:
-        return np.empty((0, model.n_params))
-    chol = np.linalg.cholesky(cov_u)
-    u = mean_u + rng.standard_normal((n, model.n_params)) @ chol.T
-    theta = model.to_theta(u)
+def to_natural(model, U: np.ndarray) -> np.ndarray:
+    """Draws in u to the natural scale (intercept, coefficients, sigma), one row per draw."""
+    theta = model.to_theta(U)
     if model.has_scale:
         theta[:, -1] = np.exp(theta[:, -1])
     return theta
+
+
+@dataclass(frozen=True)
+class PosteriorDraws:
+    """Draws from the fitted q with what the diagnostics need: log p(y, theta) and log q(theta)
+    over theta = (intercept, coefficients, log sigma), and the PSIS k-hat of their ratios."""
+
+    natural: np.ndarray
+    log_p: np.ndarray
+    log_q: np.ndarray
+    khat: float | None
+    log_weights: np.ndarray | None  # Pareto-smoothed, normalised, for the first psis_draws draws
+    elbo: float
+    elbo_se: float
+
+
+def draw_posterior(model, family, phi: np.ndarray, n_draws: int, psis_draws: int,
+                   rng: np.random.Generator) -> PosteriorDraws:
+    """Draw max(n_draws, psis_draws, 256) from q, evaluate the log joint over the full data for
+    each (one kernel pass per batch of draws), and compute the ELBO and k-hat from them."""
+    from vireg.diagnostics import psis
+
+    M = max(n_draws, psis_draws, 256)
+    eps = rng.standard_normal((M, model.n_params))
+    U = family.sample(phi, eps)
+    log_p = model.log_joint(U)
+    log_q = family.log_q(phi, eps) - model.log_det_T  # density of q over theta
+    finite = log_p[np.isfinite(log_p)]
+    elbo = float(finite.mean()) + family.entropy(phi) + model.log_det_T
+    elbo_se = float(finite.std(ddof=1) / np.sqrt(finite.size))
+    khat, log_w = None, None
+    if psis_draws > 0:
+        log_w, khat = psis(log_p[:psis_draws] - log_q[:psis_draws])
+        khat = float(khat)
+    return PosteriorDraws(to_natural(model, U), log_p, log_q, khat, log_w, elbo, elbo_se)
 
 
 def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = None
@@ -204,15 +241,24 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
                 outcome = event
             else:
                 yield event
-        draw_rng = np.random.default_rng(draw_seq)
-        elbo, elbo_se = engine.estimate_elbo(model, family, outcome.phi, draw_rng)
         fit_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        post = draw_posterior(model, family, outcome.phi, cfg.output.draws,
+                              cfg.output.psis_draws, np.random.default_rng(draw_seq))
+        diagnostics_seconds = time.perf_counter() - t0
     finally:
         numba.set_num_threads(saved_threads)
 
     mean_u, cov_u = family.mean_cov(outcome.phi)
     summary, mean_t, cov_t = natural_summary(model, mean_u, cov_u)
-    draws = draw_natural(model, mean_u, cov_u, cfg.output.draws, draw_rng)
+    summary_method = "q"
+    if cfg.output.psis:
+        from vireg.diagnostics import weighted_summary
+
+        w = weighted_summary(post.natural[:cfg.output.psis_draws], post.log_weights)
+        summary = Summary(model.param_names, w["mean"], w["sd"], w["q5"], w["q50"], w["q95"])
+        summary_method = "psis"
+    n_out = cfg.output.draws
     result = FitResult(
         config=cfg, param_names=model.param_names, summary=summary, theta_mean=mean_t,
         theta_cov=cov_t, natural_cov=natural_cov(model, mean_t, cov_t),
@@ -220,9 +266,11 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
                      **family.to_dict(outcome.phi)},
         affine={"T": model.T.tolist(), "c": model.c.tolist()},
         steps=outcome.steps, converged=outcome.converged, reason=outcome.reason,
-        elbo_trace=outcome.elbo_trace, elbo=elbo, elbo_se=elbo_se,
+        elbo_trace=outcome.elbo_trace, elbo=post.elbo, elbo_se=post.elbo_se,
         compile_seconds=compile_seconds, fit_seconds=fit_seconds, threads=threads,
-        n_rows=model.n_rows, has_sigma=model.has_scale, draws=draws,
+        n_rows=model.n_rows, has_sigma=model.has_scale, draws=post.natural[:n_out],
+        draws_log_p=post.log_p[:n_out], draws_log_q=post.log_q[:n_out], khat=post.khat,
+        summary_method=summary_method, diagnostics_seconds=diagnostics_seconds,
         extras={"levels": outcome.levels, "backoffs": outcome.backoffs,
                 "last_distance": outcome.last_distance},
     )

@@ -75,6 +75,8 @@ def fit(
 
 
 def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bool) -> int:
+    import numpy as np
+
     from vireg import api, export
     from vireg.config import load_config
     from vireg.engine import Progress
@@ -121,6 +123,10 @@ def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bo
     else:
         export.write_results(result, out_dir, api.versions())
     display.finish(result, out_dir)
+    from vireg.diagnostics import KHAT_BAD, khat_message
+
+    if result.khat is not None and (result.khat > KHAT_BAD or not np.isfinite(result.khat)):
+        print(khat_message(result.khat), file=sys.stderr)
     if not result.converged:
         print(f"warning: {result.reason}", file=sys.stderr)
         return 1

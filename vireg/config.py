@@ -23,7 +23,7 @@ FAMILY_ALIASES = {"gaussian": "gaussian", "linear": "gaussian", "bernoulli": "be
                   "logistic": "bernoulli"}
 VARIATIONAL_FAMILIES = ("meanfield", "fullrank")
 DEFAULT_ESTIMATOR = {"meanfield": "reparam", "fullrank": "stl"}
-ESTIMATORS = ("reparam", "stl")
+ESTIMATORS = ("reparam", "stl", "score")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class InferenceConfig:
 class OutputConfig:
     dir: str | None = None
     draws: int = 1000
+    psis_draws: int = 2000  # draws for the Pareto k-hat diagnostic; 0 turns it off
+    psis: bool = False  # summaries from Pareto-smoothed importance-weighted draws
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ SCHEMA: dict[str, Any] = {
         "max_steps": (int, False), "learning_rate": (float, False), "init_scale": (float, False),
         "tolerance": (float, False), "window": (int, False), "seed": (int, False),
     },
-    "output": {"dir": ((str, type(None)), False), "draws": (int, False)},
+    "output": {"dir": ((str, type(None)), False), "draws": (int, False),
+               "psis_draws": (int, False), "psis": (bool, False)},
     "runtime": {"threads": ((int, type(None)), False)},
 }
 _REQUIRED_SECTIONS = ("data", "model")
@@ -195,6 +198,9 @@ def _check_values(d: dict[str, Any]) -> None:
     est = inf.get("estimator", DEFAULT_ESTIMATOR[vf])
     if est not in ESTIMATORS:
         raise InputError(f"inference.estimator '{est}' is not known: use one of {', '.join(ESTIMATORS)}")
+    if est == "score" and inf.get("samples", 8) < 2:
+        raise InputError("inference.estimator 'score' needs inference.samples of at least 2 (its "
+                         "leave-one-out baseline uses the other draws)")
     positive = {"samples": 1, "max_steps": 1, "window": 10}
     for key, lo in positive.items():
         if key in inf and inf[key] < lo:
@@ -207,6 +213,11 @@ def _check_values(d: dict[str, Any]) -> None:
     out = d.get("output", {})
     if out.get("draws", 0) < 0:
         raise InputError(f"output.draws must be zero or more, got {out['draws']}")
+    psis_draws = out.get("psis_draws", OutputConfig.psis_draws)
+    if psis_draws != 0 and psis_draws < 100:
+        raise InputError(f"output.psis_draws must be 0 (off) or at least 100, got {psis_draws}")
+    if out.get("psis") and psis_draws == 0:
+        raise InputError("output.psis: true needs output.psis_draws > 0 (the weighted draws)")
     threads = d.get("runtime", {}).get("threads")
     if threads is not None and threads < 1:
         raise InputError(f"runtime.threads must be at least 1, got {threads}")

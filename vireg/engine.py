@@ -240,16 +240,3 @@ def _preconditioned_coordinates(model, family, H):
         return np.sqrt(np.diag(R_inv @ cov @ R_inv.T))
 
     return to_x, to_phi, grad_x, mean_sd_x
-
-
-def estimate_elbo(model, family, phi: np.ndarray, rng: np.random.Generator, n_draws: int = 256,
-                  batch: int = 32) -> tuple[float, float]:
-    """ELBO of q(phi) for the model as stated, from ``n_draws`` fresh draws: (mean, standard error)."""
-    values = []
-    for start in range(0, n_draws, batch):
-        eps = rng.standard_normal((min(batch, n_draws - start), model.n_params))
-        logp, _ = model.log_joint_grad(family.sample(phi, eps))
-        values.append(logp)
-    logp = np.concatenate(values)
-    elbo = float(logp.mean()) + family.entropy(phi) + model.log_det_T
-    return elbo, float(logp.std(ddof=1) / np.sqrt(logp.size))

@@ -15,7 +15,7 @@ import numpy as np
 
 from vireg.errors import InputError
 
-SUMMARY_COLUMNS = ["parameter", "mean", "sd", "q5", "q50", "q95"]
+SUMMARY_COLUMNS = ["parameter", "mean", "sd", "q5", "q50", "q95", "khat"]
 
 
 def _num(x: float) -> str:
@@ -35,9 +35,9 @@ def summary_csv(result) -> str:
 def draws_csv(result) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(result.param_names)
-    for d in result.draws:
-        w.writerow([_num(x) for x in d])
+    w.writerow([*result.param_names, "log_p__", "log_q__"])
+    for d, lp, lq in zip(result.draws, result.draws_log_p, result.draws_log_q, strict=True):
+        w.writerow([_num(x) for x in d] + [_num(lp), _num(lq)])
     return buf.getvalue()
 
 
@@ -62,6 +62,13 @@ def fit_json(result, versions: dict) -> str:
         "steps": result.steps,
         "elbo": result.elbo,
         "elbo_se": result.elbo_se,
+        "khat": result.khat,
+        "khat_draws": result.config.output.psis_draws,
+        "summary_method": {"q": "exact summaries of the fitted q",
+                           "psis": "Pareto-smoothed importance-weighted draws from q"}[
+                               result.summary_method],
+        "draws_log_density": "log_p__ = log p(y, theta), log_q__ = log q(theta), theta = "
+                             "(intercept, coefficients, log sigma)",
         "n_rows": result.n_rows,
         "parameters": names,
         "summary": result.summary_rows(),
@@ -76,6 +83,8 @@ def fit_json(result, versions: dict) -> str:
         "optimisation": result.extras,
         "compile_seconds": result.compile_seconds,
         "fit_seconds": result.fit_seconds,
+        "diagnostics_seconds": result.diagnostics_seconds,
+        "config_dir": result.config.base_dir,
         "threads": result.threads,
         "versions": versions,
     }

@@ -77,7 +77,9 @@ class FitDisplay:
     def finish(self, result, out_dir) -> None:
         if not self.enabled:
             return
-        table = Table(title="posterior (variational, natural scale)", title_justify="left")
+        title = ("posterior (variational, natural scale)" if result.summary_method == "q" else
+                 "posterior (Pareto-smoothed importance-weighted draws from q, natural scale)")
+        table = Table(title=title, title_justify="left")
         for col in ("parameter", "mean", "sd", "q5", "q50", "q95"):
             table.add_column(col, justify="left" if col == "parameter" else "right")
         for row in result.summary_rows():
@@ -89,6 +91,12 @@ class FitDisplay:
         self.console.print(f"ELBO {result.elbo:,.2f} ± {result.elbo_se:.2f}  "
                            f"{sparkline(result.elbo_trace)}  {result.steps} steps in "
                            f"{result.fit_seconds:.2f} s (+{result.compile_seconds:.2f} s compile)")
+        if result.khat is not None:
+            from vireg.diagnostics import KHAT_BAD, KHAT_GOOD, khat_message
+
+            if result.khat <= KHAT_BAD:  # above, the CLI prints the warning itself
+                style = "green" if result.khat <= KHAT_GOOD else "yellow"
+                self.console.print(f"[{style}]{khat_message(result.khat)}[/{style}]")
         if out_dir is not None:
             self.console.print(f"results in {out_dir}/ (summary.csv, draws.csv, elbo.csv, fit.json)")
 

@@ -21,12 +21,10 @@ The data kernel supplies all g_s in one pass; everything here is O(S P^2) per st
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numpy.linalg import cholesky
 
-HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
+from vireg.families.meanfield import HALF_LOG_2PI, HALF_LOG_2PI_E, draw_terms
 
 
 class FullRank:
@@ -63,25 +61,33 @@ class FullRank:
     def entropy(self, phi: np.ndarray) -> float:
         return float(np.sum(phi[self.P:2 * self.P]) + self.P * HALF_LOG_2PI_E)
 
+    def log_q(self, phi: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """log q(u_s) for u_s = m + L eps_s (log |det L| = sum lambda)."""
+        P = self.P
+        return -np.sum(phi[P:2 * P]) - 0.5 * np.sum(eps * eps, axis=1) - P * HALF_LOG_2PI
+
+    def draw_grads(self, phi: np.ndarray, eps: np.ndarray, logp: np.ndarray, g: np.ndarray,
+                   estimator: str) -> np.ndarray:
+        """One ELBO-gradient estimate per draw (rows); their mean is the step's gradient.
+
+        With d_s = L eps_s and v_s = L^-T eps_s = Sigma^-1 (u_s - m), every estimator has the form
+        [a_s, a_s * d_s + c_s, (a_s eps_s^T)_ij exp(lambda_i) for i > j]:
+        reparam a = g, c = 1; stl a = g + v, c = 0; score a = (f_s - b_s) v_s, c = -(f_s - b_s),
+        i.e. (f_s - b_s) grad log q with grad_L log q = tril(v eps^T) - diag(1 / L_jj).
+        """
+        P = self.P
+        L = self.cholesky_factor(phi)
+        v = np.linalg.solve(L.T, eps.T).T
+        a, c = draw_terms(estimator, v, logp - self.log_q(phi, eps), g)
+        d = eps @ L.T
+        grad_B = a[:, self.rows] * eps[:, self.cols] * np.exp(phi[P:2 * P])[self.rows]
+        return np.hstack([a, a * d + c, grad_B])
+
     def elbo_grad(self, phi: np.ndarray, eps: np.ndarray, logp: np.ndarray, g: np.ndarray,
                   estimator: str) -> tuple[float, np.ndarray]:
         """The Monte Carlo ELBO (up to the model's constants) and its gradient in phi."""
-        P = self.P
-        L = self.cholesky_factor(phi)
         elbo = float(np.mean(logp)) + self.entropy(phi)
-        if estimator == "stl":
-            # L^-T eps_s for every draw: solve L^T x = eps_s (one triangular solve per draw).
-            g = g + np.linalg.solve(L.T, eps.T).T
-            entropy_term = 0.0
-        else:
-            entropy_term = 1.0
-        S = eps.shape[0]
-        grad_L = g.T @ eps / S  # (P, P): dELBO/dL_ij, used for i >= j only
-        d = eps @ L.T
-        grad_m = g.mean(axis=0)
-        grad_lambda = np.mean(g * d, axis=0) + entropy_term
-        grad_B = grad_L[self.rows, self.cols] * np.exp(phi[P:2 * P])[self.rows]
-        return elbo, np.concatenate([grad_m, grad_lambda, grad_B])
+        return elbo, self.draw_grads(phi, eps, logp, g, estimator).mean(axis=0)
 
     def mean_cov(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         L = self.cholesky_factor(phi)

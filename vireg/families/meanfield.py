@@ -7,6 +7,11 @@ Reparameterisation u_s = m + s * eps_s, eps_s ~ N(0, I), s = 1..S. With g_s = gr
     d ELBO / dm      ~ (1/S) sum_s g_s
     d ELBO / domega  ~ (1/S) sum_s g_s * eps_s * s + 1
 
+The score-function estimator (REINFORCE) uses only log p and log q, not g: with
+f_s = log p(y, u_s) - log q(u_s) and the leave-one-out baseline b_s = mean of f over the other
+draws (unbiased, S >= 2), d/dm ~ mean (f_s - b_s) eps_s / s and
+d/domega ~ mean (f_s - b_s)(eps_s^2 - 1).
+
 "Sticking the landing" (Roeder et al. 2017) replaces g_s by the path derivative of
 log p - log q with q's parameters held fixed, h_s = g_s + eps_s / s, and drops the "+ 1" (the
 score term of the entropy, whose expectation is zero). At a q equal to a Gaussian posterior every
@@ -20,7 +25,24 @@ import math
 
 import numpy as np
 
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
+
+
+def draw_terms(estimator: str, score_u: np.ndarray, f: np.ndarray, g: np.ndarray):
+    """(a_s, c_s) of the per-draw gradient [a_s, (a_s * d_s) + c_s, ...] shared by the families.
+
+    ``score_u`` is Sigma^-1 (u_s - m) = -grad_u log q(u_s), ``f`` = log p - log q per draw and
+    ``g`` = grad_u log p per draw.
+    """
+    if estimator == "reparam":
+        return g, 1.0
+    if estimator == "stl":
+        return g + score_u, 0.0
+    # score function with the leave-one-out baseline b_s = mean of f over the other draws
+    S = f.shape[0]
+    w = f - (f.sum() - f) / (S - 1)
+    return w[:, None] * score_u, -w[:, None]
 
 
 class MeanField:
@@ -50,19 +72,28 @@ class MeanField:
     def entropy(self, phi: np.ndarray) -> float:
         return float(np.sum(phi[self.P:]) + self.P * HALF_LOG_2PI_E)
 
+    def log_q(self, phi: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """log q(u_s) for u_s = m + s * eps_s."""
+        return -np.sum(phi[self.P:]) - 0.5 * np.sum(eps * eps, axis=1) - self.P * HALF_LOG_2PI
+
+    def draw_grads(self, phi: np.ndarray, eps: np.ndarray, logp: np.ndarray, g: np.ndarray,
+                   estimator: str) -> np.ndarray:
+        """One ELBO-gradient estimate per draw (rows); their mean is the step's gradient.
+
+        Every estimator has the form [a_s, a_s * eps_s * s + c_s]:
+        reparam a = g, c = 1; stl a = g + eps / s, c = 0; score (REINFORCE with the leave-one-out
+        baseline b_s, f = log p - log q) a = (f_s - b_s) eps_s / s, c = -(f_s - b_s), which is
+        (f_s - b_s) times the score grad log q = [eps / s, eps^2 - 1].
+        """
+        s = np.exp(phi[self.P:])
+        a, c = draw_terms(estimator, eps / s, logp - self.log_q(phi, eps), g)
+        return np.hstack([a, a * eps * s + c])
+
     def elbo_grad(self, phi: np.ndarray, eps: np.ndarray, logp: np.ndarray, g: np.ndarray,
                   estimator: str) -> tuple[float, np.ndarray]:
         """The Monte Carlo ELBO (up to the model's constants) and its gradient in phi."""
-        s = np.exp(phi[self.P:])
         elbo = float(np.mean(logp)) + self.entropy(phi)
-        if estimator == "stl":
-            h = g + eps / s
-            grad_m = h.mean(axis=0)
-            grad_omega = (h * eps).mean(axis=0) * s
-        else:
-            grad_m = g.mean(axis=0)
-            grad_omega = (g * eps).mean(axis=0) * s + 1.0
-        return elbo, np.concatenate([grad_m, grad_omega])
+        return elbo, self.draw_grads(phi, eps, logp, g, estimator).mean(axis=0)
 
     def mean_cov(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m, omega = self.split(phi)

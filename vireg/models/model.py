@@ -178,6 +178,14 @@ class Model:
             grad[:, idx] = prior.grad(x)
         return lp, grad
 
+    def log_joint(self, U: np.ndarray, batch: int = 32) -> np.ndarray:
+        """log p(y, theta(u)) for many draws, ``batch`` draws per pass over the data."""
+        out = np.empty(U.shape[0])
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for start in range(0, U.shape[0], batch):
+                out[start:start + batch] = self.log_joint_grad(U[start:start + batch])[0]
+        return out
+
     def warm_up(self) -> None:
         """Compile the data kernel (or load it from Numba's cache) on a one-row slice."""
         n_kernel_cols = self.n_params + (self.fixed_t is not None)
