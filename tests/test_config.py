@@ -58,3 +58,12 @@ def test_paths_are_relative_to_the_config_file(tmp_path):
     path.write_text("data: {path: ../d.csv, response: y}\nmodel: {family: gaussian}\n")
     cfg = load_config(path)
     assert cfg.resolve_path(cfg.data.path) == tmp_path / "d.csv"
+
+
+def test_resolved_config_round_trips_through_plain_data(tmp_path):
+    cfg = config_from_dict({**BASE, "inference": {"family": "fullrank"},
+                            "model": {"family": "linear", "prior": {"sigma": "half_normal(2)"}}},
+                           base_dir=tmp_path)
+    again = config_from_dict(cfg.to_dict(), base_dir=cfg.base_dir)
+    assert again == cfg
+    assert again.inference.estimator == "stl"  # the family's default, resolved

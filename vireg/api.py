@@ -52,6 +52,7 @@ class FitResult:
     threads: int
     n_rows: int
     has_sigma: bool  # whether the last parameter is a fitted sigma
+    phi: np.ndarray = field(repr=False)  # the family's variational parameters, over u
     draws: np.ndarray = field(repr=False)
     draws_log_p: np.ndarray = field(repr=False)
     draws_log_q: np.ndarray = field(repr=False)
@@ -268,7 +269,8 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
         steps=outcome.steps, converged=outcome.converged, reason=outcome.reason,
         elbo_trace=outcome.elbo_trace, elbo=post.elbo, elbo_se=post.elbo_se,
         compile_seconds=compile_seconds, fit_seconds=fit_seconds, threads=threads,
-        n_rows=model.n_rows, has_sigma=model.has_scale, draws=post.natural[:n_out],
+        n_rows=model.n_rows, has_sigma=model.has_scale, phi=outcome.phi,
+        draws=post.natural[:n_out],
         draws_log_p=post.log_p[:n_out], draws_log_q=post.log_q[:n_out], khat=post.khat,
         summary_method=summary_method, diagnostics_seconds=diagnostics_seconds,
         extras={"levels": outcome.levels, "backoffs": outcome.backoffs,
@@ -287,6 +289,81 @@ def fit(config: Config | dict | str | Path, overrides: list[str] | None = None) 
         if isinstance(event, Finished):
             return event.result
     raise AssertionError("iter_fit ended without a result")
+
+
+def u_names(model) -> list[str]:
+    """Names of the coordinates of u (the standardised parameters q is defined on)."""
+    names = model.param_names
+    return names[:-1] + ["log_sigma"] if model.has_scale else names
+
+
+def gradvar(config: Config | dict | str | Path, at: str = "init", draws: int = 1000,
+            fits: bool = False, fit_steps: int = 2000, overrides: list[str] | None = None) -> dict:
+    """The gradient-variance study behind ``vireg gradvar``.
+
+    ``at`` is "init" (where a fit starts), "fit" (after fitting the config) or the folder of an
+    earlier run (its fit.json). With ``fits``, also short fits from the same start with each
+    estimator and the same step budget.
+    """
+    import json
+
+    import numba
+
+    from vireg.diagnostics import ESTIMATOR_NAMES, gradient_variance
+    from vireg.engine import initial_phi
+    from vireg.errors import FitError
+    from vireg.families import make_family
+
+    if at not in ("init", "fit"):
+        run = Path(at)
+        doc_path = run / "fit.json"
+        if not doc_path.is_file():
+            raise InputError(f"--at '{at}' is neither init, fit, nor a run folder with a fit.json")
+        try:
+            doc = json.loads(doc_path.read_text())
+            cfg = config_from_dict(doc["config"], base_dir=doc["config_dir"])
+        except (ValueError, KeyError) as exc:
+            raise InputError(f"cannot read '{doc_path}' as a vireg result: {exc}") from None
+    else:
+        cfg = _as_config(config, overrides)
+    model = build_model(cfg)
+    family = make_family(cfg.inference.family, model.n_params)
+    threads = _thread_count(cfg.runtime.threads)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        model.warm_up()
+        if at == "init":
+            phi = initial_phi(model, family, cfg.inference.init_scale)
+        elif at == "fit":
+            phi = fit(cfg).phi
+        else:
+            phi = family.from_dict(doc["variational"])
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.inference.seed, 7]))
+        study = gradient_variance(model, family, phi, draws, rng,
+                                  batch=max(2, cfg.inference.samples))
+        study["seconds"] = time.perf_counter() - t0
+    finally:
+        numba.set_num_threads(saved)
+    study.update({"at": at, "family": family.name, "labels": family.labels(u_names(model)),
+                  "fits": []})
+    if fits:
+        for estimator in ESTIMATOR_NAMES:
+            run_cfg = [f"inference.estimator={estimator}", f"inference.max_steps={fit_steps}",
+                       "output.draws=0"]
+            t0 = time.perf_counter()
+            try:
+                r = fit(config_from_dict(cfg.to_dict(), base_dir=cfg.base_dir,
+                                         overrides=run_cfg))
+                row = {"estimator": estimator, "elbo": r.elbo, "elbo_se": r.elbo_se,
+                       "steps": r.steps, "converged": r.converged}
+            except FitError as exc:
+                row = {"estimator": estimator, "elbo": None, "elbo_se": None, "steps": None,
+                       "converged": False, "error": str(exc)}
+            row["seconds"] = time.perf_counter() - t0
+            study["fits"].append(row)
+    return study
 
 
 def versions() -> dict[str, str]:

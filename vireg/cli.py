@@ -134,6 +134,52 @@ def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bo
 
 
 @app.command()
+def gradvar(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    at: Annotated[str, typer.Option(
+        "--at", help="Where to measure: init (where a fit starts), fit (after fitting), or the "
+                     "folder of an earlier run.")] = "init",
+    draws: Annotated[int, typer.Option("--draws", help="Single-draw gradients per estimator.")
+                     ] = 1000,
+    fits: Annotated[bool, typer.Option(
+        "--fits", help="Also run fits with each estimator from the same start and budget.")
+    ] = False,
+    steps: Annotated[int, typer.Option("--steps", help="Step budget of each --fits fit.")] = 2000,
+    out: Annotated[str | None, typer.Option(
+        "--out", help="Folder for gradvar.csv and gradvar.json, or '-' to print gradvar.csv.")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value.")
+                    ] = None,
+) -> None:
+    """Compare the variance of the reparameterization, STL and score-function gradients."""
+    from vireg.errors import ViregError
+
+    try:
+        if draws < 10:
+            _fail(f"--draws must be at least 10, got {draws}", 2)
+        if steps < 1:
+            _fail(f"--steps must be at least 1, got {steps}", 2)
+        if out is not None and not out.strip():
+            _fail("--out needs a folder name, or '-' for standard output", 2)
+        from vireg import api, export
+        from vireg.render import gradvar_tables
+
+        if out not in (None, "-"):
+            export.check_output_dir(Path(out))
+        study = api.gradvar(config, at=at, draws=draws, fits=fits, fit_steps=steps,
+                            overrides=list(set_ or []))
+        gradvar_tables(study)
+        if out == "-":
+            sys.stdout.write(export.gradvar_csv(study))
+        elif out is not None:
+            export.write_files(Path(out), {"gradvar.csv": export.gradvar_csv(study),
+                                           "gradvar.json": export.gradvar_json(study,
+                                                                               api.versions())})
+    except ViregError as exc:
+        _fail(str(exc), exc.exit_code)
+
+
+@app.command()
 def bench(
     model: Annotated[str, typer.Option("--model", help="logistic or linear.")] = "logistic",
     family: Annotated[str, typer.Option("--family", help="meanfield or fullrank.")] = "meanfield",

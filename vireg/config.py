@@ -106,11 +106,12 @@ SCHEMA: dict[str, Any] = {
         "family": (str, True),
         "intercept": (bool, False),
         "sigma": ((float, type(None)), False),
-        "prior": {"intercept": (str, False), "coefficients": (str, False), "sigma": (str, False),
+        "prior": {"intercept": (str, False), "coefficients": (str, False),
+                  "sigma": ((str, type(None)), False),
                   "overrides": (dict, False)},
     },
     "inference": {
-        "family": (str, False), "estimator": (str, False), "samples": (int, False),
+        "family": (str, False), "estimator": ((str, type(None)), False), "samples": (int, False),
         "max_steps": (int, False), "learning_rate": (float, False), "init_scale": (float, False),
         "tolerance": (float, False), "window": (int, False), "seed": (int, False),
     },
@@ -195,7 +196,7 @@ def _check_values(d: dict[str, Any]) -> None:
     if vf not in VARIATIONAL_FAMILIES:
         raise InputError(f"inference.family '{vf}' is not available: use one of "
                          f"{', '.join(VARIATIONAL_FAMILIES)}")
-    est = inf.get("estimator", DEFAULT_ESTIMATOR[vf])
+    est = inf.get("estimator") or DEFAULT_ESTIMATOR[vf]
     if est not in ESTIMATORS:
         raise InputError(f"inference.estimator '{est}' is not known: use one of {', '.join(ESTIMATORS)}")
     if est == "score" and inf.get("samples", 8) < 2:
@@ -283,8 +284,9 @@ def config_from_dict(raw: Any, base_dir: str | Path = ".",
     return Config(
         data=DataConfig(**d["data"]),
         model=ModelConfig(**model),
-        inference=InferenceConfig(**{"estimator": DEFAULT_ESTIMATOR[d.get("inference", {}).get(
-            "family", "meanfield")], **d.get("inference", {})}),
+        inference=InferenceConfig(**{**d.get("inference", {}), "estimator": d.get(
+            "inference", {}).get("estimator") or DEFAULT_ESTIMATOR[d.get("inference", {}).get(
+                "family", "meanfield")]}),
         output=OutputConfig(**d.get("output", {})),
         runtime=RuntimeConfig(**d.get("runtime", {})),
         base_dir=str(base_dir),

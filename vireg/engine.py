@@ -97,10 +97,7 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
     H = model.location_curvature()
     to_x, to_phi, grad_x, mean_sd_x = _preconditioned_coordinates(model, family, H)
     mean_block = family.mean_slice
-    sd0 = np.minimum(icfg.init_scale, model.initial_sd(H))
-    cov0 = model.initial_cov(H)
-    shrink = np.minimum(1.0, icfg.init_scale / np.sqrt(np.diag(cov0)))
-    phi = family.init(sd0, shrink[:, None] * cov0 * shrink[None, :])
+    phi = initial_phi(model, family, icfg.init_scale, H)
     x = to_x(phi)
     adam = Adam(family.size, icfg.learning_rate)
     nominal_lr = adam.lr.copy()  # the level's step size; adam.lr falls below it after a backoff
@@ -210,6 +207,16 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
     yield Outcome(phi=final_phi, steps=step, converged=converged, reason=reason,
                   elbo_trace=trace[:step].copy(), last_distance=last_distance, levels=levels,
                   backoffs=backoffs)
+
+
+def initial_phi(model, family, init_scale: float, H: np.ndarray | None = None) -> np.ndarray:
+    """Where every fit starts: m = 0 (the null model on standardised data) and the covariance
+    of a Gaussian with the curvature H, with no marginal sd above ``init_scale``."""
+    H = model.location_curvature() if H is None else H
+    sd0 = np.minimum(init_scale, model.initial_sd(H))
+    cov0 = model.initial_cov(H)
+    shrink = np.minimum(1.0, init_scale / np.sqrt(np.diag(cov0)))
+    return family.init(sd0, shrink[:, None] * cov0 * shrink[None, :])
 
 
 def _preconditioned_coordinates(model, family, H):

@@ -117,6 +117,10 @@ def write_results(result, out_dir: Path, versions: dict) -> list[Path]:
         "elbo.csv": elbo_csv(result),
         "fit.json": fit_json(result, versions),
     }
+    return _write_atomically(out_dir, files)
+
+
+def _write_atomically(out_dir: Path, files: dict[str, str]) -> list[Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except (OSError, FileExistsError) as exc:
@@ -144,3 +148,27 @@ def write_results(result, out_dir: Path, versions: dict) -> list[Path]:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return [out_dir / n for n in files]
+
+
+def gradvar_csv(study: dict) -> str:
+    """Per-parameter variance of a single-draw gradient, one column per estimator."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    names = list(study["estimators"])
+    w.writerow(["parameter", *names])
+    for i, label in enumerate(study["labels"]):
+        w.writerow([label] + [_num(study["estimators"][e]["variances"][i]) for e in names])
+    return buf.getvalue()
+
+
+def gradvar_json(study: dict, versions: dict) -> str:
+    doc = {k: v for k, v in study.items() if k != "estimators"}
+    doc["estimators"] = {e: {k: v for k, v in r.items() if k != "variances"}
+                         for e, r in study["estimators"].items()}
+    doc["versions"] = versions
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def write_files(out_dir: Path, files: dict[str, str]) -> list[Path]:
+    """Write text files into ``out_dir`` atomically (see ``write_results``)."""
+    return _write_atomically(out_dir, files)

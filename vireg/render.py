@@ -121,3 +121,31 @@ def bench_table(r: dict) -> None:
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+
+
+def gradvar_tables(study: dict) -> None:
+    console = Console(stderr=True)
+    table = Table(title=(f"single-draw ELBO gradients at {study['at']} ({study['family']}, "
+                         f"{study['draws']} draws each, common random numbers)"),
+                  title_justify="left")
+    for col in ("estimator", "trace of covariance", "ratio to reparam",
+                "draws to match one reparam draw", "squared bias (noise level)"):
+        table.add_column(col, justify="left" if col == "estimator" else "right")
+    for name, r in study["estimators"].items():
+        table.add_row(name, f"{r['trace_cov']:.4g}", f"{r['ratio_to_reparam']:.3g}",
+                      f"{r['draws_to_match_one_reparam']:.3g}",
+                      f"{r['sq_bias']:.3g} ({r['sq_bias_noise']:.3g})")
+    console.print(table)
+    console.print("[dim]squared bias: |mean - high-precision gradient|^2, to compare with its "
+                  "Monte Carlo noise level in brackets (an unbiased estimator is within a few "
+                  "times that)[/dim]")
+    if study["fits"]:
+        fits = Table(title="fits from the same start with the same step budget",
+                     title_justify="left")
+        for col in ("estimator", "ELBO", "steps", "converged", "seconds"):
+            fits.add_column(col, justify="left" if col == "estimator" else "right")
+        for f in study["fits"]:
+            elbo = "diverged" if f["elbo"] is None else f"{f['elbo']:,.2f} ± {f['elbo_se']:.2f}"
+            fits.add_row(f["estimator"], elbo, str(f["steps"] or "-"),
+                         "yes" if f["converged"] else "no", f"{f['seconds']:.2f}")
+        console.print(fits)

@@ -107,5 +107,16 @@ class FullRank:
         d_cov = np.max(np.abs(S1 - S0) / np.outer(sd1, sd1))
         return float(max(d_mean, d_logsd, d_cov))
 
+    def labels(self, names: list[str]) -> list[str]:
+        """A name for every entry of phi, from the names of the coordinates of u."""
+        return ([f"m[{n}]" for n in names] + [f"log_diag_L[{n}]" for n in names]
+                + [f"B[{names[i]},{names[j]}]" for i, j in zip(self.rows, self.cols, strict=True)])
+
+    def from_dict(self, d: dict) -> np.ndarray:
+        """phi from what ``to_dict`` wrote (e.g. in fit.json)."""
+        m = np.asarray(d["m"], float)
+        return self.init(np.ones(self.P), np.asarray(d["L"], float) @ np.asarray(d["L"], float).T
+                         ) + np.concatenate([m, np.zeros(self.size - self.P)])
+
     def to_dict(self, phi: np.ndarray) -> dict:
         return {"m": phi[: self.P].tolist(), "L": self.cholesky_factor(phi).tolist()}

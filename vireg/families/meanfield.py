@@ -109,6 +109,14 @@ class MeanField:
         s = np.exp(o1)
         return float(max(np.max(np.abs(m1 - m0) / s), np.max(np.abs(o1 - o0))))
 
+    def labels(self, names: list[str]) -> list[str]:
+        """A name for every entry of phi, from the names of the coordinates of u."""
+        return [f"m[{n}]" for n in names] + [f"log_s[{n}]" for n in names]
+
+    def from_dict(self, d: dict) -> np.ndarray:
+        """phi from what ``to_dict`` wrote (e.g. in fit.json)."""
+        return np.concatenate([np.asarray(d["m"], float), np.asarray(d["log_s"], float)])
+
     def to_dict(self, phi: np.ndarray) -> dict:
         m, omega = self.split(phi)
         return {"m": m.tolist(), "log_s": omega.tolist()}
