@@ -59,3 +59,17 @@ def test_gradvar_bad_at_is_a_one_line_error(tmp_path):
     res = runner.invoke(app, ["gradvar", str(REPO / "configs" / "kidiq.yaml"), "--at",
                               str(tmp_path / "nothing")])
     assert res.exit_code == 2 and res.stderr.count("\n") == 1
+
+
+def test_plot_draws_a_run_with_its_gradient_variance(tmp_path):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["fit", str(REPO / "configs" / "kidiq.yaml"), "--quiet",
+                               "--out", str(run)]).exit_code == 0
+    assert runner.invoke(app, ["gradvar", str(REPO / "configs" / "kidiq.yaml"), "--draws", "100",
+                               "--out", str(run)]).exit_code == 0
+    res = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "p.svg")])
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "p.svg").read_text().lstrip().startswith("<?xml")
+    bad = runner.invoke(app, ["plot", str(tmp_path / "nothing")])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1

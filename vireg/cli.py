@@ -180,6 +180,23 @@ def gradvar(
 
 
 @app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="Folder of a run (vireg fit --out DIR).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Image file (.png, .svg or .pdf). Default: RUN_DIR/fit.png.")] = None,
+) -> None:
+    """Draw the ELBO trace, a forest plot and (if present) the gradient-variance comparison."""
+    from vireg.errors import ViregError
+    from vireg.plot import plot_run
+
+    try:
+        path = plot_run(run_dir, out or run_dir / "fit.png")
+    except ViregError as exc:
+        _fail(str(exc), exc.exit_code)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+@app.command()
 def bench(
     model: Annotated[str, typer.Option("--model", help="logistic or linear.")] = "logistic",
     family: Annotated[str, typer.Option("--family", help="meanfield or fullrank.")] = "meanfield",
