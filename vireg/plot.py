@@ -55,7 +55,7 @@ def plot_run(run_dir: Path, out: Path) -> Path:
     ax.set_title(f"ELBO: {verdict} after {fit.get('steps')} steps", fontsize=10)
 
     ax = axes[1]
-    for i, (name, mean, lo, hi) in enumerate(reversed(rows)):
+    for i, (_, mean, lo, hi) in enumerate(reversed(rows)):
         ax.plot([lo, hi], [i, i], color="#4c72b0", lw=2)
         ax.plot([mean], [i], "o", color="#dd8452")
     ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)])
