@@ -57,6 +57,8 @@ class FitResult:
     draws_log_p: np.ndarray = field(repr=False)
     draws_log_q: np.ndarray = field(repr=False)
     khat: float | None  # PSIS k-hat of log p - log q over output.psis_draws draws (None: off)
+    log_ratio_sd: float | None
+    psis_ess: float | None
     summary_method: str  # "q": exact summaries of q; "psis": Pareto-smoothed importance weights
     diagnostics_seconds: float
     extras: dict = field(default_factory=dict)
@@ -187,6 +189,8 @@ class PosteriorDraws:
     log_q: np.ndarray
     khat: float | None
     log_weights: np.ndarray | None  # Pareto-smoothed, normalised, for the first psis_draws draws
+    log_ratio_sd: float | None
+    ess: float | None  # relative effective sample size of the smoothed weights
     elbo: float
     elbo_se: float
 
@@ -195,7 +199,7 @@ def draw_posterior(model, family, phi: np.ndarray, n_draws: int, psis_draws: int
                    rng: np.random.Generator) -> PosteriorDraws:
     """Draw max(n_draws, psis_draws, 256) from q, evaluate the log joint over the full data for
     each (one kernel pass per batch of draws), and compute the ELBO and k-hat from them."""
-    from vireg.diagnostics import psis
+    from vireg.diagnostics import psis, relative_ess
 
     M = max(n_draws, psis_draws, 256)
     eps = rng.standard_normal((M, model.n_params))
@@ -205,11 +209,15 @@ def draw_posterior(model, family, phi: np.ndarray, n_draws: int, psis_draws: int
     finite = log_p[np.isfinite(log_p)]
     elbo = float(finite.mean()) + family.entropy(phi) + model.log_det_T
     elbo_se = float(finite.std(ddof=1) / np.sqrt(finite.size))
-    khat, log_w = None, None
+    khat, log_w, ratio_sd, ess = None, None, None, None
     if psis_draws > 0:
-        log_w, khat = psis(log_p[:psis_draws] - log_q[:psis_draws])
+        log_ratio = log_p[:psis_draws] - log_q[:psis_draws]
+        log_w, khat = psis(log_ratio)
         khat = float(khat)
-    return PosteriorDraws(to_natural(model, U), log_p, log_q, khat, log_w, elbo, elbo_se)
+        ratio_sd = float(np.std(log_ratio)) if np.all(np.isfinite(log_ratio)) else float("inf")
+        ess = relative_ess(log_w)
+    return PosteriorDraws(to_natural(model, U), log_p, log_q, khat, log_w, ratio_sd, ess, elbo,
+                          elbo_se)
 
 
 def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = None
@@ -272,6 +280,7 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
         n_rows=model.n_rows, has_sigma=model.has_scale, phi=outcome.phi,
         draws=post.natural[:n_out],
         draws_log_p=post.log_p[:n_out], draws_log_q=post.log_q[:n_out], khat=post.khat,
+        log_ratio_sd=post.log_ratio_sd, psis_ess=post.ess,
         summary_method=summary_method, diagnostics_seconds=diagnostics_seconds,
         extras={"levels": outcome.levels, "backoffs": outcome.backoffs,
                 "last_distance": outcome.last_distance},

@@ -17,6 +17,9 @@ import numpy as np
 
 KHAT_GOOD = 0.5
 KHAT_BAD = 0.7
+# Below this sd of the log ratios, importance weights differ by a few percent in the bulk: a large
+# k-hat then reflects the far tails (e.g. the skew of a logistic posterior), not the bulk.
+SMALL_LOG_RATIO_SD = 0.1
 
 
 def gpd_fit(x: np.ndarray) -> tuple[float, float]:
@@ -70,7 +73,14 @@ def psis(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
     return lw - np.logaddexp.reduce(lw), k
 
 
-def khat_message(k: float) -> str:
+def relative_ess(log_weights: np.ndarray) -> float:
+    """Effective sample size of normalised importance weights over the number of draws."""
+    w = np.exp(log_weights - np.logaddexp.reduce(log_weights))
+    return float(1.0 / np.sum(w * w) / w.size)
+
+
+def khat_message(k: float, log_ratio_sd: float | None = None, ess: float | None = None) -> str:
+    """A plain-words verdict on k-hat, with the spread of the log ratios when it explains it."""
     if not np.isfinite(k):
         return "k-hat could not be computed (non-finite importance ratios)"
     if k <= KHAT_GOOD:
@@ -78,9 +88,15 @@ def khat_message(k: float) -> str:
     if k <= KHAT_BAD:
         return (f"Pareto k-hat {k:.2f} (between {KHAT_GOOD} and {KHAT_BAD}): the approximation is "
                 "usable, but check the results with more draws or family: fullrank")
-    return (f"warning: Pareto k-hat {k:.2f} > {KHAT_BAD}: the Gaussian approximation is unreliable "
-            "for this posterior; try inference.family: fullrank, more inference.samples, or check "
-            "the model (flat priors, heavy tails, few rows)")
+    text = (f"warning: Pareto k-hat {k:.2f} > {KHAT_BAD}: the ratios p/q have a heavy right tail, so "
+            "the Gaussian approximation is unreliable in the tails and importance sampling cannot "
+            "repair it")
+    if log_ratio_sd is not None and ess is not None and log_ratio_sd < SMALL_LOG_RATIO_SD:
+        return (text + f"; the ratios vary little where q puts its mass (sd of log ratios "
+                f"{log_ratio_sd:.2g}, importance ESS {100 * ess:.0f}%), so means and sds are "
+                "likely close, but check tail quantities")
+    return text + ("; try inference.family: fullrank, more inference.samples, or check the model "
+                   "(flat priors, heavy tails, few rows)")
 
 
 def weighted_summary(values: np.ndarray, log_w: np.ndarray) -> dict[str, np.ndarray]:

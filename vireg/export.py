@@ -64,6 +64,8 @@ def fit_json(result, versions: dict) -> str:
         "elbo_se": result.elbo_se,
         "khat": result.khat,
         "khat_draws": result.config.output.psis_draws,
+        "log_ratio_sd": result.log_ratio_sd,
+        "psis_relative_ess": result.psis_ess,
         "summary_method": {"q": "exact summaries of the fitted q",
                            "psis": "Pareto-smoothed importance-weighted draws from q"}[
                                result.summary_method],
