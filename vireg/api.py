@@ -13,6 +13,7 @@ import numpy as np
 
 from vireg.config import Config, config_from_dict, load_config
 from vireg.errors import InputError
+from vireg.threads import compute_threads
 
 Z95 = 1.6448536269514722  # standard normal 95% quantile
 
@@ -227,16 +228,12 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
     model = build_model(cfg)
     threads = _thread_count(cfg.runtime.threads)
 
-    import numba
-
     from vireg import engine
     from vireg.families import make_family
 
     family = make_family(cfg.inference.family, model.n_params)
     opt_seq, draw_seq = np.random.SeedSequence(cfg.inference.seed).spawn(2)
-    saved_threads = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
+    with compute_threads(threads):
         t0 = time.perf_counter()
         model.warm_up()
         compile_seconds = time.perf_counter() - t0
@@ -255,8 +252,6 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
         post = draw_posterior(model, family, outcome.phi, cfg.output.draws,
                               cfg.output.psis_draws, np.random.default_rng(draw_seq))
         diagnostics_seconds = time.perf_counter() - t0
-    finally:
-        numba.set_num_threads(saved_threads)
 
     mean_u, cov_u = family.mean_cov(outcome.phi)
     summary, mean_t, cov_t = natural_summary(model, mean_u, cov_u)
@@ -316,8 +311,6 @@ def gradvar(config: Config | dict | str | Path, at: str = "init", draws: int = 1
     """
     import json
 
-    import numba
-
     from vireg.diagnostics import ESTIMATOR_NAMES, gradient_variance
     from vireg.engine import initial_phi
     from vireg.errors import FitError
@@ -338,9 +331,7 @@ def gradvar(config: Config | dict | str | Path, at: str = "init", draws: int = 1
     model = build_model(cfg)
     family = make_family(cfg.inference.family, model.n_params)
     threads = _thread_count(cfg.runtime.threads)
-    saved = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
+    with compute_threads(threads):
         model.warm_up()
         if at == "init":
             phi = initial_phi(model, family, cfg.inference.init_scale)
@@ -353,8 +344,6 @@ def gradvar(config: Config | dict | str | Path, at: str = "init", draws: int = 1
         study = gradient_variance(model, family, phi, draws, rng,
                                   batch=max(2, cfg.inference.samples))
         study["seconds"] = time.perf_counter() - t0
-    finally:
-        numba.set_num_threads(saved)
     study.update({"at": at, "family": family.name, "labels": family.labels(u_names(model)),
                   "fits": []})
     if fits:
