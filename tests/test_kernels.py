@@ -114,3 +114,15 @@ def test_vectorisable_exp_and_log1p_match_libm_over_their_ranges():
     e = np.r_[np.exp(-np.linspace(0, 40, 10001)), np.linspace(1e-6, 1, 100001)]
     assert np.max(np.abs(apply(log1p_unit, e) / np.log1p(e) - 1)) < 2e-15
     assert apply(log1p_unit, np.zeros(1))[0] == 0.0
+
+
+@pytest.mark.parametrize("family", list(KERNELS))
+def test_float32_data_are_summed_in_float64(rng, family):
+    """With float32 X and y the kernel's sums are those of the rounded data, in float64."""
+    kernel, ref = KERNELS[family]
+    Z, y, U = make_problem(rng, family, 3000, 7, 4, True)
+    Z32, y32 = Z.astype(np.float32), y.astype(np.float32)
+    G, ll = kernel(Z32, y32, U, True, chunk_rows_for(3000, 7))
+    G_ref, ll_ref = ref(Z32.astype(np.float64), y32.astype(np.float64), U, True)
+    np.testing.assert_allclose(ll, ll_ref, rtol=RTOL)
+    np.testing.assert_allclose(G, G_ref, rtol=RTOL, atol=1e-9)

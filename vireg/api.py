@@ -119,7 +119,7 @@ def build_model(cfg: Config):
             raise InputError(f"covariate '{name}' has the name of vireg's own parameter "
                              f"'{name}': rename the column")
     model = Model(design, cfg.model.family, cfg.model.intercept, priors, cfg.model.sigma,
-                  draws_per_step=cfg.inference.samples)
+                  draws_per_step=cfg.inference.samples, dtype=cfg.inference.dtype)
     check_posterior_exists(model)
     return model
 

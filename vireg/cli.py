@@ -203,6 +203,7 @@ def bench(
     n: Annotated[int, typer.Option("--n", help="Rows of synthetic data.")] = 100_000,
     d: Annotated[int, typer.Option("--d", help="Covariates.")] = 50,
     samples: Annotated[int, typer.Option("--samples", help="Monte Carlo draws per step.")] = 8,
+    dtype: Annotated[str, typer.Option("--dtype", help="float64 or float32 data.")] = "float64",
     threads: Annotated[int | None, typer.Option("--threads", help="Threads (default all).")] = None,
     steps: Annotated[int, typer.Option("--steps", help="Steps to time (median).")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -212,6 +213,8 @@ def bench(
         _fail(f"--model '{model}' is not known: use logistic or linear", 2)
     if family not in ("meanfield", "fullrank"):
         _fail(f"--family '{family}' is not known: use meanfield or fullrank", 2)
+    if dtype not in ("float64", "float32"):
+        _fail(f"--dtype '{dtype}' is not known: use float64 or float32", 2)
     for name, value in (("--n", n), ("--d", d), ("--samples", samples), ("--steps", steps)):
         if value < 1:
             _fail(f"{name} must be at least 1, got {value}", 2)
@@ -222,7 +225,7 @@ def bench(
         _fail(f"--n {n} --d {d} needs about {gib:.0f} GiB of memory: choose smaller sizes", 2)
     from vireg.bench import run_bench
 
-    result = run_bench(model, family, n, d, samples, threads, steps)
+    result = run_bench(model, family, n, d, samples, threads, steps, dtype)
     if as_json:
         import json
 

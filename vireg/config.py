@@ -60,6 +60,7 @@ class InferenceConfig:
     tolerance: float = 0.02
     window: int = 100
     seed: int = 0
+    dtype: str = "float64"  # float32: the kernel reads X in float32 (sums stay float64)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ SCHEMA: dict[str, Any] = {
         "family": (str, False), "estimator": ((str, type(None)), False), "samples": (int, False),
         "max_steps": (int, False), "learning_rate": (float, False), "init_scale": (float, False),
         "tolerance": (float, False), "window": (int, False), "seed": (int, False),
+        "dtype": (str, False),
     },
     "output": {"dir": ((str, type(None)), False), "draws": (int, False),
                "psis_draws": (int, False), "psis": (bool, False)},
@@ -199,6 +201,8 @@ def _check_values(d: dict[str, Any]) -> None:
     est = inf.get("estimator") or DEFAULT_ESTIMATOR[vf]
     if est not in ESTIMATORS:
         raise InputError(f"inference.estimator '{est}' is not known: use one of {', '.join(ESTIMATORS)}")
+    if inf.get("dtype", "float64") not in ("float64", "float32"):
+        raise InputError(f"inference.dtype '{inf['dtype']}' is not known: use float64 or float32")
     if est == "score" and inf.get("samples", 8) < 2:
         raise InputError("inference.estimator 'score' needs inference.samples of at least 2 (its "
                          "leave-one-out baseline uses the other draws)")
