@@ -14,21 +14,24 @@ import numpy as np
 from vireg.data import Design
 
 
-def synthetic_model(model: str, family: str, n: int, d: int, samples: int, seed: int = 0,
-                    dtype: str = "float64"):
-    from vireg.models.model import Model
-    from vireg.models.priors import parse_prior
-
+def synthetic_data(model: str, n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Standard normal covariates and a response from a logistic or linear model."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))
     beta = rng.standard_normal(d) * (0.5 / np.sqrt(d))
     eta = 0.2 + X @ beta
     if model == "logistic":
-        y = (rng.random(n) < 1.0 / (1.0 + np.exp(-eta))).astype(float)
-        fam = "bernoulli"
-    else:
-        y = eta + rng.standard_normal(n)
-        fam = "gaussian"
+        return X, (rng.random(n) < 1.0 / (1.0 + np.exp(-eta))).astype(float)
+    return X, eta + rng.standard_normal(n)
+
+
+def synthetic_model(model: str, family: str, n: int, d: int, samples: int, seed: int = 0,
+                    dtype: str = "float64"):
+    from vireg.models.model import Model
+    from vireg.models.priors import parse_prior
+
+    X, y = synthetic_data(model, n, d, seed)
+    fam = "bernoulli" if model == "logistic" else "gaussian"
     design = Design(y=y, X=X, response="y", covariates=[f"x{j}" for j in range(d)])
     priors = [parse_prior("normal(0, 5)", "bench", "location")] * (d + 1)
     if fam == "gaussian":
