@@ -66,7 +66,7 @@ class FitResult:
 
     def summary_rows(self) -> list[dict]:
         s = self.summary
-        khat = float("nan") if self.khat is None else self.khat
+        khat = self.khat  # None when the diagnostic is off (output.psis_draws: 0)
         return [{"parameter": n, "mean": float(s.mean[i]), "sd": float(s.sd[i]),
                  "q5": float(s.q5[i]), "q50": float(s.q50[i]), "q95": float(s.q95[i]),
                  "khat": khat}

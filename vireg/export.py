@@ -18,9 +18,9 @@ from vireg.errors import InputError
 SUMMARY_COLUMNS = ["parameter", "mean", "sd", "q5", "q50", "q95", "khat"]
 
 
-def _num(x: float) -> str:
-    """Shortest text that reads back as the same float."""
-    return repr(float(x))
+def _num(x: float | None) -> str:
+    """Shortest text that reads back as the same float; None (not computed) is an empty cell."""
+    return "" if x is None else repr(float(x))
 
 
 def summary_csv(result) -> str:
