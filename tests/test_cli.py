@@ -314,3 +314,23 @@ def test_divergence_to_nan_stops_with_a_message_and_writes_nothing(tmp_path, mon
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "non-finite" in lines[0] and "Traceback" not in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_parquet_input_fits_and_reports_bad_cells(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(300)
+    y = (rng.random(300) < 1 / (1 + np.exp(-x))).astype(np.int64)
+    pq.write_table(pa.table({"y": y, "x": x, "g": ["a"] * 300}), tmp_path / "t.parquet")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"path": "t.parquet", "response": "y",
+                                               "covariates": ["x"]},
+                                      "model": {"family": "logistic"}}))
+    res = run("fit", config, "--quiet", "--out", "-")
+    assert res.exit_code == 0, res.stderr
+    assert [r["parameter"] for r in csv.DictReader(io.StringIO(res.stdout))] == ["intercept", "x"]
+    res = run("fit", config, "--quiet", "--out", "-", "--set", "data.covariates=[x, g]")
+    assert res.exit_code == 2 and "'g'" in res.stderr and res.stderr.count("\n") == 1
