@@ -6,7 +6,7 @@ import math
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +121,8 @@ def build_model(cfg: Config):
     model = Model(design, cfg.model.family, cfg.model.intercept, priors, cfg.model.sigma,
                   draws_per_step=cfg.inference.samples, dtype=cfg.inference.dtype)
     check_posterior_exists(model)
+    # The kernel reads the standardised copy; the raw covariates were needed only up to here.
+    model.design = replace(model.design, X=np.empty((0, model.n_cov)))
     return model
 
 
