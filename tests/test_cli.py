@@ -334,3 +334,16 @@ def test_parquet_input_fits_and_reports_bad_cells(tmp_path):
     assert [r["parameter"] for r in csv.DictReader(io.StringIO(res.stdout))] == ["intercept", "x"]
     res = run("fit", config, "--quiet", "--out", "-", "--set", "data.covariates=[x, g]")
     assert res.exit_code == 2 and "'g'" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_check_prints_the_resolved_config_columns_and_priors_without_fitting(tmp_path):
+    config = make_project(tmp_path, family="linear")
+    res = run("check", config)
+    assert res.exit_code == 0, res.stderr
+    resolved = yaml.safe_load(res.stdout.split("\n", 1)[1].split("\n120 rows")[0])
+    assert resolved["inference"]["estimator"] == "reparam"
+    for word in ("x1", "x2", "response", "sigma", "flat", "no problems found"):
+        assert word in res.stdout
+    assert not (tmp_path / "out").exists()
+    bad = run("check", config, "--set", "data.covariates=[x1, x1b]")
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "x1b" in bad.stderr

@@ -297,6 +297,28 @@ def fit(config: Config | dict | str | Path, overrides: list[str] | None = None) 
     raise AssertionError("iter_fit ended without a result")
 
 
+def check(config: Config | dict | str | Path, overrides: list[str] | None = None) -> dict:
+    """Validate a config and its data without fitting (what ``vireg check`` prints).
+
+    Raises ``InputError`` with the first problem, exactly as ``fit`` would before fitting.
+    """
+    from vireg.models.priors import display_name
+
+    cfg = _as_config(config, overrides)
+    model = build_model(cfg)
+    return {
+        "config": cfg.to_dict(),
+        "data": str(cfg.resolve_path(cfg.data.path)),
+        "rows": model.n_rows,
+        "columns": [{"name": n, "role": "response" if i == 0 else "covariate", "mean": m,
+                     "sd": sd, "min": lo, "max": hi}
+                    for i, (n, m, sd, lo, hi) in enumerate(model.column_stats)],
+        "parameters": [{"name": n, "prior": display_name(p)}
+                       for n, p in zip(model.param_names, model.priors, strict=False)],
+        "fixed_sigma": cfg.model.sigma,
+    }
+
+
 def u_names(model) -> list[str]:
     """Names of the coordinates of u (the standardised parameters q is defined on)."""
     names = model.param_names

@@ -134,6 +134,26 @@ def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bo
 
 
 @app.command()
+def check(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value.")
+                    ] = None,
+) -> None:
+    """Validate a config and its data without fitting: print the resolved config, the columns
+    and the priors, or the first problem (exit 2)."""
+    from vireg.errors import ViregError
+
+    try:
+        from vireg import api
+        from vireg.render import check_report
+
+        report = api.check(config, overrides=list(set_ or []))
+    except ViregError as exc:
+        _fail(str(exc), exc.exit_code)
+    check_report(report)
+
+
+@app.command()
 def gradvar(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     at: Annotated[str, typer.Option(

@@ -152,3 +152,28 @@ def gradvar_tables(study: dict) -> None:
             fits.add_row(f["estimator"], elbo, str(f["steps"] or "-"),
                          "yes" if f["converged"] else "no", f"{f['seconds']:.2f}")
         console.print(fits)
+
+
+def check_report(report: dict) -> None:
+    """The resolved config as YAML, then the columns and the priors, on standard output."""
+    import yaml
+
+    console = Console()
+    console.print("# resolved config", markup=False)
+    console.print(yaml.safe_dump(report["config"], sort_keys=False).rstrip(), markup=False,
+                  highlight=False)
+    table = Table(title=f"{report['rows']:,} rows of {report['data']}", title_justify="left")
+    for col in ("column", "role", "mean", "sd", "min", "max"):
+        table.add_column(col, justify="left" if col in ("column", "role") else "right")
+    for c in report["columns"]:
+        table.add_row(c["name"], c["role"], *(f"{c[k]:.4g}" for k in ("mean", "sd", "min", "max")))
+    console.print(table)
+    priors = Table(title="parameters and priors", title_justify="left")
+    priors.add_column("parameter")
+    priors.add_column("prior")
+    for p in report["parameters"]:
+        priors.add_row(p["name"], p["prior"])
+    console.print(priors)
+    if report["fixed_sigma"] is not None:
+        console.print(f"sigma is fixed at {report['fixed_sigma']:g}")
+    console.print("no problems found: the posterior of this model exists", style="green")

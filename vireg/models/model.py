@@ -45,6 +45,9 @@ class Model:
         self.n_rows, self.n_cov = X.shape
         self.likelihood.check_response(y, design.response)
 
+        # For `vireg check` and humans: the columns as given, before standardisation.
+        self.column_stats = [(design.response, *_stats(y))] + [
+            (name, *_stats(X[:, j])) for j, name in enumerate(design.covariates)]
         x_centre = X.mean(axis=0) if intercept else np.zeros(self.n_cov)
         x_scale = np.sqrt(np.mean((X - x_centre) ** 2, axis=0))
         # A constant column cannot be standardised; leave it unscaled (its coefficient is then
@@ -215,6 +218,13 @@ class Model:
             G = np.ascontiguousarray(G[:, :-1])
         lp, g_theta = self.log_prior_grad(self.to_theta(U))
         return ll + self.loglik_const + lp, G + g_theta @ self.T
+
+
+def _stats(v: np.ndarray) -> tuple[float, float, float, float]:
+    """mean, sd, min and max of a column (NaN for an empty one)."""
+    if v.size == 0:
+        return (float("nan"),) * 4
+    return float(v.mean()), float(v.std()), float(v.min()), float(v.max())
 
 
 def _group_priors(priors: list[Prior]) -> list[tuple[Prior, np.ndarray]]:
