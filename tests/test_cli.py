@@ -347,3 +347,17 @@ def test_check_prints_the_resolved_config_columns_and_priors_without_fitting(tmp
     assert not (tmp_path / "out").exists()
     bad = run("check", config, "--set", "data.covariates=[x1, x1b]")
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "x1b" in bad.stderr
+
+
+@pytest.mark.parametrize(("family", "guessed"), [("bernoulli", "bernoulli"), ("linear", "gaussian")])
+def test_init_writes_a_starter_config_that_checks(tmp_path, family, guessed):
+    make_project(tmp_path, family=family)
+    out = tmp_path / "sub" / "start.yaml"
+    res = run("init", "--data", tmp_path / "data.csv", "--out", out)
+    assert res.exit_code == 0, res.stderr
+    cfg = yaml.safe_load(out.read_text())
+    assert cfg["model"]["family"] == guessed
+    assert cfg["data"]["response"] == "y" and cfg["data"]["covariates"] == ["x1", "x2"]
+    assert run("check", out).exit_code == 0
+    again = run("init", "--data", tmp_path / "data.csv", "--out", out)
+    assert again.exit_code == 2 and "--force" in again.stderr

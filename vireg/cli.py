@@ -134,6 +134,39 @@ def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bo
 
 
 @app.command()
+def init(
+    data: Annotated[Path | None, typer.Option("--data", help="CSV or Parquet file to describe.")
+                    ] = None,
+    response: Annotated[str | None, typer.Option("--response", help="Response column.")] = None,
+    family: Annotated[str | None, typer.Option(
+        "--family", help="gaussian or bernoulli (default: guessed from the response).")] = None,
+    out: Annotated[str, typer.Option("--out", help="Config file to write, or '-'.")] = "vireg.yaml",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter config, guessing the family and columns from --data."""
+    from vireg.config import FAMILY_ALIASES
+    from vireg.errors import ViregError
+
+    try:
+        if family is not None and family not in FAMILY_ALIASES:
+            _fail(f"--family '{family}' is not known: use gaussian or bernoulli", 2)
+        if not out.strip():
+            _fail("--out needs a file name, or '-' for standard output", 2)
+        from vireg.starter import starter_config, write_starter
+
+        target = Path("vireg.yaml") if out == "-" else Path(out)
+        text = starter_config(data, response,
+                              FAMILY_ALIASES[family] if family else None, target)
+        if out == "-":
+            sys.stdout.write(text)
+        else:
+            write_starter(text, target, force)
+            print(f"wrote {target}; check it with: vireg check {target}", file=sys.stderr)
+    except ViregError as exc:
+        _fail(str(exc), exc.exit_code)
+
+
+@app.command()
 def check(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value.")
