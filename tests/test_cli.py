@@ -361,3 +361,30 @@ def test_init_writes_a_starter_config_that_checks(tmp_path, family, guessed):
     assert run("check", out).exit_code == 0
     again = run("init", "--data", tmp_path / "data.csv", "--out", out)
     assert again.exit_code == 2 and "--force" in again.stderr
+
+
+def test_missing_values_error_by_default_and_drop_says_how_many(tmp_path):
+    config = make_project(tmp_path)
+    data = tmp_path / "data.csv"
+    lines = data.read_text().splitlines()
+    lines[3] = "1,,3.0"
+    lines[9] = "NA,0.5,3.0"
+    data.write_text("\n".join(lines) + "\n")
+    res = run("fit", config, "--quiet")
+    assert res.exit_code == 2 and "data.missing: drop" in res.stderr
+    res = run("fit", config, "--set", "data.missing=drop")
+    assert res.exit_code == 0, res.stderr
+    assert "left out 2 row(s)" in res.stderr
+    doc = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert doc["dropped_rows"] == 2 and doc["n_rows"] == 118
+
+
+def test_data_from_standard_input(tmp_path):
+    config = make_project(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["path"] = "-"
+    config.write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["fit", str(config), "--quiet", "--out", "-"],
+                        input=(tmp_path / "data.csv").read_text())
+    assert res.exit_code == 0, res.stderr
+    assert len(list(csv.DictReader(io.StringIO(res.stdout)))) == 3

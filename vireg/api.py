@@ -82,6 +82,7 @@ class Started:
     compile_seconds: float
     threads: int
     max_steps: int
+    dropped_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def build_model(cfg: Config):
     from vireg.models.propriety import check_posterior_exists
 
     table = read_table(cfg.resolve_path(cfg.data.path))
-    design = build_design(table, cfg.data.response, cfg.data.covariates)
+    design = build_design(table, cfg.data.response, cfg.data.covariates, cfg.data.missing)
     priors = resolve_priors(cfg.model.prior, cfg.model.family, cfg.model.intercept,
                             design.covariates, cfg.model.sigma)
     if not priors:
@@ -240,7 +241,7 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
         model.warm_up()
         compile_seconds = time.perf_counter() - t0
         yield Started(model.n_rows, model.n_params, compile_seconds, threads,
-                      cfg.inference.max_steps)
+                      cfg.inference.max_steps, model.design.dropped_rows)
 
         t0 = time.perf_counter()
         outcome = None
@@ -280,7 +281,8 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
         log_ratio_sd=post.log_ratio_sd, psis_ess=post.ess,
         summary_method=summary_method, diagnostics_seconds=diagnostics_seconds,
         extras={"levels": outcome.levels, "backoffs": outcome.backoffs,
-                "last_distance": outcome.last_distance},
+                "last_distance": outcome.last_distance,
+                "dropped_rows": model.design.dropped_rows},
     )
     yield Finished(result)
 

@@ -31,6 +31,7 @@ class DataConfig:
     path: str
     response: str
     covariates: list[str] | None = None
+    missing: str = "error"  # or "drop": leave out rows with a missing value in a used column
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,9 @@ class Config:
         return out
 
     def resolve_path(self, path: str) -> Path:
-        """A path from the config, relative to the config file's folder."""
+        """A path from the config, relative to the config file's folder (``-``: standard input)."""
+        if path == "-":
+            return Path("-")
         p = Path(os.path.expanduser(path))
         return p if p.is_absolute() else Path(os.path.normpath(Path(self.base_dir) / p))
 
@@ -102,7 +105,8 @@ class Config:
 _REQUIRED = object()
 
 SCHEMA: dict[str, Any] = {
-    "data": {"path": (str, True), "response": (str, True), "covariates": ((list, type(None)), False)},
+    "data": {"path": (str, True), "response": (str, True),
+             "covariates": ((list, type(None)), False), "missing": (str, False)},
     "model": {
         "family": (str, True),
         "intercept": (bool, False),
@@ -226,6 +230,8 @@ def _check_values(d: dict[str, Any]) -> None:
     threads = d.get("runtime", {}).get("threads")
     if threads is not None and threads < 1:
         raise InputError(f"runtime.threads must be at least 1, got {threads}")
+    if d["data"].get("missing", "error") not in ("error", "drop"):
+        raise InputError(f"data.missing '{d['data']['missing']}' is not known: use error or drop")
     covs = d["data"].get("covariates")
     if covs is not None:
         if not all(isinstance(c, str) for c in covs):

@@ -47,10 +47,14 @@ class Design:
     X: np.ndarray  # (N, D), C-contiguous
     response: str
     covariates: list[str]
+    dropped_rows: int = 0  # rows left out for missing values (data.missing: drop)
 
 
 def read_table(path: Path) -> Table:
-    """Read a CSV (or, with pyarrow installed, a Parquet) file into text columns."""
+    """Read a CSV (or, with pyarrow installed, a Parquet) file into columns; ``-`` reads a CSV
+    from standard input."""
+    if str(path) == "-":
+        return _read_stdin()
     if not path.exists():
         raise InputError(f"data file '{path}' not found: check data.path (relative to the config file)")
     if path.is_dir():
@@ -58,6 +62,18 @@ def read_table(path: Path) -> Table:
     if path.suffix.lower() in (".parquet", ".pq"):
         return _read_parquet(path)
     return _read_csv(path)
+
+
+def _read_stdin() -> Table:
+    import sys
+    import tempfile
+
+    text = sys.stdin.read()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "stdin.csv"
+        path.write_text(text, encoding="utf-8")
+        table = _read_csv(path)
+    return Table(columns=table.columns, n_rows=table.n_rows, source="standard input")
 
 
 def _read_csv(path: Path) -> Table:
@@ -149,7 +165,7 @@ def numeric_column(table: Table, name: str) -> np.ndarray:
     if n_missing:
         first = next(i for i, c in enumerate(cells) if c.strip().lower() in MISSING_TOKENS)
         raise InputError(f"column '{name}' has {n_missing} missing value(s) (first at data row "
-                         f"{first + 1}): remove or impute those rows")
+                         f"{first + 1}): remove or impute them, or set data.missing: drop")
     for i, c in enumerate(cells):
         try:
             v = float(c)
@@ -171,7 +187,7 @@ def _check_numeric(values: np.ndarray, name: str) -> np.ndarray:
     if np.isnan(values[i]):
         n_missing = int(np.isnan(values).sum())
         raise InputError(f"column '{name}' has {n_missing} missing value(s) (first at data row "
-                         f"{i + 1}): remove or impute those rows")
+                         f"{i + 1}): remove or impute them, or set data.missing: drop")
     if np.isinf(values[i]):
         raise InputError(f"column '{name}' has an infinite value at data row {i + 1}: remove or "
                          "fix that row")
@@ -179,8 +195,37 @@ def _check_numeric(values: np.ndarray, name: str) -> np.ndarray:
                      f"row {i + 1}; at most {MAX_ABS_VALUE:g}): rescale the column")
 
 
-def build_design(table: Table, response: str, covariates: list[str] | None) -> Design:
-    """Select and convert the response and covariate columns."""
+def _missing_mask(table: Table, name: str) -> np.ndarray:
+    cells = table.columns[name]
+    if isinstance(cells, np.ndarray):
+        return np.isnan(cells)
+    return np.array([c.strip().lower() in MISSING_TOKENS for c in cells], dtype=bool)
+
+
+def _drop_missing(table: Table, names: list[str]) -> tuple[Table, int]:
+    """The table without the rows that miss a value in any of ``names``."""
+    missing = np.zeros(table.n_rows, dtype=bool)
+    for name in names:
+        missing |= _missing_mask(table, name)
+    n_drop = int(missing.sum())
+    if n_drop == 0:
+        return table, 0
+    if n_drop == table.n_rows:
+        raise InputError(f"every row of '{table.source}' misses a value in "
+                         f"{', '.join(names)}: nothing is left to fit")
+    keep = ~missing
+    columns = {}
+    for name in names:
+        cells = table.columns[name]
+        columns[name] = (cells[keep] if isinstance(cells, np.ndarray)
+                         else [c for c, k in zip(cells, keep, strict=True) if k])
+    return Table(columns=columns, n_rows=table.n_rows - n_drop, source=table.source), n_drop
+
+
+def build_design(table: Table, response: str, covariates: list[str] | None,
+                 missing: str = "error") -> Design:
+    """Select and convert the response and covariate columns (``missing: drop`` first leaves out
+    the rows with a missing value in any of them)."""
     names = list(table.columns)
 
     def missing_column(col: str, key: str) -> InputError:
@@ -199,10 +244,13 @@ def build_design(table: Table, response: str, covariates: list[str] | None) -> D
             raise missing_column(c, "data.covariates entry")
         if c == response:
             raise InputError(f"data.covariates lists the response '{response}': remove it")
+    dropped = 0
+    if missing == "drop":
+        table, dropped = _drop_missing(table, [response, *covariates])
     y = numeric_column(table, response)
     if covariates:
         X = np.column_stack([numeric_column(table, c) for c in covariates])
     else:
         X = np.empty((table.n_rows, 0))
     return Design(y=y, X=np.ascontiguousarray(X, dtype=np.float64), response=response,
-                  covariates=list(covariates))
+                  covariates=list(covariates), dropped_rows=dropped)

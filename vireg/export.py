@@ -72,6 +72,7 @@ def fit_json(result, versions: dict) -> str:
         "draws_log_density": "log_p__ = log p(y, theta), log_q__ = log q(theta), theta = "
                              "(intercept, coefficients, log sigma)",
         "n_rows": result.n_rows,
+        "dropped_rows": result.extras.get("dropped_rows", 0),
         "parameters": names,
         "summary": result.summary_rows(),
         "variational": result.variational,

@@ -42,6 +42,9 @@ class FitDisplay:
     def start(self, started) -> None:
         if not self.enabled:
             return
+        if started.dropped_rows:
+            self.console.print(f"left out {started.dropped_rows} row(s) with missing values "
+                               "(data.missing: drop)")
         self.console.print(f"[dim]{started.n_rows} rows, {started.n_params} parameters, "
                            f"{started.threads} thread(s); kernels ready in "
                            f"{started.compile_seconds:.2f} s[/dim]")
