@@ -388,3 +388,26 @@ def test_data_from_standard_input(tmp_path):
                         input=(tmp_path / "data.csv").read_text())
     assert res.exit_code == 0, res.stderr
     assert len(list(csv.DictReader(io.StringIO(res.stdout)))) == 3
+
+
+def test_interrupt_leaves_earlier_results_intact_and_says_where_it_stopped(tmp_path):
+    import signal
+    import time
+
+    config = make_project(tmp_path, n=60000)
+    assert run("fit", config, "--quiet").exit_code == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    beside = Path(sys.executable).parent / "vireg"
+    cmd = [str(beside)] if beside.exists() else [sys.executable, "-m", "vireg"]
+    # A tolerance no fit can meet keeps it running until interrupted.
+    proc = subprocess.Popen(cmd + ["fit", str(config), "--set", "inference.tolerance=1e-12",
+                                   "--set", "inference.max_steps=10000000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    assert proc.poll() is None, "the fit ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "Traceback" not in err
+    after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert after == before

@@ -67,3 +67,9 @@ def test_resolved_config_round_trips_through_plain_data(tmp_path):
     again = config_from_dict(cfg.to_dict(), base_dir=cfg.base_dir)
     assert again == cfg
     assert again.inference.estimator == "stl"  # the family's default, resolved
+
+
+def test_exponent_notation_without_a_dot_is_a_number():
+    cfg = config_from_dict({**BASE, "inference": {"tolerance": "1e-3"}},
+                           overrides=["inference.learning_rate=1e-2"])
+    assert cfg.inference.tolerance == 1e-3 and cfg.inference.learning_rate == 1e-2

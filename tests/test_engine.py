@@ -46,3 +46,9 @@ def test_fit_stopped_at_max_steps_says_it_did_not_converge(tmp_path):
 
 def test_drift_threshold_grows_with_the_number_of_coordinates():
     assert 3.0 < drift_threshold(2) < drift_threshold(20) < drift_threshold(2000) < 8.0
+
+
+def test_a_tolerance_too_small_to_meet_ends_unconverged_not_falsely_converged(tmp_path):
+    result = vireg.fit(make_project(tmp_path), overrides=["inference.tolerance=1e-14"])
+    assert not result.converged
+    assert "step size shrank" in result.reason and "raise inference.tolerance" in result.reason

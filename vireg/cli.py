@@ -101,15 +101,21 @@ def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bo
     result = None
     step = 0
     try:
-        for event in api.iter_fit(cfg):
-            if isinstance(event, Progress):
-                step = event.step
-                display.progress(event)
-            elif isinstance(event, api.Started):
-                display.start(event)
-            elif isinstance(event, api.Finished):
-                result = event.result
-    except KeyboardInterrupt:
+        with _InterruptBetweenSteps() as interrupt:
+            for event in api.iter_fit(cfg):
+                if isinstance(event, Progress):
+                    step = event.step
+                    display.progress(event)
+                elif isinstance(event, api.Started):
+                    display.start(event)
+                elif isinstance(event, api.Finished):
+                    result = event.result
+                if interrupt.requested:
+                    raise KeyboardInterrupt
+    except (KeyboardInterrupt, SystemError) as exc:
+        # A second Ctrl-C inside a Numba kernel surfaces as a SystemError caused by it.
+        if isinstance(exc, SystemError) and not isinstance(exc.__cause__, KeyboardInterrupt):
+            raise
         display.stop()
         print(f"error: interrupted at step {step}; no result files were written (earlier results "
               "are intact)", file=sys.stderr)
@@ -287,6 +293,30 @@ def bench(
     from vireg.render import bench_table
 
     bench_table(result)
+
+
+class _InterruptBetweenSteps:
+    """Ctrl-C during a fit sets a flag that the event loop checks after every step, so the
+    interrupt never lands inside a Numba kernel (where it would surface as a SystemError with a
+    traceback). A second Ctrl-C interrupts at once."""
+
+    def __enter__(self):
+        import signal
+
+        self.requested = False
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ Paths inside a config file are relative to the folder of that file.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import os
@@ -149,6 +150,10 @@ def _check_type(path: str, value: Any, expected: Any) -> Any:
         raise InputError(f"config key '{path}' must be {_type_name(expected)}, got {value!r}")
     if float in ts and isinstance(value, int):
         return float(value)
+    if float in ts and isinstance(value, str):
+        # YAML 1.1 (PyYAML) reads 1e-3 without a dot as a string; users mean the number.
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise InputError(f"config key '{path}' must be a finite number, got {value!r}")
     if not isinstance(value, ts):

@@ -42,6 +42,9 @@ from vireg.errors import FitError
 from vireg.optim import Adam
 
 LR_DECAY = 0.5
+# After this many halvings (a 1e-12-fold smaller step) the iterates no longer move, so agreeing
+# averages would prove nothing: stop and say the fit did not converge.
+MAX_DECAYS = 40
 MEAN_STEP_SD = 0.1
 NAN_BACKOFF = 0.1
 MAX_CONSECUTIVE_BACKOFFS = 8
@@ -112,7 +115,8 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
     prev_window: tuple[float, float, np.ndarray] | None = None
     level_estimate: np.ndarray | None = None
     last_distance: float | None = None
-    levels, backoffs, failures = 0, 0, 0
+    levels, backoffs, failures, decays = 0, 0, 0, 0
+    exhausted = False
     snapshot = x.copy()
     smooth = np.nan
     converged, reason, final_phi = False, "", None
@@ -183,6 +187,10 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
                                                         MEAN_STEP_SD * mean_sd_x(estimate))
                 else:
                     nominal_lr *= LR_DECAY
+                    decays += 1
+                    if decays > MAX_DECAYS:
+                        exhausted = True
+                        break
                 adam.lr = np.minimum(adam.lr, nominal_lr)
                 level_estimate = estimate
                 adam.reset()
@@ -202,8 +210,12 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
         else:
             by = (f"the last change between averaged iterates was {last_distance:.3g} posterior sd "
                   f"(tolerance {icfg.tolerance:g})")
-        reason = (f"did not converge: reached max_steps={icfg.max_steps}; {by}; raise "
-                  "inference.max_steps")
+        if exhausted:
+            reason = (f"did not converge: the step size shrank 2^{MAX_DECAYS}-fold by step {step}; "
+                      f"{by}; a tolerance this small cannot be met, raise inference.tolerance")
+        else:
+            reason = (f"did not converge: reached max_steps={icfg.max_steps}; {by}; raise "
+                      "inference.max_steps")
     yield Outcome(phi=final_phi, steps=step, converged=converged, reason=reason,
                   elbo_trace=trace[:step].copy(), last_distance=last_distance, levels=levels,
                   backoffs=backoffs)
