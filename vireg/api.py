@@ -109,7 +109,7 @@ def build_model(cfg: Config):
     table = read_table(cfg.resolve_path(cfg.data.path))
     design = build_design(table, cfg.data.response, cfg.data.covariates, cfg.data.missing)
     priors = resolve_priors(cfg.model.prior, cfg.model.family, cfg.model.intercept,
-                            design.covariates, cfg.model.sigma)
+                            design.covariates, cfg.model.sigma, design.sources)
     if not priors:
         raise InputError("the model has no parameters to fit (no intercept, no covariates and no "
                          "unknown sigma): add covariates or set model.intercept: true")
@@ -282,7 +282,8 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
         summary_method=summary_method, diagnostics_seconds=diagnostics_seconds,
         extras={"levels": outcome.levels, "backoffs": outcome.backoffs,
                 "last_distance": outcome.last_distance,
-                "dropped_rows": model.design.dropped_rows},
+                "dropped_rows": model.design.dropped_rows,
+                "encodings": model.design.encodings or {}},
     )
     yield Finished(result)
 

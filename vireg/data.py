@@ -46,8 +46,10 @@ class Design:
     y: np.ndarray
     X: np.ndarray  # (N, D), C-contiguous
     response: str
-    covariates: list[str]
+    covariates: list[str]  # design column names: numeric columns, then "col[level]" indicators
     dropped_rows: int = 0  # rows left out for missing values (data.missing: drop)
+    sources: list[str] | None = None  # the data column each design column comes from
+    encodings: dict | None = None  # categorical column -> {"levels": [...], "reference": ...}
 
 
 def read_table(path: Path) -> Table:
@@ -171,11 +173,53 @@ def numeric_column(table: Table, name: str) -> np.ndarray:
             v = float(c)
         except ValueError:
             raise InputError(f"column '{name}' has a non-numeric value {_show(c)} at data row "
-                             f"{i + 1}: vireg needs numbers (encode categories as 0/1 columns)") from None
+                             f"{i + 1} among numbers: fix that cell (a column of text only is "
+                             "used as categorical)") from None
         if not math.isfinite(v):
             raise InputError(f"column '{name}' has an infinite value {_show(c)} at data row "
                              f"{i + 1}: remove or fix that row")
     raise AssertionError("unreachable: a column failed to convert but no bad cell was found")
+
+
+MAX_LEVELS = 100
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def categorical_levels(table: Table, name: str) -> list[str] | None:
+    """The sorted levels of a column whose cells are all text (none parses as a number), such as
+    strings or true/false; None for a column of numbers (or of numbers with some bad cells, which
+    ``numeric_column`` reports)."""
+    cells = table.columns[name]
+    if isinstance(cells, np.ndarray):
+        return None
+    present = [c.strip() for c in cells if c.strip().lower() not in MISSING_TOKENS]
+    if not present or any(_is_number(c) for c in present):
+        return None
+    levels = sorted(set(present))
+    if len(levels) > MAX_LEVELS:
+        raise InputError(f"column '{name}' has {len(levels)} distinct text values (at most "
+                         f"{MAX_LEVELS} categories): if it is an identifier, leave it out of "
+                         "data.covariates")
+    return levels
+
+
+def categorical_column(table: Table, name: str, levels: list[str]) -> np.ndarray:
+    """0/1 indicator columns for every level but the first (the reference), (N, len - 1)."""
+    cells = [c.strip() for c in table.columns[name]]
+    missing = [i for i, c in enumerate(cells) if c.lower() in MISSING_TOKENS]
+    if missing:
+        raise InputError(f"column '{name}' has {len(missing)} missing value(s) (first at data row "
+                         f"{missing[0] + 1}): remove or impute them, or set data.missing: drop")
+    index = {level: k for k, level in enumerate(levels)}
+    codes = np.array([index[c] for c in cells])
+    return (codes[:, None] == np.arange(1, len(levels))[None, :]).astype(np.float64)
 
 
 def _check_numeric(values: np.ndarray, name: str) -> np.ndarray:
@@ -248,9 +292,18 @@ def build_design(table: Table, response: str, covariates: list[str] | None,
     if missing == "drop":
         table, dropped = _drop_missing(table, [response, *covariates])
     y = numeric_column(table, response)
-    if covariates:
-        X = np.column_stack([numeric_column(table, c) for c in covariates])
-    else:
-        X = np.empty((table.n_rows, 0))
+    blocks, names, sources, encodings = [], [], [], {}
+    for c in covariates:
+        levels = categorical_levels(table, c)
+        if levels is None:
+            blocks.append(numeric_column(table, c)[:, None])
+            names.append(c)
+            sources.append(c)
+        else:
+            blocks.append(categorical_column(table, c, levels))
+            names += [f"{c}[{level}]" for level in levels[1:]]
+            sources += [c] * (len(levels) - 1)
+            encodings[c] = {"levels": levels, "reference": levels[0]}
+    X = np.hstack(blocks) if blocks else np.empty((table.n_rows, 0))
     return Design(y=y, X=np.ascontiguousarray(X, dtype=np.float64), response=response,
-                  covariates=list(covariates), dropped_rows=dropped)
+                  covariates=names, dropped_rows=dropped, sources=sources, encodings=encodings)

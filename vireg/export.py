@@ -73,6 +73,7 @@ def fit_json(result, versions: dict) -> str:
                              "(intercept, coefficients, log sigma)",
         "n_rows": result.n_rows,
         "dropped_rows": result.extras.get("dropped_rows", 0),
+        "categorical": result.extras.get("encodings", {}),
         "parameters": names,
         "summary": result.summary_rows(),
         "variational": result.variational,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -86,7 +87,7 @@ class FitDisplay:
         for col in ("parameter", "mean", "sd", "q5", "q50", "q95"):
             table.add_column(col, justify="left" if col == "parameter" else "right")
         for row in result.summary_rows():
-            table.add_row(row["parameter"], *(f"{row[c]:.4g}" for c in
+            table.add_row(escape(row["parameter"]), *(f"{row[c]:.4g}" for c in
                                               ("mean", "sd", "q5", "q50", "q95")))
         self.console.print(table)
         style = "green" if result.converged else "yellow"
@@ -104,7 +105,8 @@ class FitDisplay:
                                f"{result.config.output.psis_draws} draws; sd of log p/q "
                                f"{result.log_ratio_sd:.2g}[/dim]")
         if out_dir is not None:
-            self.console.print(f"results in {out_dir}/ (summary.csv, draws.csv, elbo.csv, fit.json)")
+            self.console.print(escape(f"results in {out_dir}/ (summary.csv, draws.csv, elbo.csv, "
+                                      "fit.json)"))
 
 
 def bench_table(r: dict) -> None:
@@ -165,17 +167,19 @@ def check_report(report: dict) -> None:
     console.print("# resolved config", markup=False)
     console.print(yaml.safe_dump(report["config"], sort_keys=False).rstrip(), markup=False,
                   highlight=False)
-    table = Table(title=f"{report['rows']:,} rows of {report['data']}", title_justify="left")
+    table = Table(title=escape(f"{report['rows']:,} rows of {report['data']}"),
+                  title_justify="left")
     for col in ("column", "role", "mean", "sd", "min", "max"):
         table.add_column(col, justify="left" if col in ("column", "role") else "right")
     for c in report["columns"]:
-        table.add_row(c["name"], c["role"], *(f"{c[k]:.4g}" for k in ("mean", "sd", "min", "max")))
+        table.add_row(escape(c["name"]), c["role"],
+                      *(f"{c[k]:.4g}" for k in ("mean", "sd", "min", "max")))
     console.print(table)
     priors = Table(title="parameters and priors", title_justify="left")
     priors.add_column("parameter")
     priors.add_column("prior")
     for p in report["parameters"]:
-        priors.add_row(p["name"], p["prior"])
+        priors.add_row(escape(p["name"]), p["prior"])
     console.print(priors)
     if report["fixed_sigma"] is not None:
         console.print(f"sigma is fixed at {report['fixed_sigma']:g}")

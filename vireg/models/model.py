@@ -236,20 +236,24 @@ def _group_priors(priors: list[Prior]) -> list[tuple[Prior, np.ndarray]]:
 
 
 def resolve_priors(prior_cfg, family: str, intercept: bool, covariates: list[str],
-                   fixed_sigma: float | None = None) -> list[Prior]:
+                   fixed_sigma: float | None = None, sources: list[str] | None = None
+                   ) -> list[Prior]:
     """One parsed prior per parameter, in theta order."""
     priors: list[Prior] = []
     if intercept:
         priors.append(parse_prior(prior_cfg.intercept, "model.prior.intercept", "location"))
     default = parse_prior(prior_cfg.coefficients, "model.prior.coefficients", "location")
+    sources = sources or covariates
     for name in prior_cfg.overrides:
-        if name not in covariates:
+        if name not in covariates and name not in sources:
             raise InputError(f"model.prior.overrides names '{name}', which is not a covariate: "
                              f"covariates are {', '.join(covariates) or '(none)'}")
-    for name in covariates:
-        if name in prior_cfg.overrides:
-            priors.append(parse_prior(prior_cfg.overrides[name],
-                                      f"model.prior.overrides.{name}", "location"))
+    # An override names a design column ("color[red]") or a data column ("color": all its levels).
+    for name, source in zip(covariates, sources, strict=True):
+        key = name if name in prior_cfg.overrides else source
+        if key in prior_cfg.overrides:
+            priors.append(parse_prior(prior_cfg.overrides[key],
+                                      f"model.prior.overrides.{key}", "location"))
         else:
             priors.append(default)
     if LIKELIHOODS[family].HAS_SCALE and fixed_sigma is None:
