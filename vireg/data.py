@@ -203,6 +203,9 @@ def categorical_levels(table: Table, name: str) -> list[str] | None:
     if not present or any(_is_number(c) for c in present):
         return None
     levels = sorted(set(present))
+    if len(levels) == 1:
+        raise InputError(f"column '{name}' has the single value {_show(levels[0])}: a constant "
+                         "says nothing about the response; leave it out of data.covariates")
     if len(levels) > MAX_LEVELS:
         raise InputError(f"column '{name}' has {len(levels)} distinct text values (at most "
                          f"{MAX_LEVELS} categories): if it is an identifier, leave it out of "
