@@ -283,7 +283,10 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
         extras={"levels": outcome.levels, "backoffs": outcome.backoffs,
                 "last_distance": outcome.last_distance,
                 "dropped_rows": model.design.dropped_rows,
-                "encodings": model.design.encodings or {}},
+                "encodings": model.design.encodings or {},
+                "design": {"response": model.design.response, "columns": model.design.covariates,
+                           "sources": model.design.sources or model.design.covariates,
+                           "family": model.family, "intercept": model.intercept}},
     )
     yield Finished(result)
 

@@ -140,6 +140,38 @@ def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bo
 
 
 @app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="Folder of a run (vireg fit --out DIR).")],
+    data: Annotated[Path, typer.Argument(help="CSV or Parquet file of new rows ('-': stdin).")],
+    draws: Annotated[int, typer.Option("--draws", help="Posterior draws per row.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    out: Annotated[str, typer.Option("--out", help="CSV file to write, or '-'.")] = "-",
+) -> None:
+    """Posterior predictive for new rows: linear predictor and response scale, per row."""
+    from vireg.errors import ViregError
+
+    try:
+        if draws < 10:
+            _fail(f"--draws must be at least 10, got {draws}", 2)
+        if not out.strip():
+            _fail("--out needs a file name, or '-' for standard output", 2)
+        from vireg import export
+        from vireg.predict import predict as run_predict
+        from vireg.predict import predictions_csv
+
+        text = predictions_csv(run_predict(run_dir, data, draws, seed))
+        if out == "-":
+            sys.stdout.write(text)
+        else:
+            target = Path(out)
+            export.check_output_dir(target.parent if str(target.parent) else Path("."))
+            export.write_files(target.parent, {target.name: text})
+            print(f"wrote {target}", file=sys.stderr)
+    except ViregError as exc:
+        _fail(str(exc), exc.exit_code)
+
+
+@app.command()
 def init(
     data: Annotated[Path | None, typer.Option("--data", help="CSV or Parquet file to describe.")
                     ] = None,

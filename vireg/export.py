@@ -74,6 +74,7 @@ def fit_json(result, versions: dict) -> str:
         "n_rows": result.n_rows,
         "dropped_rows": result.extras.get("dropped_rows", 0),
         "categorical": result.extras.get("encodings", {}),
+        "design": result.extras.get("design", {}),
         "parameters": names,
         "summary": result.summary_rows(),
         "variational": result.variational,
