@@ -40,6 +40,7 @@ class FitResult:
     theta_mean: np.ndarray  # mean of q over theta = (alpha, beta, log sigma)
     theta_cov: np.ndarray  # covariance of q over theta
     natural_cov: np.ndarray  # covariance of q over (intercept, coefficients, sigma)
+    summary_original: Summary | None  # data.standardize: coefficients of the covariates as given
     variational: dict
     affine: dict
     steps: int
@@ -64,8 +65,9 @@ class FitResult:
     diagnostics_seconds: float
     extras: dict = field(default_factory=dict)
 
-    def summary_rows(self) -> list[dict]:
-        s = self.summary
+    def summary_rows(self, summary: Summary | None = None) -> list[dict]:
+        """One dict per parameter; ``summary`` defaults to the main one (see summary_original)."""
+        s = summary or self.summary
         khat = self.khat  # None when the diagnostic is off (output.psis_draws: 0)
         return [{"parameter": n, "mean": float(s.mean[i]), "sd": float(s.sd[i]),
                  "q5": float(s.q5[i]), "q50": float(s.q50[i]), "q95": float(s.q95[i]),
@@ -102,12 +104,14 @@ def _as_config(config: Config | dict | str | Path, overrides: list[str] | None) 
 
 def build_model(cfg: Config):
     """Read the data and priors of a config into a ``Model`` (kernels are compiled lazily)."""
-    from vireg.data import build_design, read_table
+    from vireg.data import build_design, read_table, standardize_design
     from vireg.models.model import Model, resolve_priors
     from vireg.models.propriety import check_posterior_exists
 
     table = read_table(cfg.resolve_path(cfg.data.path))
     design = build_design(table, cfg.data.response, cfg.data.covariates, cfg.data.missing)
+    if cfg.data.standardize:
+        design = standardize_design(design)
     priors = resolve_priors(cfg.model.prior, cfg.model.family, cfg.model.intercept,
                             design.covariates, cfg.model.sigma, design.sources)
     if not priors:
@@ -173,6 +177,33 @@ def natural_cov(model, mean_t: np.ndarray, cov_t: np.ndarray) -> np.ndarray:
         cov[:-1, -1] = cov[-1, :-1] = cov_t[:-1, -1] * e_sigma
         cov[-1, -1] = e_sigma**2 * math.expm1(v)
     return cov
+
+
+def original_scale(model, mean_t: np.ndarray, cov_t: np.ndarray) -> Summary | None:
+    """With data.standardize: the summaries of q for coefficients of the covariates as given.
+
+    beta_j = beta_z,j / sd_j and alpha = alpha_z - sum_j beta_z,j mean_j / sd_j, an affine map A,
+    so the natural parameters stay normal (mean A m, covariance A Sigma A^T); sigma is unchanged.
+    """
+    st = model.design.standardization
+    if st is None:
+        return None
+    mean, sd = np.asarray(st["mean"]), np.asarray(st["sd"])
+    P, off, D = model.n_params, int(model.intercept), model.n_cov
+    A = np.eye(P)
+    A[off:off + D, off:off + D] = np.diag(1.0 / sd)
+    if model.intercept:
+        A[0, off:off + D] = -mean / sd
+    m, cov = A @ mean_t, A @ cov_t @ A.T
+    s = np.sqrt(np.diag(cov))
+    out = Summary(model.param_names, m.copy(), s.copy(), m - Z95 * s, m.copy(), m + Z95 * s)
+    if model.has_scale:  # sigma: log-normal, as in natural_summary
+        mu, v = mean_t[-1], cov_t[-1, -1]
+        out.mean[-1] = math.exp(mu + 0.5 * v)
+        out.sd[-1] = out.mean[-1] * math.sqrt(math.expm1(v))
+        out.q5[-1], out.q50[-1], out.q95[-1] = (math.exp(mu - Z95 * math.sqrt(v)), math.exp(mu),
+                                                math.exp(mu + Z95 * math.sqrt(v)))
+    return out
 
 
 def to_natural(model, U: np.ndarray) -> np.ndarray:
@@ -269,6 +300,7 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
     result = FitResult(
         config=cfg, param_names=model.param_names, summary=summary, theta_mean=mean_t,
         theta_cov=cov_t, natural_cov=natural_cov(model, mean_t, cov_t),
+        summary_original=original_scale(model, mean_t, cov_t),
         variational={"family": family.name, "space": "standardised (u)",
                      **family.to_dict(outcome.phi)},
         affine={"T": model.T.tolist(), "c": model.c.tolist()},
@@ -286,7 +318,8 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
                 "encodings": model.design.encodings or {},
                 "design": {"response": model.design.response, "columns": model.design.covariates,
                            "sources": model.design.sources or model.design.covariates,
-                           "family": model.family, "intercept": model.intercept}},
+                           "family": model.family, "intercept": model.intercept,
+                           "standardization": model.design.standardization}},
     )
     yield Finished(result)
 

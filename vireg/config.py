@@ -33,6 +33,7 @@ class DataConfig:
     response: str
     covariates: list[str] | None = None
     missing: str = "error"  # or "drop": leave out rows with a missing value in a used column
+    standardize: bool = False  # fit on z-scored covariates; report both scales
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ _REQUIRED = object()
 
 SCHEMA: dict[str, Any] = {
     "data": {"path": (str, True), "response": (str, True),
-             "covariates": ((list, type(None)), False), "missing": (str, False)},
+             "covariates": ((list, type(None)), False), "missing": (str, False),
+             "standardize": (bool, False)},
     "model": {
         "family": (str, True),
         "intercept": (bool, False),

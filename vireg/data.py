@@ -50,6 +50,7 @@ class Design:
     dropped_rows: int = 0  # rows left out for missing values (data.missing: drop)
     sources: list[str] | None = None  # the data column each design column comes from
     encodings: dict | None = None  # categorical column -> {"levels": [...], "reference": ...}
+    standardization: dict | None = None  # {"mean": [...], "sd": [...]} when data.standardize
 
 
 def read_table(path: Path) -> Table:
@@ -310,3 +311,17 @@ def build_design(table: Table, response: str, covariates: list[str] | None,
     X = np.hstack(blocks) if blocks else np.empty((table.n_rows, 0))
     return Design(y=y, X=np.ascontiguousarray(X, dtype=np.float64), response=response,
                   covariates=names, dropped_rows=dropped, sources=sources, encodings=encodings)
+
+
+def standardize_design(design: Design) -> Design:
+    """The design with every covariate z-scored (data.standardize: the model is then stated on
+    that scale, priors included); the means and sds are kept to report and predict on both."""
+    from dataclasses import replace
+
+    mean = design.X.mean(axis=0)
+    sd = design.X.std(axis=0)
+    for j in np.flatnonzero(sd == 0):
+        raise InputError(f"column '{design.covariates[j]}' is constant, so it cannot be "
+                         "standardized: leave it out of data.covariates")
+    X = np.ascontiguousarray((design.X - mean) / sd)
+    return replace(design, X=X, standardization={"mean": mean.tolist(), "sd": sd.tolist()})

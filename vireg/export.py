@@ -23,11 +23,11 @@ def _num(x: float | None) -> str:
     return "" if x is None else repr(float(x))
 
 
-def summary_csv(result) -> str:
+def summary_csv(result, summary=None) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(SUMMARY_COLUMNS)
-    for row in result.summary_rows():
+    for row in result.summary_rows(summary):
         w.writerow([row["parameter"]] + [_num(row[c]) for c in SUMMARY_COLUMNS[1:]])
     return buf.getvalue()
 
@@ -77,6 +77,8 @@ def fit_json(result, versions: dict) -> str:
         "design": result.extras.get("design", {}),
         "parameters": names,
         "summary": result.summary_rows(),
+        "summary_original_scale": (None if result.summary_original is None
+                                   else result.summary_rows(result.summary_original)),
         "variational": result.variational,
         "affine_map": {"description": "theta = T u + c; theta = (intercept, coefficients, "
                        "log sigma), u = the standardised coordinates q is defined on", **result.affine},
@@ -122,6 +124,8 @@ def write_results(result, out_dir: Path, versions: dict) -> list[Path]:
         "elbo.csv": elbo_csv(result),
         "fit.json": fit_json(result, versions),
     }
+    if result.summary_original is not None:
+        files["summary_original.csv"] = summary_csv(result, result.summary_original)
     return _write_atomically(out_dir, files)
 
 

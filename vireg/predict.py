@@ -59,7 +59,11 @@ def design_for(doc: dict, data: Path) -> np.ndarray:
         else:
             blocks.append(numeric_column(table, source)[:, None])
     n = table.n_rows
-    return np.hstack(blocks) if blocks else np.empty((n, 0))
+    X = np.hstack(blocks) if blocks else np.empty((n, 0))
+    st = design.get("standardization")
+    if st is not None:  # the fit's z-scoring (data.standardize), with the fit's means and sds
+        X = (X - np.asarray(st["mean"])) / np.asarray(st["sd"])
+    return X
 
 
 def predict(run_dir: Path, data: Path, draws: int = 1000, seed: int = 0) -> np.ndarray:

@@ -104,6 +104,10 @@ class FitDisplay:
             self.console.print(f"[dim]importance ESS {100 * result.psis_ess:.0f}% of "
                                f"{result.config.output.psis_draws} draws; sd of log p/q "
                                f"{result.log_ratio_sd:.2g}[/dim]")
+        if result.summary_original is not None:
+            self.console.print("[dim]coefficients above are per sd of each covariate "
+                               "(data.standardize); summary_original.csv has them per unit as "
+                               "given[/dim]")
         if out_dir is not None:
             self.console.print(escape(f"results in {out_dir}/ (summary.csv, draws.csv, elbo.csv, "
                                       "fit.json)"))
