@@ -138,11 +138,11 @@ def _type_name(t: Any) -> str:
     return " or ".join(names[x] for x in ts)
 
 
-def _suggest(key: str, valid: list[str]) -> str:
+def _suggest(key: str, valid: list[str], noun: str = "keys") -> str:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     if close:
         return f"did you mean '{close[0]}'?"
-    return "valid keys: " + ", ".join(valid)
+    return f"valid {noun}: " + ", ".join(valid)
 
 
 def _check_type(path: str, value: Any, expected: Any) -> Any:
@@ -188,8 +188,10 @@ def _check_values(d: dict[str, Any]) -> None:
     """Checks that go beyond types: allowed names, positive counts and rates."""
     fam = d["model"]["family"]
     if fam not in FAMILY_ALIASES:
-        raise InputError(f"model.family '{fam}' is not known: use one of gaussian (alias linear) or "
-                         f"bernoulli (alias logistic); {_suggest(fam, list(FAMILY_ALIASES))}")
+        close = difflib.get_close_matches(fam, list(FAMILY_ALIASES), n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise InputError(f"model.family '{fam}' is not known{hint}: use gaussian (alias linear) or "
+                         "bernoulli (alias logistic)")
     model = d["model"]
     gaussian = FAMILY_ALIASES[fam] == "gaussian"
     if model.get("sigma") is not None:
