@@ -138,11 +138,11 @@ def _type_name(t: Any) -> str:
     return " or ".join(names[x] for x in ts)
 
 
-def _suggest(key: str, valid: list[str], noun: str = "keys") -> str:
+def _suggest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     if close:
         return f"did you mean '{close[0]}'?"
-    return f"valid {noun}: " + ", ".join(valid)
+    return "valid keys: " + ", ".join(valid)
 
 
 def _check_type(path: str, value: Any, expected: Any) -> Any:

@@ -28,10 +28,13 @@ def load_run(run_dir: Path) -> dict:
         raise InputError(f"'{run_dir}' is not a vireg run folder: fit.json is missing")
     try:
         doc = json.loads(path.read_text())
-        doc["design"]["columns"], doc["affine_map"]["T"], doc["variational"]["m"]  # noqa: B018
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"cannot read '{path}' as a vireg result ({exc}); refit with this "
-                         "version of vireg") from None
+        complete = all(k in doc.get(section, {}) for section, k in
+                       (("design", "columns"), ("affine_map", "T"), ("variational", "m")))
+    except (ValueError, AttributeError) as exc:
+        raise InputError(f"cannot read '{path}' as a vireg result: {exc}") from None
+    if not complete:
+        raise InputError(f"'{path}' lacks what predict needs (design, affine_map, variational): "
+                         "refit with this version of vireg")
     return doc
 
 
