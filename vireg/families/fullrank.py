@@ -93,9 +93,6 @@ class FullRank:
         L = self.cholesky_factor(phi)
         return phi[: self.P].copy(), L @ L.T
 
-    def marginal_sd(self, phi: np.ndarray) -> np.ndarray:
-        return np.sqrt(np.sum(self.cholesky_factor(phi) ** 2, axis=1))
-
     def distance(self, phi_new: np.ndarray, phi_old: np.ndarray) -> float:
         """Largest change of a mean (in posterior sds), of a log sd, or of a covariance entry
         (in units of sd_i sd_j, i.e. on the correlation scale)."""

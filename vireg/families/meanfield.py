@@ -99,9 +99,6 @@ class MeanField:
         m, omega = self.split(phi)
         return m.copy(), np.diag(np.exp(2.0 * omega))
 
-    def marginal_sd(self, phi: np.ndarray) -> np.ndarray:
-        return np.exp(phi[self.P:])
-
     def distance(self, phi_new: np.ndarray, phi_old: np.ndarray) -> float:
         """Largest change of a mean in posterior sds, or of a log-scale (relative change of sd)."""
         m1, o1 = self.split(phi_new)
