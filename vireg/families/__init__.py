@@ -1,9 +1,11 @@
 """Gaussian variational families over the unconstrained parameters u.
 
 Each family packs its variational parameters into one flat vector ``phi`` (what the optimiser
-moves) and answers the same questions: ``init``, ``sample`` (u = m + scale * eps), ``elbo_grad``
-(the hand-derived reparameterisation gradient given the per-draw model gradients from the data
-kernel), ``entropy``, ``mean_cov`` and ``distance`` (between two phis, in posterior-sd units).
+moves) and answers the same questions: ``init``, ``sample`` (u = m + scale * eps), ``log_q``,
+``entropy``, ``draw_grads`` (one hand-derived ELBO-gradient estimate per draw, for the
+reparameterisation, STL and score-function estimators, given the per-draw model gradients from
+the data kernel) and ``elbo_grad`` (their mean), ``mean_cov``, ``distance`` (between two phis, in
+posterior-sd units), ``labels``, ``to_dict`` and ``from_dict``.
 """
 
 from vireg.families.fullrank import FullRank
