@@ -126,3 +126,16 @@ def test_float32_data_are_summed_in_float64(rng, family):
     G_ref, ll_ref = ref(Z32.astype(np.float64), y32.astype(np.float64), U, True)
     np.testing.assert_allclose(ll, ll_ref, rtol=RTOL)
     np.testing.assert_allclose(G, G_ref, rtol=RTOL, atol=1e-9)
+
+
+def test_class_extremes_match_numpy(rng):
+    from vireg.kernels.columns import class_extremes
+
+    X = rng.standard_normal((5000, 7))
+    y = (rng.random(5000) < 0.3).astype(float)
+    out = class_extremes(X, y, 512)
+    ones, zeros = X[y == 1], X[y == 0]
+    np.testing.assert_array_equal(out, np.vstack([ones.min(0), ones.max(0), zeros.min(0),
+                                                  zeros.max(0)]))
+    only_zeros = class_extremes(X, np.zeros(5000), 512)
+    assert np.all(np.isinf(only_zeros[0])) and np.all(np.isinf(only_zeros[1]))

@@ -53,13 +53,21 @@ def separation(Z1: np.ndarray, y: np.ndarray, max_iter: int = 50) -> str | None:
     return "separated" if separated else None
 
 
-def separating_column(X: np.ndarray, y: np.ndarray, names: list[str]) -> str | None:
-    """The first covariate whose values for y = 1 all lie on one side of those for y = 0."""
-    ones, zeros = y == 1, y == 0
-    if not ones.any() or not zeros.any():
-        return None
-    for j, name in enumerate(names):
-        x1, x0 = X[ones, j], X[zeros, j]
-        if x1.min() >= x0.max() or x1.max() <= x0.min():
-            return name
+def separating_column(X: np.ndarray, y: np.ndarray, names: list[str],
+                      through_origin: bool = False) -> str | None:
+    """The first covariate whose values for y = 1 all lie on one side of those for y = 0 (with
+    ``through_origin``, on one side of 0 with those for y = 0 on the other), ties allowed:
+    complete or quasi-complete separation by that column alone. O(N D)."""
+    from vireg.kernels.columns import class_extremes
+    from vireg.kernels.flags import chunk_rows_for
+
+    lo1, hi1, lo0, hi0 = class_extremes(np.ascontiguousarray(X), np.asarray(y, dtype=np.float64),
+                                        chunk_rows_for(*X.shape))
+    if through_origin:
+        hit = ((lo1 >= 0) & (hi0 <= 0)) | ((hi1 <= 0) & (lo0 >= 0))
+    else:
+        both = bool((y == 1).any() and (y == 0).any())
+        hit = both & ((lo1 >= hi0) | (hi1 <= lo0))
+    for j in np.flatnonzero(hit):
+        return names[j]
     return None

@@ -45,19 +45,29 @@ class Model:
         self.n_rows, self.n_cov = X.shape
         self.likelihood.check_response(y, design.response)
 
+        # One pass for the column moments (no N x D temporaries beyond the standardised copy).
+        mean = X.mean(axis=0)
+        Z = X - mean
+        sd = np.sqrt(np.einsum("ij,ij->j", Z, Z) / max(self.n_rows, 1))
         # For `vireg check` and humans: the columns as given, before standardisation.
         self.column_stats = [(design.response, *_stats(y))] + [
-            (name, *_stats(X[:, j])) for j, name in enumerate(design.covariates)]
-        x_centre = X.mean(axis=0) if intercept else np.zeros(self.n_cov)
-        x_scale = np.sqrt(np.mean((X - x_centre) ** 2, axis=0))
-        # A constant column cannot be standardised; leave it unscaled (its coefficient is then
-        # identified only by its prior, which the user is told about by the summary's sd).
+            (name, float(mean[j]), float(sd[j]), float(lo), float(hi))
+            for j, (name, lo, hi) in enumerate(zip(design.covariates, X.min(axis=0, initial=np.inf),
+                                                   X.max(axis=0, initial=-np.inf), strict=True))]
+        if intercept:
+            x_centre, x_scale = mean, sd
+        else:  # without an intercept the columns cannot be centred: scale by the root mean square
+            x_centre, x_scale = np.zeros(self.n_cov), np.sqrt(sd**2 + mean**2)
+            Z = X.copy()
+        # A constant column cannot be standardised; leave it unscaled (the propriety checks refuse
+        # it under a flat prior; under a proper one its prior identifies it).
         x_scale = np.where(x_scale > 0, x_scale, 1.0)
         y_centre, y_scale = self.likelihood.response_scaling(y, intercept)
         self.x_centre, self.x_scale = x_centre, x_scale
         self.y_centre, self.y_scale = y_centre, y_scale
 
-        self.Z = np.ascontiguousarray((X - x_centre) / x_scale)
+        Z /= x_scale
+        self.Z = np.ascontiguousarray(Z)
         self.y = np.ascontiguousarray((y - y_centre) / y_scale)
         # What the data kernel reads: the standardised data in the compute dtype. float32 halves
         # the bytes per pass (sums still accumulate in float64); the float64 copy stays for the
@@ -75,6 +85,7 @@ class Model:
         # A known sigma is the fixed value t = log(sigma / s_y) of the kernel's last column.
         self.fixed_t = None if fixed_sigma is None else float(np.log(fixed_sigma / y_scale))
         self.priors = priors
+        self._gram = None
         self._prior_groups = _group_priors(priors)
         self.parallel = use_parallel(self.n_rows, self.n_cov, draws_per_step)
         self._kernel = self.likelihood.loglik_grad_kernel(self.parallel)
@@ -120,6 +131,26 @@ class Model:
         """Number of location parameters (intercept and coefficients), which come first in u."""
         return int(self.intercept) + self.n_cov
 
+    def gram(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(Z1^T Z1, Z1^T y, y^T y) of the standardised design with its intercept column: one pass
+        over the data, shared by the propriety checks and the curvature (cached)."""
+        if self._gram is None:
+            Z, y = self.Z, self.y
+            ztz, zty = Z.T @ Z, Z.T @ y
+            if self.intercept:  # border Z^T Z with the intercept column, without copying Z
+                sums = Z.sum(axis=0)
+                ztz = np.block([[np.array([[float(self.n_rows)]]), sums[None, :]],
+                                [sums[:, None], ztz]])
+                zty = np.concatenate([[y.sum()], zty])
+            self._gram = (ztz, zty, float(y @ y))
+        return self._gram
+
+    def residual_fraction(self) -> float:
+        """Least-squares residual sum of squares over y^T y (from the Gram matrix)."""
+        gram, zty, yty = self.gram()
+        coef = np.linalg.lstsq(gram, zty, rcond=None)[0]
+        return max(yty - float(coef @ zty), 0.0) / max(yty, 1e-300)
+
     def location_curvature(self) -> np.ndarray:
         """H, a rough curvature of -log p(y, u) in the location block of u (intercept, coefficients).
 
@@ -130,15 +161,12 @@ class Model:
         initial scale of q, never in the model.
         """
         k = self.n_location
-        Z1 = np.hstack([np.ones((self.n_rows, 1)), self.Z]) if self.intercept else self.Z
-        gram = Z1.T @ Z1
+        gram, _, yty = self.gram()
         if self.likelihood.HAS_SCALE:
             if self.fixed_t is not None:
                 weight = float(np.exp(-2.0 * self.fixed_t))
             else:
-                coef = np.linalg.lstsq(gram, Z1.T @ self.y, rcond=None)[0]
-                resid2 = max(float(self.y @ self.y - coef @ (Z1.T @ self.y)) / self.n_rows, 1e-12)
-                weight = 1.0 / resid2
+                weight = 1.0 / max(self.residual_fraction() * yty / self.n_rows, 1e-12)
         else:
             weight = 0.25
         T_loc = self.T[:k, :k]

@@ -13,7 +13,12 @@ import numpy as np
 from vireg.errors import InputError
 from vireg.models import bernoulli
 
-COLLINEAR_RTOL = 1e-9
+# Eigenvalue ratio of the unit-diagonal Gram matrix below which columns count as collinear
+# (singular values 1e-6 apart: exact dependence gives about 1e-16).
+COLLINEAR_EIG_RTOL = 1e-12
+# The test for separation by a combination of columns runs Newton's method on the likelihood,
+# O(N k^2) per iteration; above this much work only single-column separation is checked.
+SEPARATION_MAX_WORK = 2e9
 
 
 def _quoted(names: list[str]) -> str:
@@ -44,19 +49,21 @@ def _check_design_rank(model, flat: list[int], names: list[str]) -> None:
                          "priors: give them proper priors (e.g. coefficients: 'normal(0, 10)') or "
                          "use more rows")
     off = int(model.intercept)
-    X = model.design.X
     for i in flat[off:] if model.intercept else flat:
-        j = i - off
-        if np.ptp(X[:, j]) == 0 and (model.intercept or X[0, j] == 0):
+        _, _, sd, lo, hi = model.column_stats[1 + i - off]  # (name, mean, sd, min, max)
+        if lo == hi and (model.intercept or lo == 0):
             what = "is constant" if model.intercept else "is all zeros"
             raise InputError(f"column '{names[i]}' {what}, so its coefficient is not identified "
                              "under a flat prior: drop it from data.covariates or give it a proper "
                              "prior")
-    cols = _design_with_intercept(model)[:, flat]
-    norms = np.sqrt(np.sum(cols**2, axis=0))
-    _, sv, vt = np.linalg.svd(cols / norms, full_matrices=False)
-    if sv[-1] < COLLINEAR_RTOL * sv[0]:
-        v = np.abs(vt[-1])
+    # Rank from the Gram matrix of the flat-prior columns (one k x k eigenproblem, no pass over
+    # the data): scaled to unit diagonal, its smallest eigenvalue is 0 up to rounding exactly when
+    # the columns are linearly dependent.
+    gram = model.gram()[0][np.ix_(flat, flat)]
+    d = np.sqrt(np.diag(gram))
+    eig, vec = np.linalg.eigh(gram / np.outer(d, d))
+    if eig[0] < COLLINEAR_EIG_RTOL * eig[-1]:
+        v = np.abs(vec[:, 0])
         involved = [names[flat[k]] for k in np.flatnonzero(v > 0.1 * v.max())]
         raise InputError(f"columns {_quoted(involved)} are collinear (one is a linear combination "
                          "of the others), so with flat priors the posterior does not exist: drop "
@@ -65,9 +72,7 @@ def _check_design_rank(model, flat: list[int], names: list[str]) -> None:
 
 def _check_gaussian(model, flat: list[int]) -> None:
     response = model.design.response
-    Z1 = _design_with_intercept(model)
-    coef = np.linalg.lstsq(Z1, model.y, rcond=None)[0]
-    if np.sqrt(np.mean((model.y - Z1 @ coef) ** 2)) < 1e-10:
+    if model.residual_fraction() < 1e-12:
         raise InputError(f"the covariates predict '{response}' exactly (zero residuals), so the "
                          "posterior of sigma piles up at 0 and does not exist: check that no "
                          "covariate is a copy of (or computed from) the response")
@@ -93,14 +98,19 @@ def _check_bernoulli(model, flat: list[int], names: list[str]) -> None:
     # columns are taken on the natural scale (a proper intercept prior pins the natural intercept),
     # scaled by their root mean square for conditioning, which does not change separability.
     off = int(model.intercept)
-    X1 = np.hstack([np.ones((model.n_rows, 1)), model.design.X]) if model.intercept \
-        else model.design.X
-    cols = X1[:, flat]
-    cols = cols / np.sqrt(np.mean(cols**2, axis=0))
-    if bernoulli.separation(cols, y):
-        flat_cov = [i - off for i in flat if i >= off]
-        col = bernoulli.separating_column(model.design.X[:, flat_cov], y,
-                                          [names[i + off] for i in flat_cov])
+    flat_cov = [i - off for i in flat if i >= off]
+    # Without a free intercept, a single column can only separate at 0.
+    through_origin = not (model.intercept and 0 in flat)
+    X = model.design.X
+    Xf = X if flat_cov == list(range(X.shape[1])) else X[:, flat_cov]
+    col = bernoulli.separating_column(Xf, y, [names[i + off] for i in flat_cov], through_origin)
+    separated = col is not None
+    if not separated and model.n_rows * len(flat) ** 2 <= SEPARATION_MAX_WORK:
+        X1 = (np.hstack([np.ones((model.n_rows, 1)), model.design.X]) if model.intercept
+              else model.design.X)
+        cols = X1[:, flat]
+        separated = bernoulli.separation(cols / np.sqrt(np.mean(cols**2, axis=0)), y)
+    if separated:
         which = f"'{col}' separates the 0s from the 1s" if col else (
             "a combination of the flat-prior covariates separates the 0s from the 1s")
         raise InputError(f"{which}, so with flat priors the posterior does not exist (the "
