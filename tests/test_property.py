@@ -55,6 +55,14 @@ def projects(draw):
     if draw(st.booleans()):
         config["data"]["covariates"] = draw(st.lists(st.sampled_from(names + ["zz"]),
                                                      max_size=3))
+    if draw(st.integers(0, 3)) == 0:
+        config["data"]["missing"] = "drop"
+    if draw(st.integers(0, 3)) == 0:
+        config["data"]["standardize"] = True
+    if draw(st.integers(0, 3)) == 0:  # a text column: categorical, or an error among numbers
+        j = draw(st.integers(0, n_cols - 1))
+        for row in rows:
+            row[j] = draw(st.sampled_from(["a", "b", "c", "true", "false", ""]))
     if draw(st.integers(0, 9)) == 0:
         config[draw(st.sampled_from(["inference", "model", "output"]))]["tpyo"] = 1
     return names, rows, config
