@@ -75,7 +75,34 @@ def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows):
         stop = min(N, start + chunk_rows)
         acc = partials[c]
         e_buf = eta[c]
-        for i in range(start, stop):
+        i = start
+        # Four rows at a time for several draws: residuals and sums fused per draw, so each
+        # coefficient and each accumulator is loaded once per four rows.
+        while i + 4 <= stop and S >= ROW_BLOCK_MIN_DRAWS:
+            z0, z1, z2, z3 = Z[i], Z[i + 1], Z[i + 2], Z[i + 3]
+            for s in range(S):
+                bs = B[s]
+                l0 = a[s]
+                l1 = a[s]
+                l2 = a[s]
+                l3 = a[s]
+                for j in range(D):
+                    bj = bs[j]
+                    l0 += z0[j] * bj
+                    l1 += z1[j] * bj
+                    l2 += z2[j] * bj
+                    l3 += z3[j] * bj
+                e0 = y[i] - l0
+                e1 = y[i + 1] - l1
+                e2 = y[i + 2] - l2
+                e3 = y[i + 3] - l3
+                row = acc[s]
+                row[0] += (e0 + e1) + (e2 + e3)
+                row[D + 1] += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)
+                for j in range(D):
+                    row[1 + j] += (e0 * z0[j] + e1 * z1[j]) + (e2 * z2[j] + e3 * z3[j])
+            i += 4
+        while i < stop:
             zi = Z[i]
             for s in range(S):
                 lin = a[s]
@@ -89,6 +116,7 @@ def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows):
                 for j in range(D):
                     acc[s, 1 + j] += e * zi[j]
                 acc[s, D + 1] += e * e
+            i += 1
     total = np.zeros((S, D + 2))
     for c in range(n_chunks):
         total += partials[c]
