@@ -34,6 +34,31 @@ ROW_BLOCK_MIN_DRAWS = 4
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def _eta(zi, bs, a_s):
+    """a_s + z_i . b_s for one row."""
+    lin = a_s
+    for j in range(zi.shape[0]):
+        lin += zi[j] * bs[j]
+    return lin
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _eta4(z0, z1, z2, z3, bs, a_s):
+    """a_s + z_r . b_s for four rows, each coefficient loaded once for all four."""
+    l0 = a_s
+    l1 = a_s
+    l2 = a_s
+    l3 = a_s
+    for j in range(bs.shape[0]):
+        bj = bs[j]
+        l0 += z0[j] * bj
+        l1 += z1[j] * bj
+        l2 += z2[j] * bj
+        l3 += z3[j] * bj
+    return l0, l1, l2, l3
+
+
 @njit(**JIT_OPTIONS)
 def _split_draws(U, has_intercept, D):
     """Per-draw intercepts a (S,) (zeros without an intercept) and coefficients B (S, D), both
@@ -81,17 +106,7 @@ def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows):
         while i + 4 <= stop and S >= ROW_BLOCK_MIN_DRAWS:
             z0, z1, z2, z3 = Z[i], Z[i + 1], Z[i + 2], Z[i + 3]
             for s in range(S):
-                bs = B[s]
-                l0 = a[s]
-                l1 = a[s]
-                l2 = a[s]
-                l3 = a[s]
-                for j in range(D):
-                    bj = bs[j]
-                    l0 += z0[j] * bj
-                    l1 += z1[j] * bj
-                    l2 += z2[j] * bj
-                    l3 += z3[j] * bj
+                l0, l1, l2, l3 = _eta4(z0, z1, z2, z3, B[s], a[s])
                 e0 = y[i] - l0
                 e1 = y[i + 1] - l1
                 e2 = y[i + 2] - l2
@@ -105,11 +120,7 @@ def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows):
         while i < stop:
             zi = Z[i]
             for s in range(S):
-                lin = a[s]
-                bs = B[s]
-                for j in range(D):
-                    lin += zi[j] * bs[j]
-                e_buf[s] = y[i] - lin
+                e_buf[s] = y[i] - _eta(zi, B[s], a[s])
             for s in range(S):
                 e = e_buf[s]
                 acc[s, 0] += e
@@ -173,17 +184,7 @@ def _bernoulli_loglik_grad(Z, y, U, has_intercept, chunk_rows):
             while r + 4 <= nb and S >= ROW_BLOCK_MIN_DRAWS:
                 z0, z1, z2, z3 = Z[b0 + r], Z[b0 + r + 1], Z[b0 + r + 2], Z[b0 + r + 3]
                 for s in range(S):
-                    bs = B[s]
-                    l0 = a[s]
-                    l1 = a[s]
-                    l2 = a[s]
-                    l3 = a[s]
-                    for j in range(D):
-                        bj = bs[j]
-                        l0 += z0[j] * bj
-                        l1 += z1[j] * bj
-                        l2 += z2[j] * bj
-                        l3 += z3[j] * bj
+                    l0, l1, l2, l3 = _eta4(z0, z1, z2, z3, B[s], a[s])
                     eta[r * S + s] = l0
                     eta[(r + 1) * S + s] = l1
                     eta[(r + 2) * S + s] = l2
@@ -196,11 +197,7 @@ def _bernoulli_loglik_grad(Z, y, U, has_intercept, chunk_rows):
             while r < nb:
                 zi = Z[b0 + r]
                 for s in range(S):
-                    lin = a[s]
-                    bs = B[s]
-                    for j in range(D):
-                        lin += zi[j] * bs[j]
-                    eta[r * S + s] = lin
+                    eta[r * S + s] = _eta(zi, B[s], a[s])
                     yb[r * S + s] = y[b0 + r]
                 r += 1
             # (2) the transcendental pass over the contiguous rows x draws buffer.
