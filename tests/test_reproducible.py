@@ -18,7 +18,7 @@ def test_fit_is_bit_identical_at_one_and_two_threads(tmp_path, family):
     config = make_project(tmp_path, family=family, n=20000)
     common = ["inference.samples=16", "inference.max_steps=300"]
     model = build_model(load_config(config, common))
-    assert model.parallel
+    assert model.rows.parallel
     one = vireg.fit(config, overrides=[*common, "runtime.threads=1"])
     two = vireg.fit(config, overrides=[*common, "runtime.threads=2"])
     assert one.threads == 1 and two.threads == 2

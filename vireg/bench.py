@@ -94,7 +94,7 @@ def run_bench(model: str = "logistic", family: str = "meanfield", n: int = 100_0
 
         t0 = time.perf_counter()
         m.warm_up()
-        streaming_sum(m.Zk[:1], m.chunk_rows)
+        streaming_sum(m.rows.Z[:1], m.rows.chunk_rows)
         compile_s = time.perf_counter() - t0
 
         state = {"x": x}
@@ -109,9 +109,9 @@ def run_bench(model: str = "logistic", family: str = "meanfield", n: int = 100_0
         U0 = fam.sample(phi, rng.standard_normal((samples, m.n_params)))
         vireg_step()
         ms = _median_ms(vireg_step, steps)
-        G_nb, ll_nb = m._kernel(m.Zk, m.yk, U0, m.intercept, m.chunk_rows)
-        streaming_sum(m.Zk, m.chunk_rows)
-        read_ms = _median_ms(lambda: streaming_sum(m.Zk, m.chunk_rows), max(5, steps // 2))
+        G_nb, ll_nb = m.rows.kernel(m.rows.Z, m.rows.y, U0, m.intercept, m.rows.chunk_rows)
+        streaming_sum(m.rows.Z, m.rows.chunk_rows)
+        read_ms = _median_ms(lambda: streaming_sum(m.rows.Z, m.rows.chunk_rows), max(5, steps // 2))
     # NumPy runs as a user would run it: BLAS with its own default threads.
     numpy_step(m, U0)
     numpy_ms = _median_ms(lambda: numpy_step(m, U0), max(3, steps // 4))
@@ -120,7 +120,7 @@ def run_bench(model: str = "logistic", family: str = "meanfield", n: int = 100_0
     tol = 1e-8 if dtype == "float64" else 1e-4
     agree = bool(np.allclose(G_np, G_nb, rtol=tol, atol=tol * np.abs(G_np).max())
                  and np.allclose(ll_np, ll_nb, rtol=tol * 1e-2))
-    x_bytes = m.Zk.nbytes
+    x_bytes = m.rows.Z.nbytes
     bandwidth = x_bytes / (read_ms * 1e-3) / 1e9
     roofline_ms = read_ms
     return {
@@ -129,5 +129,5 @@ def run_bench(model: str = "logistic", family: str = "meanfield", n: int = 100_0
         "ms_per_step": ms, "numpy_ms_per_step": numpy_ms, "speedup_vs_numpy": numpy_ms / ms,
         "bandwidth_gb_s": bandwidth, "x_bytes": x_bytes, "roofline_ms_per_step": roofline_ms,
         "efficiency": roofline_ms / ms, "compile_s": compile_s, "kernel_matches_numpy": agree,
-        "parallel_kernel": m.parallel,
+        "parallel_kernel": m.rows.parallel,
     }

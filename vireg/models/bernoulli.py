@@ -23,6 +23,10 @@ def response_scaling(y: np.ndarray, intercept: bool) -> tuple[float, float]:
     return 0.0, 1.0
 
 
+def response_scaling_from_moments(mean: float, sd: float, intercept: bool) -> tuple[float, float]:
+    return 0.0, 1.0
+
+
 def loglik_grad_kernel(parallel: bool):
     from vireg.kernels import likelihood
 
@@ -53,21 +57,17 @@ def separation(Z1: np.ndarray, y: np.ndarray, max_iter: int = 50) -> str | None:
     return "separated" if separated else None
 
 
-def separating_column(X: np.ndarray, y: np.ndarray, names: list[str],
+def separating_column(extremes: np.ndarray, names: list[str], both_classes: bool,
                       through_origin: bool = False) -> str | None:
     """The first covariate whose values for y = 1 all lie on one side of those for y = 0 (with
     ``through_origin``, on one side of 0 with those for y = 0 on the other), ties allowed:
-    complete or quasi-complete separation by that column alone. O(N D)."""
-    from vireg.kernels.columns import class_extremes
-    from vireg.kernels.flags import chunk_rows_for
-
-    lo1, hi1, lo0, hi0 = class_extremes(np.ascontiguousarray(X), np.asarray(y, dtype=np.float64),
-                                        chunk_rows_for(*X.shape))
+    complete or quasi-complete separation by that column alone. ``extremes`` (4, D): per column
+    the min and max over rows with y = 1, then over y = 0 (``Model.class_extremes``)."""
+    lo1, hi1, lo0, hi0 = extremes
     if through_origin:
         hit = ((lo1 >= 0) & (hi0 <= 0)) | ((hi1 <= 0) & (lo0 >= 0))
     else:
-        both = bool((y == 1).any() and (y == 0).any())
-        hit = both & ((lo1 >= hi0) | (hi1 <= lo0))
+        hit = both_classes & ((lo1 >= hi0) | (hi1 <= lo0))
     for j in np.flatnonzero(hit):
         return names[j]
     return None

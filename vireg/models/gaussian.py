@@ -24,6 +24,13 @@ def response_scaling(y: np.ndarray, intercept: bool) -> tuple[float, float]:
     return centre, scale if scale > 0 else 1.0
 
 
+def response_scaling_from_moments(mean: float, sd: float, intercept: bool) -> tuple[float, float]:
+    """``response_scaling`` from the response's mean and (population) sd."""
+    centre = mean if intercept else 0.0
+    scale = float(sd if intercept else np.hypot(sd, mean))
+    return centre, scale if scale > 0 else 1.0
+
+
 def loglik_grad_kernel(parallel: bool):
     from vireg.kernels import likelihood
 

@@ -23,9 +23,10 @@ import numpy as np
 
 from vireg.data import Design
 from vireg.errors import InputError
-from vireg.kernels.flags import chunk_rows_for, use_parallel
+from vireg.kernels.flags import chunk_rows_for
 from vireg.models import bernoulli, gaussian
 from vireg.models.priors import Prior, parse_prior
+from vireg.rows import MemoryRows, standardized_gram
 
 LIKELIHOODS: dict[str, ModuleType] = {"gaussian": gaussian, "bernoulli": bernoulli}
 
@@ -35,12 +36,32 @@ class Model:
 
     def __init__(self, design: Design, family: str, intercept: bool, priors: list[Prior],
                  fixed_sigma: float | None = None, draws_per_step: int = 8,
-                 dtype: str = "float64"):
+                 dtype: str = "float64", source=None):
+        """``design`` holds the data in memory, or with ``source`` (rows that live elsewhere: a
+        disk cache or Dask workers) only the names, and ``source`` supplies the moments and the
+        standardised rows."""
         self.family = family
         self.fixed_sigma = fixed_sigma
         self.likelihood = LIKELIHOODS[family]
         self.intercept = intercept
         self.design = design
+        self.dtype = dtype
+        self._gram = None
+        self._class_extremes = None
+        if source is None:
+            self._standardize_in_memory(design, draws_per_step)
+        else:
+            self._standardize_source(source, draws_per_step)
+        self.T, self.c = self.affine_map()
+        self.log_det_T = float(np.linalg.slogdet(self.T)[1])
+        self.loglik_const = (-self.n_rows * np.log(self.y_scale) if self.likelihood.HAS_SCALE
+                             else 0.0)
+        # A known sigma is the fixed value t = log(sigma / s_y) of the kernel's last column.
+        self.fixed_t = None if fixed_sigma is None else float(np.log(fixed_sigma / self.y_scale))
+        self.priors = priors
+        self._prior_groups = _group_priors(priors)
+
+    def _standardize_in_memory(self, design: Design, draws_per_step: int) -> None:
         y, X = design.y, design.X
         self.n_rows, self.n_cov = X.shape
         self.likelihood.check_response(y, design.response)
@@ -54,7 +75,7 @@ class Model:
             (name, float(mean[j]), float(sd[j]), float(lo), float(hi))
             for j, (name, lo, hi) in enumerate(zip(design.covariates, X.min(axis=0, initial=np.inf),
                                                    X.max(axis=0, initial=-np.inf), strict=True))]
-        if intercept:
+        if self.intercept:
             x_centre, x_scale = mean, sd
         else:  # without an intercept the columns cannot be centred: scale by the root mean square
             x_centre, x_scale = np.zeros(self.n_cov), np.sqrt(sd**2 + mean**2)
@@ -62,33 +83,58 @@ class Model:
         # A constant column cannot be standardised; leave it unscaled (the propriety checks refuse
         # it under a flat prior; under a proper one its prior identifies it).
         x_scale = np.where(x_scale > 0, x_scale, 1.0)
-        y_centre, y_scale = self.likelihood.response_scaling(y, intercept)
+        self.y_centre, self.y_scale = self.likelihood.response_scaling(y, self.intercept)
         self.x_centre, self.x_scale = x_centre, x_scale
-        self.y_centre, self.y_scale = y_centre, y_scale
 
         Z /= x_scale
         self.Z = np.ascontiguousarray(Z)
-        self.y = np.ascontiguousarray((y - y_centre) / y_scale)
+        self.y = np.ascontiguousarray((y - self.y_centre) / self.y_scale)
         # What the data kernel reads: the standardised data in the compute dtype. float32 halves
         # the bytes per pass (sums still accumulate in float64); the float64 copy stays for the
         # set-up algebra (checks, curvature), so float32 costs 1.5x the memory of float64.
-        self.dtype = dtype
-        if dtype == "float64":
-            self.Zk, self.yk = self.Z, self.y
+        if self.dtype == "float64":
+            Zk, yk = self.Z, self.y
         else:
-            self.Zk = np.ascontiguousarray(self.Z, dtype=np.float32)
-            self.yk = np.ascontiguousarray(self.y, dtype=np.float32)
-        self.chunk_rows = chunk_rows_for(self.n_rows, self.n_cov)  # from the float64 shape
-        self.T, self.c = self.affine_map()
-        self.log_det_T = float(np.linalg.slogdet(self.T)[1])
-        self.loglik_const = -self.n_rows * np.log(y_scale) if self.likelihood.HAS_SCALE else 0.0
-        # A known sigma is the fixed value t = log(sigma / s_y) of the kernel's last column.
-        self.fixed_t = None if fixed_sigma is None else float(np.log(fixed_sigma / y_scale))
-        self.priors = priors
-        self._gram = None
-        self._prior_groups = _group_priors(priors)
-        self.parallel = use_parallel(self.n_rows, self.n_cov, draws_per_step)
-        self._kernel = self.likelihood.loglik_grad_kernel(self.parallel)
+            Zk = np.ascontiguousarray(self.Z, dtype=np.float32)
+            yk = np.ascontiguousarray(self.y, dtype=np.float32)
+        self.rows = MemoryRows(Zk, yk, self.likelihood, self.intercept, draws_per_step)
+
+    def _standardize_source(self, source, draws_per_step: int) -> None:
+        """The same standardisation from streamed moments; the source writes the standardised
+        rows where it keeps them and returns the Gram matrix gathered on the way."""
+        m = source.moments
+        self.n_rows, self.n_cov = m.n_rows, len(m.x_mean)
+        mean, sd = m.x_mean, m.x_sd
+        self.column_stats = [(self.design.response, m.y_mean, m.y_sd, m.y_min, m.y_max)] + [
+            (name, float(mean[j]), float(sd[j]), float(m.x_min[j]), float(m.x_max[j]))
+            for j, name in enumerate(self.design.covariates)]
+        if self.intercept:
+            x_centre, x_scale = mean, sd
+        else:
+            x_centre, x_scale = np.zeros(self.n_cov), np.sqrt(sd**2 + mean**2)
+        self.x_centre, self.x_scale = x_centre, np.where(x_scale > 0, x_scale, 1.0)
+        self.y_centre, self.y_scale = self.likelihood.response_scaling_from_moments(
+            m.y_mean, m.y_sd, self.intercept)
+        self.Z = self.y = None
+        self._class_extremes = m.class_extremes
+        self.rows, self._gram = source.standardize(
+            self.x_centre, self.x_scale, self.y_centre, self.y_scale, self.intercept, self.dtype,
+            draws_per_step)
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the standardised float64 rows are in this process (not streamed)."""
+        return self.Z is not None
+
+    def class_extremes(self) -> np.ndarray:
+        """Per column of the raw covariates: min and max over rows with y = 1, then over y = 0."""
+        if self._class_extremes is None:
+            from vireg.kernels.columns import class_extremes
+
+            X = self.design.X
+            self._class_extremes = class_extremes(np.ascontiguousarray(X), self.design.y,
+                                                  chunk_rows_for(*X.shape))
+        return self._class_extremes
 
     @property
     def has_scale(self) -> bool:
@@ -135,14 +181,7 @@ class Model:
         """(Z1^T Z1, Z1^T y, y^T y) of the standardised design with its intercept column: one pass
         over the data, shared by the propriety checks and the curvature (cached)."""
         if self._gram is None:
-            Z, y = self.Z, self.y
-            ztz, zty = Z.T @ Z, Z.T @ y
-            if self.intercept:  # border Z^T Z with the intercept column, without copying Z
-                sums = Z.sum(axis=0)
-                ztz = np.block([[np.array([[float(self.n_rows)]]), sums[None, :]],
-                                [sums[:, None], ztz]])
-                zty = np.concatenate([[y.sum()], zty])
-            self._gram = (ztz, zty, float(y @ y))
+            self._gram = standardized_gram(self.Z, self.y, self.intercept)
         return self._gram
 
     def residual_fraction(self) -> float:
@@ -228,24 +267,32 @@ class Model:
         return out
 
     def warm_up(self) -> None:
-        """Compile the data kernel (or load it from Numba's cache) on a one-row slice."""
-        n_kernel_cols = self.n_params + (self.fixed_t is not None)
-        self._kernel(self.Zk[:1], self.yk[:1], np.zeros((1, n_kernel_cols)), self.intercept,
-                     self.chunk_rows)
+        """Compile the data kernels (or load them from Numba's cache) on a one-row slice."""
+        self.rows.warm_up(self.n_params + (self.fixed_t is not None))
+
+    def kernel_draws(self, U: np.ndarray) -> np.ndarray:
+        """Draws in the kernel's layout: a known sigma is the fixed last column t."""
+        if self.fixed_t is None:
+            return U
+        return np.hstack([U, np.full((U.shape[0], 1), self.fixed_t)])
+
+    def data_grad(self, G: np.ndarray) -> np.ndarray:
+        """The kernel's gradient without the column of a known sigma."""
+        return G if self.fixed_t is None else np.ascontiguousarray(G[:, :-1])
+
+    def add_prior(self, U: np.ndarray, ll: np.ndarray, G: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """log p(y, theta(u)) and its gradient in u from the data sums (ll, G) of the draws U."""
+        lp, g_theta = self.log_prior_grad(self.to_theta(U))
+        return ll + self.loglik_const + lp, G + g_theta @ self.T
 
     def log_joint_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """log p(y, theta(u)) and its gradient with respect to u, for each draw (row) of U.
 
         One call of the data kernel (one pass over the rows) for all draws.
         """
-        if self.fixed_t is None:
-            G, ll = self._kernel(self.Zk, self.yk, U, self.intercept, self.chunk_rows)
-        else:
-            U_full = np.hstack([U, np.full((U.shape[0], 1), self.fixed_t)])
-            G, ll = self._kernel(self.Zk, self.yk, U_full, self.intercept, self.chunk_rows)
-            G = np.ascontiguousarray(G[:, :-1])
-        lp, g_theta = self.log_prior_grad(self.to_theta(U))
-        return ll + self.loglik_const + lp, G + g_theta @ self.T
+        G, ll = self.rows.loglik_grad(self.kernel_draws(U))
+        return self.add_prior(U, ll, self.data_grad(G))
 
 
 def _stats(v: np.ndarray) -> tuple[float, float, float, float]:

@@ -35,12 +35,6 @@ def check_posterior_exists(model) -> None:
         _check_gaussian(model, flat)
 
 
-def _design_with_intercept(model) -> np.ndarray:
-    if model.intercept:
-        return np.hstack([np.ones((model.n_rows, 1)), model.Z])
-    return model.Z
-
-
 def _check_design_rank(model, flat: list[int], names: list[str]) -> None:
     if not flat:
         return
@@ -87,9 +81,9 @@ def _check_gaussian(model, flat: list[int]) -> None:
 
 def _check_bernoulli(model, flat: list[int], names: list[str]) -> None:
     response = model.design.response
-    y = model.design.y
-    if model.intercept and 0 in flat and y.min() == y.max():
-        raise InputError(f"response '{response}' is always {y[0]:g}: with a flat intercept prior "
+    _, y_mean, _, y_min, y_max = model.column_stats[0]
+    if model.intercept and 0 in flat and y_min == y_max:
+        raise InputError(f"response '{response}' is always {y_min:g}: with a flat intercept prior "
                          "the posterior is improper; give the intercept a proper prior such as "
                          "'normal(0, 2.5)'")
     if not flat:
@@ -101,15 +95,18 @@ def _check_bernoulli(model, flat: list[int], names: list[str]) -> None:
     flat_cov = [i - off for i in flat if i >= off]
     # Without a free intercept, a single column can only separate at 0.
     through_origin = not (model.intercept and 0 in flat)
-    X = model.design.X
-    Xf = X if flat_cov == list(range(X.shape[1])) else X[:, flat_cov]
-    col = bernoulli.separating_column(Xf, y, [names[i + off] for i in flat_cov], through_origin)
+    col = bernoulli.separating_column(model.class_extremes()[:, flat_cov],
+                                      [names[i + off] for i in flat_cov], y_min < y_max,
+                                      through_origin)
     separated = col is not None
-    if not separated and model.n_rows * len(flat) ** 2 <= SEPARATION_MAX_WORK:
+    # The test for a combination of columns needs the rows in memory (streamed data: single
+    # columns only, as above).
+    if (not separated and model.in_memory
+            and model.n_rows * len(flat) ** 2 <= SEPARATION_MAX_WORK):
         X1 = (np.hstack([np.ones((model.n_rows, 1)), model.design.X]) if model.intercept
               else model.design.X)
         cols = X1[:, flat]
-        separated = bernoulli.separation(cols / np.sqrt(np.mean(cols**2, axis=0)), y)
+        separated = bernoulli.separation(cols / np.sqrt(np.mean(cols**2, axis=0)), model.design.y)
     if separated:
         which = f"'{col}' separates the 0s from the 1s" if col else (
             "a combination of the flat-prior covariates separates the 0s from the 1s")

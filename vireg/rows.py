@@ -1,0 +1,142 @@
+"""Where the standardised rows live, and one pass of the data kernel over them.
+
+Every row source answers the same two questions for S draws U (in the kernel's layout, see
+``kernels.likelihood``): the per-draw sums over all rows, ``loglik_grad(U) -> (G, ll)``, and the
+sums over one block of rows, ``block_loglik_grad(U, b) -> (G, ll, rows_in_block)``, for minibatch
+steps. Sources differ only in where the rows are: in memory (``MemoryRows``), streamed from a
+binary cache on disk (``vireg.cache.CacheRows``) or on Dask workers (``vireg.distributed``).
+
+Blocks are contiguous row ranges (so a minibatch step still streams through memory) of near-equal
+size, fixed by ``set_blocks``; which block a step reads is the caller's choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vireg.kernels.flags import chunk_rows_for, use_parallel
+
+
+def block_bounds(n_rows: int, batch_size: int) -> np.ndarray:
+    """Start offsets of ceil(N / B) near-equal contiguous blocks, with N appended."""
+    n_blocks = max(1, -(-n_rows // batch_size))
+    return np.linspace(0, n_rows, n_blocks + 1).round().astype(np.int64)
+
+
+class MemoryRows:
+    """Rows held in memory as C-contiguous arrays of the kernel's dtype."""
+
+    def __init__(self, Z: np.ndarray, y: np.ndarray, likelihood, intercept: bool,
+                 draws_per_step: int):
+        self.Z, self.y = Z, y
+        self.n_rows, self.n_cov = Z.shape
+        self.intercept = intercept
+        self.likelihood = likelihood
+        self.chunk_rows = chunk_rows_for(self.n_rows, self.n_cov)
+        self.parallel = use_parallel(self.n_rows, self.n_cov, draws_per_step)
+        self.kernel = likelihood.loglik_grad_kernel(self.parallel)
+        self.bounds = np.array([0, self.n_rows], dtype=np.int64)
+        self._block_kernel = self.kernel
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.bounds) - 1
+
+    def set_blocks(self, batch_size: int, draws_per_step: int) -> None:
+        self.bounds = block_bounds(self.n_rows, batch_size)
+        rows = int(np.max(np.diff(self.bounds)))
+        self._block_kernel = self.likelihood.loglik_grad_kernel(
+            use_parallel(rows, self.n_cov, draws_per_step))
+
+    def loglik_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.kernel(self.Z, self.y, U, self.intercept, self.chunk_rows)
+
+    def block_loglik_grad(self, U: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray, int]:
+        lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
+        G, ll = self._block_kernel(self.Z[lo:hi], self.y[lo:hi], U, self.intercept,
+                                   self.chunk_rows)
+        return G, ll, hi - lo
+
+    def warm_up(self, n_kernel_cols: int) -> None:
+        """Compile the kernels (or load them from Numba's cache) on a one-row slice."""
+        U = np.zeros((1, n_kernel_cols))
+        self.kernel(self.Z[:1], self.y[:1], U, self.intercept, self.chunk_rows)
+        self._block_kernel(self.Z[:1], self.y[:1], U, self.intercept, self.chunk_rows)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ColumnMoments:
+    """What setting up a model needs from the raw data, gathered by a streaming pass when the
+    rows are not in memory: counts, means, sums of squared deviations (merged chunk by chunk with
+    Chan et al.'s update, which does not cancel catastrophically), ranges, and for a 0/1 response
+    the per-class column ranges (the single-column separation check)."""
+
+    n_rows: int
+    x_mean: np.ndarray
+    x_m2: np.ndarray
+    x_min: np.ndarray
+    x_max: np.ndarray
+    y_mean: float
+    y_m2: float
+    y_min: float
+    y_max: float
+    class_extremes: np.ndarray | None  # (4, D): min/max over y=1, min/max over y=0
+
+    @staticmethod
+    def of_chunk(X: np.ndarray, y: np.ndarray, binary: bool) -> ColumnMoments:
+        xm, ym = X.mean(axis=0), float(y.mean())
+        ext = None
+        if binary:
+            ones = y == 1
+            ext = np.array([_min(X[ones]), _max(X[ones]), _min(X[~ones]), _max(X[~ones])])
+        return ColumnMoments(len(y), xm, ((X - xm) ** 2).sum(axis=0), X.min(axis=0),
+                             X.max(axis=0), ym, float(((y - ym) ** 2).sum()), float(y.min()),
+                             float(y.max()), ext)
+
+    def merge(self, other: ColumnMoments) -> ColumnMoments:
+        n = self.n_rows + other.n_rows
+        f = other.n_rows / n
+        dx, dy = other.x_mean - self.x_mean, other.y_mean - self.y_mean
+        ext = None
+        if self.class_extremes is not None:
+            a, b = self.class_extremes, other.class_extremes
+            ext = np.array([np.minimum(a[0], b[0]), np.maximum(a[1], b[1]),
+                            np.minimum(a[2], b[2]), np.maximum(a[3], b[3])])
+        return ColumnMoments(
+            n, self.x_mean + f * dx, self.x_m2 + other.x_m2 + dx**2 * self.n_rows * f,
+            np.minimum(self.x_min, other.x_min), np.maximum(self.x_max, other.x_max),
+            self.y_mean + f * dy, self.y_m2 + other.y_m2 + dy**2 * self.n_rows * f,
+            min(self.y_min, other.y_min), max(self.y_max, other.y_max), ext)
+
+    @property
+    def x_sd(self) -> np.ndarray:
+        return np.sqrt(self.x_m2 / self.n_rows)
+
+    @property
+    def y_sd(self) -> float:
+        return float(np.sqrt(self.y_m2 / self.n_rows))
+
+
+def _min(X: np.ndarray) -> np.ndarray:
+    return X.min(axis=0) if len(X) else np.full(X.shape[1], np.inf)
+
+
+def _max(X: np.ndarray) -> np.ndarray:
+    return X.max(axis=0) if len(X) else np.full(X.shape[1], -np.inf)
+
+
+def standardized_gram(Z: np.ndarray, y: np.ndarray, intercept: bool
+                      ) -> tuple[np.ndarray, np.ndarray, float]:
+    """(Z1^T Z1, Z1^T y, y^T y) of one chunk of standardised rows, Z1 = [1, Z] with an intercept;
+    chunk results add up to the whole data's."""
+    ztz, zty = Z.T @ Z, Z.T @ y
+    if intercept:  # border Z^T Z with the intercept column, without copying Z
+        sums = Z.sum(axis=0)
+        ztz = np.block([[np.array([[float(len(y))]]), sums[None, :]], [sums[:, None], ztz]])
+        zty = np.concatenate([[y.sum()], zty])
+    return ztz, zty, float(y @ y)
