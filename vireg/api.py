@@ -266,7 +266,15 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
     from vireg.families import make_family
 
     family = make_family(cfg.inference.family, model.n_params)
-    opt_seq, draw_seq = np.random.SeedSequence(cfg.inference.seed).spawn(2)
+    opt_seq, draw_seq, block_seq = np.random.SeedSequence(cfg.inference.seed).spawn(3)
+    minibatch = None
+    batch = cfg.inference.batch_size
+    if batch is not None and batch < model.n_rows:
+        from vireg.minibatch import MinibatchLogJoint
+
+        minibatch = MinibatchLogJoint(model, batch, cfg.inference.samples,
+                                      np.random.default_rng(block_seq),
+                                      cfg.inference.control_variate)
     with compute_threads(threads):
         t0 = time.perf_counter()
         model.warm_up()
@@ -276,7 +284,11 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
 
         t0 = time.perf_counter()
         outcome = None
-        for event in engine.optimise(model, family, cfg.inference, np.random.default_rng(opt_seq)):
+        # Without the control variate, minibatch noise dwarfs the posterior sd: levels lengthen
+        # as the step size falls (Robbins-Monro), or the averages freeze before they arrive.
+        growth = 2 if minibatch is not None and not cfg.inference.control_variate else 1
+        for event in engine.optimise(model, family, cfg.inference, np.random.default_rng(opt_seq),
+                                     minibatch, growth):
             if isinstance(event, engine.Outcome):
                 outcome = event
             else:
@@ -315,6 +327,12 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
         extras={"levels": outcome.levels, "backoffs": outcome.backoffs,
                 "last_distance": outcome.last_distance,
                 "dropped_rows": model.design.dropped_rows,
+                "data_passes": (outcome.steps if minibatch is None
+                                else round(minibatch.epochs_read, 2)),
+                "minibatch": None if minibatch is None else {
+                    "batch_size": batch, "blocks": minibatch.n_blocks,
+                    "epochs": minibatch.epochs,
+                    "control_variate": cfg.inference.control_variate},
                 "encodings": model.design.encodings or {},
                 "design": {"response": model.design.response, "columns": model.design.covariates,
                            "sources": model.design.sources or model.design.covariates,

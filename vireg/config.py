@@ -64,6 +64,8 @@ class InferenceConfig:
     window: int = 100
     seed: int = 0
     dtype: str = "float64"  # float32: the kernel reads X in float32 (sums stay float64)
+    batch_size: int | None = None  # rows per step (minibatch VI); None: all rows every step
+    control_variate: bool = True  # minibatch: per-epoch reference pass that cancels block noise
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,8 @@ SCHEMA: dict[str, Any] = {
         "family": (str, False), "estimator": ((str, type(None)), False), "samples": (int, False),
         "max_steps": (int, False), "learning_rate": (float, False), "init_scale": (float, False),
         "tolerance": (float, False), "window": (int, False), "seed": (int, False),
-        "dtype": (str, False),
+        "dtype": (str, False), "batch_size": ((int, type(None)), False),
+        "control_variate": (bool, False),
     },
     "output": {"dir": ((str, type(None)), False), "draws": (int, False),
                "psis_draws": (int, False), "psis": (bool, False)},
@@ -219,9 +222,9 @@ def _check_values(d: dict[str, Any]) -> None:
     if est == "score" and inf.get("samples", 8) < 2:
         raise InputError("inference.estimator 'score' needs inference.samples of at least 2 (its "
                          "leave-one-out baseline uses the other draws)")
-    positive = {"samples": 1, "max_steps": 1, "window": 10}
+    positive = {"samples": 1, "max_steps": 1, "window": 10, "batch_size": 1}
     for key, lo in positive.items():
-        if key in inf and inf[key] < lo:
+        if inf.get(key) is not None and inf[key] < lo:
             raise InputError(f"inference.{key} must be at least {lo}, got {inf[key]}")
     for key in ("learning_rate", "init_scale", "tolerance"):
         if key in inf and not inf[key] > 0:

@@ -51,6 +51,7 @@ class Design:
     sources: list[str] | None = None  # the data column each design column comes from
     encodings: dict | None = None  # categorical column -> {"levels": [...], "reference": ...}
     standardization: dict | None = None  # {"mean": [...], "sd": [...]} when data.standardize
+    formula: dict | None = None  # data.formula: what vireg.formula.formula_columns needs (JSON)
 
 
 def read_table(path: Path) -> Table:
@@ -141,11 +142,21 @@ def _read_parquet(path: Path) -> Table:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises many types for unreadable files
         raise InputError(f"cannot read Parquet file '{path}': {exc}") from None
-    columns = {name: ["" if v is None else str(v) for v in table.column(name).to_pylist()]
-               for name in table.column_names}
+    columns = {name: _arrow_column(table.column(name)) for name in table.column_names}
     if table.num_rows == 0:
         raise InputError(f"data file '{path}' has no rows")
     return Table(columns=columns, n_rows=table.num_rows, source=str(path))
+
+
+def _arrow_column(column) -> list[str] | np.ndarray:
+    """A Parquet column as float64 (nulls as NaN) when it holds numbers, else as text cells."""
+    import pyarrow as pa
+
+    t = column.type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return np.ascontiguousarray(
+            column.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return ["" if v is None else str(v) for v in column.to_pylist()]
 
 
 def numeric_column(table: Table, name: str) -> np.ndarray:

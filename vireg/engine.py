@@ -90,13 +90,22 @@ def drift_threshold(n_coordinates: int, alpha: float = 0.01) -> float:
     return z + (z**3 + z) / (4.0 * (N_BATCHES - 1))
 
 
-def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress | Outcome]:
+def optimise(model, family, icfg, rng: np.random.Generator,
+             log_joint_grad=None, window_growth: int = 1) -> Iterator[Progress | Outcome]:
     """Maximise the ELBO; yields a ``Progress`` per step and finally one ``Outcome``.
+
+    ``log_joint_grad`` estimates (log p, grad) for draws U; by default the exact full-data sums
+    (``model.log_joint_grad``), or unbiased minibatch estimates (``minibatch.MinibatchLogJoint``).
+    ``window_growth`` multiplies the window length at every new level: with 2, each level's step
+    size times its length stays constant, so the steps sum to infinity while their squares do
+    not (the Robbins-Monro conditions, a_t ~ 1/t), which estimates with noise far above the
+    posterior sd need (plain minibatch VI); the default 1 keeps windows fixed.
 
     Floating-point warnings are silenced inside a step (``QUIET``): every step's ELBO and
     gradient are checked for finiteness explicitly, and a non-finite step is undone.
     """
     S, P, W = icfg.samples, model.n_params, icfg.window
+    log_joint_grad = log_joint_grad or model.log_joint_grad
     H = model.location_curvature()
     to_x, to_phi, grad_x, mean_sd_x = _preconditioned_coordinates(model, family, H)
     mean_block = family.mean_slice
@@ -126,7 +135,7 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
         eps = rng.standard_normal((S, P))
         with np.errstate(**QUIET):
             U = family.sample(phi, eps)
-            logp, g = model.log_joint_grad(U)
+            logp, g = log_joint_grad(U)
             elbo, grad = family.elbo_grad(phi, eps, logp, g, icfg.estimator)
         if not (np.isfinite(elbo) and np.all(np.isfinite(grad))):
             backoffs += 1
@@ -192,6 +201,9 @@ def optimise(model, family, icfg, rng: np.random.Generator) -> Iterator[Progress
                         exhausted = True
                         break
                 adam.lr = np.minimum(adam.lr, nominal_lr)
+                if window_growth > 1:
+                    W *= window_growth
+                    win_elbo, win_grad = np.empty(W), np.empty((W, family.size))
                 level_estimate = estimate
                 adam.reset()
                 prev_window = None

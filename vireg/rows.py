@@ -2,7 +2,7 @@
 
 Every row source answers the same two questions for S draws U (in the kernel's layout, see
 ``kernels.likelihood``): the per-draw sums over all rows, ``loglik_grad(U) -> (G, ll)``, and the
-sums over one block of rows, ``block_loglik_grad(U, b) -> (G, ll, rows_in_block)``, for minibatch
+sums over one block of rows, ``block_loglik_grad(U, b) -> (G, ll)``, for minibatch
 steps. Sources differ only in where the rows are: in memory (``MemoryRows``), streamed from a
 binary cache on disk (``vireg.cache.CacheRows``) or on Dask workers (``vireg.distributed``).
 
@@ -53,11 +53,9 @@ class MemoryRows:
     def loglik_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.kernel(self.Z, self.y, U, self.intercept, self.chunk_rows)
 
-    def block_loglik_grad(self, U: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray, int]:
+    def block_loglik_grad(self, U: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
-        G, ll = self._block_kernel(self.Z[lo:hi], self.y[lo:hi], U, self.intercept,
-                                   self.chunk_rows)
-        return G, ll, hi - lo
+        return self._block_kernel(self.Z[lo:hi], self.y[lo:hi], U, self.intercept, self.chunk_rows)
 
     def warm_up(self, n_kernel_cols: int) -> None:
         """Compile the kernels (or load them from Numba's cache) on a one-row slice."""
