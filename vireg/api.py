@@ -104,31 +104,57 @@ def _as_config(config: Config | dict | str | Path, overrides: list[str] | None) 
 
 def build_model(cfg: Config):
     """Read the data and priors of a config into a ``Model`` (kernels are compiled lazily)."""
-    from vireg.data import build_design, read_table, standardize_design
     from vireg.models.model import Model, resolve_priors
     from vireg.models.propriety import check_posterior_exists
 
-    table = read_table(cfg.resolve_path(cfg.data.path))
-    design = build_design(table, cfg.data.response, cfg.data.covariates, cfg.data.missing)
-    if cfg.data.standardize:
-        design = standardize_design(design)
-    priors = resolve_priors(cfg.model.prior, cfg.model.family, cfg.model.intercept,
+    design, intercept, source = read_design(cfg)
+    priors = resolve_priors(cfg.model.prior, cfg.model.family, intercept,
                             design.covariates, cfg.model.sigma, design.sources)
     if not priors:
         raise InputError("the model has no parameters to fit (no intercept, no covariates and no "
                          "unknown sigma): add covariates or set model.intercept: true")
-    reserved = {"intercept": cfg.model.intercept, "sigma": len(priors) > design.X.shape[1]
-                + cfg.model.intercept}
+    reserved = {"intercept": intercept, "sigma": len(priors) > len(design.covariates) + intercept}
     for name in design.covariates:
         if reserved.get(name):
             raise InputError(f"covariate '{name}' has the name of vireg's own parameter "
                              f"'{name}': rename the column")
-    model = Model(design, cfg.model.family, cfg.model.intercept, priors, cfg.model.sigma,
-                  draws_per_step=cfg.inference.samples, dtype=cfg.inference.dtype)
+    model = Model(design, cfg.model.family, intercept, priors, cfg.model.sigma,
+                  draws_per_step=cfg.inference.samples, dtype=cfg.inference.dtype, source=source)
     check_posterior_exists(model)
     # The kernel reads the standardised copy; the raw covariates were needed only up to here.
     model.design = replace(model.design, X=np.empty((0, model.n_cov)))
     return model
+
+
+def read_design(cfg: Config):
+    """The design of a config: (Design, intercept, source). In memory the Design holds the data
+    and source is None; out of core the Design holds only names and source streams the rows."""
+    from vireg.data import build_design, read_table, standardize_design
+
+    path = cfg.resolve_path(cfg.data.path)
+    intercept = cfg.model.intercept
+    if cfg.runtime.out_of_core:
+        from vireg.cache import CachedSource
+
+        cache_dir = (cfg.resolve_path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir
+                     else path.parent / ".vireg-cache")
+        source = CachedSource(path, cfg.data.response, cfg.data.covariates, cfg.data.missing,
+                              cfg.model.family, intercept, cfg.inference.dtype, cache_dir,
+                              cfg.runtime.memory_mb)
+        return source.design, intercept, source
+    table = read_table(path)
+    if cfg.data.formula is not None:
+        from vireg.formula import design_from_formula
+
+        design, intercept = design_from_formula(table, cfg.data.formula, cfg.data.missing)
+        if intercept and not cfg.model.intercept:
+            raise InputError("model.intercept: false conflicts with data.formula, which has an "
+                             "intercept: write '- 1' in the formula instead")
+    else:
+        design = build_design(table, cfg.data.response, cfg.data.covariates, cfg.data.missing)
+    if cfg.data.standardize:
+        design = standardize_design(design)
+    return design, intercept, None
 
 
 def _thread_count(requested: int | None) -> int:
@@ -329,6 +355,7 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
                 "dropped_rows": model.design.dropped_rows,
                 "data_passes": (outcome.steps if minibatch is None
                                 else round(minibatch.epochs_read, 2)),
+                "out_of_core": model.rows.describe() if hasattr(model.rows, "describe") else None,
                 "minibatch": None if minibatch is None else {
                     "batch_size": batch, "blocks": minibatch.n_blocks,
                     "epochs": minibatch.epochs,
@@ -337,6 +364,7 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
                 "design": {"response": model.design.response, "columns": model.design.covariates,
                            "sources": model.design.sources or model.design.covariates,
                            "family": model.family, "intercept": model.intercept,
+                           "formula": model.design.formula,
                            "standardization": model.design.standardization}},
     )
     yield Finished(result)

@@ -30,8 +30,9 @@ ESTIMATORS = ("reparam", "stl", "score")
 @dataclass(frozen=True)
 class DataConfig:
     path: str
-    response: str
+    response: str | None = None  # required unless data.formula names it
     covariates: list[str] | None = None
+    formula: str | None = None  # "y ~ x1 + C(g)": instead of response and covariates
     missing: str = "error"  # or "drop": leave out rows with a missing value in a used column
     standardize: bool = False  # fit on z-scored covariates; report both scales
 
@@ -79,6 +80,9 @@ class OutputConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     threads: int | None = None
+    out_of_core: bool = False  # stream the rows from a disk cache instead of holding them
+    cache_dir: str | None = None  # out-of-core cache; None: .vireg-cache beside the data file
+    memory_mb: int = 256  # out-of-core: the row buffers' memory
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,9 @@ class Config:
 _REQUIRED = object()
 
 SCHEMA: dict[str, Any] = {
-    "data": {"path": (str, True), "response": (str, True),
-             "covariates": ((list, type(None)), False), "missing": (str, False),
+    "data": {"path": (str, True), "response": ((str, type(None)), False),
+             "covariates": ((list, type(None)), False), "formula": ((str, type(None)), False),
+             "missing": (str, False),
              "standardize": (bool, False)},
     "model": {
         "family": (str, True),
@@ -129,7 +134,8 @@ SCHEMA: dict[str, Any] = {
     },
     "output": {"dir": ((str, type(None)), False), "draws": (int, False),
                "psis_draws": (int, False), "psis": (bool, False)},
-    "runtime": {"threads": ((int, type(None)), False)},
+    "runtime": {"threads": ((int, type(None)), False), "out_of_core": (bool, False),
+                "cache_dir": ((str, type(None)), False), "memory_mb": (int, False)},
 }
 _REQUIRED_SECTIONS = ("data", "model")
 
@@ -242,6 +248,24 @@ def _check_values(d: dict[str, Any]) -> None:
     threads = d.get("runtime", {}).get("threads")
     if threads is not None and threads < 1:
         raise InputError(f"runtime.threads must be at least 1, got {threads}")
+    runtime = d.get("runtime", {})
+    if runtime.get("memory_mb", 256) < 1:
+        raise InputError(f"runtime.memory_mb must be at least 1, got {runtime['memory_mb']}")
+    data = d["data"]
+    if data.get("formula") is not None:
+        clash = [k for k in ("response", "covariates") if data.get(k) is not None]
+        if clash:
+            raise InputError(f"data.formula names the response and covariates: remove "
+                             f"data.{' and data.'.join(clash)}")
+        if runtime.get("out_of_core"):
+            raise InputError("data.formula is not available with runtime.out_of_core: list "
+                             "data.response and data.covariates (numeric columns)")
+    elif data.get("response") is None:
+        raise InputError("config key 'data.response' is required (or give data.formula): add it "
+                         "to the config")
+    if runtime.get("out_of_core") and data.get("standardize"):
+        raise InputError("data.standardize is not available with runtime.out_of_core: z-score "
+                         "the columns beforehand or fit in memory")
     if d["data"].get("missing", "error") not in ("error", "drop"):
         raise InputError(f"data.missing '{d['data']['missing']}' is not known: use error or drop")
     covs = d["data"].get("covariates")

@@ -119,7 +119,7 @@ class Model:
         self._class_extremes = m.class_extremes
         self.rows, self._gram = source.standardize(
             self.x_centre, self.x_scale, self.y_centre, self.y_scale, self.intercept, self.dtype,
-            draws_per_step)
+            draws_per_step, self.likelihood)
 
     @property
     def in_memory(self) -> bool:
@@ -258,8 +258,10 @@ class Model:
             grad[:, idx] = prior.grad(x)
         return lp, grad
 
-    def log_joint(self, U: np.ndarray, batch: int = 32) -> np.ndarray:
-        """log p(y, theta(u)) for many draws, ``batch`` draws per pass over the data."""
+    def log_joint(self, U: np.ndarray, batch: int | None = None) -> np.ndarray:
+        """log p(y, theta(u)) for many draws, ``batch`` draws per pass over the data (more when
+        the rows are streamed, where a pass costs a read of the whole cache)."""
+        batch = batch or (32 if self.in_memory else 256)
         out = np.empty(U.shape[0])
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             for start in range(0, U.shape[0], batch):

@@ -1,0 +1,392 @@
+"""Out-of-core data: the standardised rows in a binary cache on disk, streamed through a buffer.
+
+``runtime.out_of_core: true`` never holds the table in memory. The first fit reads the source
+(Parquet row groups or CSV blocks, through pyarrow's streaming readers) once, checking every cell
+as the in-memory reader does, and writes the raw response and covariates to float64 files while
+merging the column moments (``rows.ColumnMoments``). Once the model has chosen its
+standardisation, a second pass rewrites them standardised, in the kernel's dtype, gathering the
+Gram matrix on the way; a ``meta.json`` written last (atomically, so an interrupted build is never
+mistaken for a finished one) records the moments and the Gram matrix. Later fits with the same
+source file (same path, size and modification time), columns and model options find the cache
+and skip both passes.
+
+Each kernel pass then reads the files in pieces of at most ``runtime.memory_mb`` into one buffer
+(asking the OS to read the next piece ahead while the kernel works), so the process's memory is
+bounded by that setting, not by the data. Pieces are summed in file order, so results do not depend on the
+thread count; a different ``memory_mb`` changes only the rounding of the sums.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vireg.data import MAX_ABS_VALUE, Design
+from vireg.errors import InputError
+from vireg.kernels.flags import chunk_rows_for, use_parallel
+from vireg.rows import ColumnMoments, block_bounds, standardized_gram
+
+CACHE_VERSION = 1
+DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+def _reader_batches(path: Path, names: list[str], rows_per_batch: int):
+    """Record batches of the columns ``names`` from a Parquet or CSV file, in file order."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError("runtime.out_of_core reads files with pyarrow: pip install "
+                         "'vireg[parquet]'") from None
+    if path.suffix.lower() in (".parquet", ".pq"):
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow raises many types for unreadable files
+            raise InputError(f"cannot read Parquet file '{path}': {exc}") from None
+        _check_columns(path, pf.schema_arrow.names, names)
+        for name in names:
+            t = pf.schema_arrow.field(name).type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+                raise _text_column(name)
+        yield from pf.iter_batches(batch_size=rows_per_batch, columns=names)
+        return
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            header = [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read data file '{path}': {exc}") from None
+    _check_columns(path, header, names)
+    block = max(1 << 20, min(64 << 20, rows_per_batch * 16 * len(header)))
+    try:
+        reader = pcsv.open_csv(
+            path, read_options=pcsv.ReadOptions(block_size=block),
+            convert_options=pcsv.ConvertOptions(include_columns=names,
+                                                column_types={n: pa.float64() for n in names}))
+        yield from reader
+    except pa.ArrowInvalid as exc:
+        import re
+
+        text = str(exc).splitlines()[0]
+        hit = re.search(r"column #(\d+)", text)
+        if hit and int(hit.group(1)) < len(header) and "conversion error" in text:
+            value = text.rsplit(":", 1)[-1].strip()
+            raise InputError(f"column '{header[int(hit.group(1))]}' of '{path}' has a non-numeric "
+                             f"value {value}: out-of-core fits take numeric columns only (fix the "
+                             "cell, encode a text column as 0/1 columns, or fit in memory)") from None
+        raise InputError(f"cannot read data file '{path}': {text}") from None
+
+
+def _text_column(name: str) -> InputError:
+    return InputError(f"column '{name}' holds text: out-of-core fits take numeric columns only; "
+                      "encode it as 0/1 columns, or fit in memory (runtime.out_of_core: false)")
+
+
+def _check_columns(path: Path, header: list[str], names: list[str]) -> None:
+    for i, name in enumerate(names):
+        if name not in header:
+            close = difflib.get_close_matches(name, header, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            key = "data.response" if i == 0 else "data.covariates entry"
+            raise InputError(f"{key} '{name}' is not a column of '{path}': {hint}columns are "
+                             f"{', '.join(header)}")
+
+
+def _batch_arrays(batch, names: list[str], first_row: int, missing: str, binary: bool
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(y, X, dropped) of one record batch, checked like the in-memory reader checks columns."""
+    cols = [np.asarray(batch.column(i).to_numpy(zero_copy_only=False), dtype=np.float64)
+            for i in range(len(names))]
+    y, X = cols[0], np.column_stack(cols[1:]) if len(cols) > 1 else np.empty((len(cols[0]), 0))
+    bad = np.isnan(y) | np.isnan(X).any(axis=1)
+    dropped = 0
+    if bad.any():
+        if missing == "drop":
+            keep = ~bad
+            y, X, dropped = y[keep], X[keep], int(bad.sum())
+        else:
+            j = next(k for k, c in enumerate(cols) if np.isnan(c).any())
+            i = int(np.flatnonzero(np.isnan(cols[j]))[0])
+            raise InputError(f"column '{names[j]}' has a missing value at data row "
+                             f"{first_row + i + 1}: remove or impute it, or set data.missing: drop")
+    for j, c in enumerate([y, *X.T]):
+        big = np.flatnonzero(~(np.abs(c) <= MAX_ABS_VALUE))
+        if big.size:
+            raise InputError(f"column '{names[j]}' has a non-finite or too large value "
+                             f"({c[big[0]]:g}) in the rows from {first_row + 1}: fix or remove it")
+    if binary:
+        bad_y = np.flatnonzero((y != 0) & (y != 1))
+        if bad_y.size:
+            raise InputError(f"response '{names[0]}' must be 0 or 1 for family bernoulli, but a "
+                             f"row from data row {first_row + 1} has {y[bad_y[0]]:g}: recode it "
+                             "as 0/1 or use family gaussian")
+    return np.ascontiguousarray(y), np.ascontiguousarray(X), dropped
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What the cached rows depend on; any change gives a different cache folder."""
+
+    source: str
+    size: int
+    mtime_ns: int
+    response: str
+    covariates: tuple[str, ...]
+    missing: str
+    family: str
+    intercept: bool
+    dtype: str
+
+    def digest(self) -> str:
+        text = json.dumps({**self.__dict__, "covariates": list(self.covariates),
+                           "version": CACHE_VERSION}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+class CachedSource:
+    """The data of a config as a disk cache; ``Model(design, ..., source=this)`` fits it."""
+
+    def __init__(self, path: Path, response: str, covariates: list[str] | None, missing: str,
+                 family: str, intercept: bool, dtype: str, cache_dir: Path, memory_mb: int):
+        if str(path) == "-":
+            raise InputError("runtime.out_of_core needs a data file, not standard input")
+        if not path.is_file():
+            raise InputError(f"data file '{path}' not found: check data.path (relative to the "
+                             "config file)")
+        if covariates is None:
+            raise InputError("runtime.out_of_core needs data.covariates listed (the columns to "
+                             "stream)")
+        stat = path.stat()
+        self.key = CacheKey(str(path.resolve()), stat.st_size, stat.st_mtime_ns, response,
+                            tuple(covariates), missing, family, intercept, dtype)
+        self.path = path
+        self.names = [response, *covariates]
+        self.binary = family == "bernoulli"
+        self.dtype = dtype
+        self.memory_mb = memory_mb
+        self.folder = cache_dir / self.key.digest()
+        self.reused = (self.folder / "meta.json").is_file()
+        self.build_seconds = 0.0
+        if self.reused:
+            meta = json.loads((self.folder / "meta.json").read_text())
+            self.moments = _moments_from_json(meta["moments"])
+            self.dropped = meta["dropped_rows"]
+            self._meta = meta
+        else:
+            self._meta = None
+            self.moments, self.dropped = self._first_pass(cache_dir)
+        self.design = Design(y=np.empty(0), X=np.empty((0, len(covariates))), response=response,
+                             covariates=list(covariates), dropped_rows=self.dropped,
+                             sources=list(covariates), encodings={})
+
+    def _buffer_rows(self, n_cols: int) -> int:
+        # One buffer of rows of the cached dtype within memory_mb (the cache build holds a
+        # float64 piece and its standardised copy: it uses half as many rows).
+        per_row = (n_cols + 1) * np.dtype(DTYPES[self.dtype]).itemsize
+        return max(1024, (self.memory_mb << 20) // per_row)
+
+    def _first_pass(self, cache_dir: Path) -> tuple[ColumnMoments, int]:
+        import time
+
+        t0 = time.perf_counter()
+        self.building = cache_dir / f"{self.key.digest()}.building-{os.getpid()}"
+        shutil.rmtree(self.building, ignore_errors=True)
+        try:
+            self.building.mkdir(parents=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the out-of-core cache in '{cache_dir}': {exc}; set "
+                             "runtime.cache_dir to a writable folder") from None
+        moments, dropped, first_row = None, 0, 0
+        rows = self._buffer_rows(len(self.names) - 1) // 2  # float64 while building
+        try:
+            with open(self.building / "X.raw", "wb") as fx, open(self.building / "y.raw", "wb") as fy:
+                for batch in _reader_batches(self.path, self.names, rows):
+                    y, X, d = _batch_arrays(batch, self.names, first_row, self.key.missing,
+                                            self.binary)
+                    first_row += batch.num_rows
+                    dropped += d
+                    if len(y) == 0:
+                        continue
+                    m = ColumnMoments.of_chunk(X, y, self.binary)
+                    moments = m if moments is None else moments.merge(m)
+                    fx.write(X.tobytes())
+                    fy.write(y.tobytes())
+        except BaseException:
+            shutil.rmtree(self.building, ignore_errors=True)
+            raise
+        if moments is None:
+            shutil.rmtree(self.building, ignore_errors=True)
+            raise InputError(f"data file '{self.path}' has no rows to fit"
+                             + (" after dropping rows with missing values" if dropped else ""))
+        self.build_seconds += time.perf_counter() - t0
+        return moments, dropped
+
+    def standardize(self, x_centre, x_scale, y_centre, y_scale, intercept, dtype, draws_per_step,
+                    likelihood):
+        """Write the standardised rows (unless the cache has them) and open them for streaming;
+        returns (rows, gram)."""
+        import time
+
+        D = len(self.names) - 1
+        N = self.moments.n_rows
+        if self._meta is None:
+            t0 = time.perf_counter()
+            np_dtype = DTYPES[dtype]
+            gram = None
+            rows = self._buffer_rows(D) // 2
+            try:
+                with (open(self.building / "X.raw", "rb") as fx, open(self.building / "y.raw", "rb")
+                      as fy, open(self.building / "Z.bin", "wb") as fz,
+                      open(self.building / "y.bin", "wb") as fyo):
+                    for start in range(0, N, rows):
+                        m = min(rows, N - start)
+                        X = np.fromfile(fx, np.float64, m * D).reshape(m, D)
+                        y = np.fromfile(fy, np.float64, m)
+                        Z = (X - x_centre) / x_scale
+                        yz = (y - y_centre) / y_scale
+                        g = standardized_gram(Z, yz, intercept)
+                        gram = g if gram is None else (gram[0] + g[0], gram[1] + g[1],
+                                                       gram[2] + g[2])
+                        fz.write(np.ascontiguousarray(Z, dtype=np_dtype).tobytes())
+                        fyo.write(np.ascontiguousarray(yz, dtype=np_dtype).tobytes())
+                (self.building / "X.raw").unlink()
+                (self.building / "y.raw").unlink()
+                meta = {"version": CACHE_VERSION, "key": {**self.key.__dict__,
+                                                          "covariates": list(self.key.covariates)},
+                        "n_rows": N, "n_cov": D, "dropped_rows": self.dropped,
+                        "moments": _moments_to_json(self.moments),
+                        "gram": [gram[0].tolist(), gram[1].tolist(), gram[2]]}
+                tmp = self.building / "meta.json.tmp"
+                tmp.write_text(json.dumps(meta))
+                os.replace(tmp, self.building / "meta.json")
+                if self.folder.exists():  # another process finished the same cache first
+                    shutil.rmtree(self.building, ignore_errors=True)
+                else:
+                    os.replace(self.building, self.folder)
+            except BaseException:
+                shutil.rmtree(self.building, ignore_errors=True)
+                raise
+            self._meta = meta
+            self.build_seconds += time.perf_counter() - t0
+        g = self._meta["gram"]
+        gram = (np.array(g[0]), np.array(g[1]), float(g[2]))
+        rows = CacheRows(self.folder, N, D, DTYPES[dtype], self._buffer_rows(D), likelihood,
+                         intercept, draws_per_step)
+        return rows, gram
+
+
+def _moments_to_json(m: ColumnMoments) -> dict:
+    out = {}
+    for k, v in m.__dict__.items():
+        out[k] = v.tolist() if isinstance(v, np.ndarray) else v
+    return out
+
+
+def _moments_from_json(d: dict) -> ColumnMoments:
+    arrays = {"x_mean", "x_m2", "x_min", "x_max", "class_extremes"}
+    return ColumnMoments(**{k: (np.array(v, dtype=np.float64) if k in arrays and v is not None
+                                else v) for k, v in d.items()})
+
+
+class CacheRows:
+    """Row source over the cache files, read in pieces of ``buffer_rows`` rows."""
+
+    def __init__(self, folder: Path, n_rows: int, n_cov: int, dtype, buffer_rows: int,
+                 likelihood, intercept: bool, draws_per_step: int):
+        self.n_rows, self.n_cov = n_rows, n_cov
+        self.folder = folder
+        self.dtype = np.dtype(dtype)
+        self.intercept = intercept
+        self.likelihood = likelihood
+        self.buffer_rows = int(min(buffer_rows, n_rows))
+        self.chunk_rows = chunk_rows_for(n_rows, n_cov)
+        self.kernel = likelihood.loglik_grad_kernel(
+            use_parallel(self.buffer_rows, n_cov, draws_per_step))
+        self.parallel = use_parallel(self.buffer_rows, n_cov, draws_per_step)
+        self._z = open(folder / "Z.bin", "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        self._y = open(folder / "y.bin", "rb", buffering=0)  # noqa: SIM115
+        self._Zbuf = np.empty((self.buffer_rows, n_cov), self.dtype)
+        self._ybuf = np.empty(self.buffer_rows, self.dtype)
+        self.bounds = np.array([0, n_rows], dtype=np.int64)
+        self.bytes_read = 0
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.bounds) - 1
+
+    def set_blocks(self, batch_size: int, draws_per_step: int) -> None:
+        self.bounds = block_bounds(self.n_rows, batch_size)
+
+    def _read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        m = stop - start
+        z, y = self._Zbuf[:m], self._ybuf[:m]
+        row = self.n_cov * self.dtype.itemsize
+        _read_exact(self._z, memoryview(z).cast("B"), start * row)
+        _read_exact(self._y, memoryview(y).cast("B"), start * self.dtype.itemsize)
+        self.bytes_read += m * (row + self.dtype.itemsize)
+        return z, y
+
+    def _range_sums(self, U: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Kernel sums over rows [lo, hi), piece by piece in file order. Before the kernel works
+        on a piece, the OS is asked to read the next one ahead (posix_fadvise WILLNEED), so disk
+        reads overlap the computation without a second buffer or a Python thread."""
+        G = np.zeros((U.shape[0], U.shape[1]))
+        ll = np.zeros(U.shape[0])
+        for start in range(lo, hi, self.buffer_rows):
+            stop = min(start + self.buffer_rows, hi)
+            z, y = self._read(start, stop)
+            if stop < hi:
+                self._read_ahead(stop, min(stop + self.buffer_rows, hi))
+            Gc, llc = self.kernel(z, y, U, self.intercept, self.chunk_rows)
+            G += Gc
+            ll += llc
+        return G, ll
+
+    def _read_ahead(self, start: int, stop: int) -> None:
+        if not hasattr(os, "posix_fadvise"):  # not on macOS or Windows: plain reads
+            return
+        row = self.n_cov * self.dtype.itemsize
+        size = self.dtype.itemsize
+        os.posix_fadvise(self._z.fileno(), start * row, (stop - start) * row,
+                         os.POSIX_FADV_WILLNEED)
+        os.posix_fadvise(self._y.fileno(), start * size, (stop - start) * size,
+                         os.POSIX_FADV_WILLNEED)
+
+    def loglik_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._range_sums(U, 0, self.n_rows)
+
+    def block_loglik_grad(self, U: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._range_sums(U, int(self.bounds[b]), int(self.bounds[b + 1]))
+
+    def describe(self) -> dict:
+        """For fit.json: where the rows were read from and how much."""
+        return {"cache": str(self.folder), "buffer_rows": self.buffer_rows,
+                "gigabytes_read": round(self.bytes_read / 1e9, 3)}
+
+    def warm_up(self, n_kernel_cols: int) -> None:
+        z, y = self._read(0, 1)
+        self.kernel(z, y, np.zeros((1, n_kernel_cols)), self.intercept, self.chunk_rows)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._z.close()
+            self._y.close()
+
+
+def _read_exact(fh, view: memoryview, offset: int) -> None:
+    fh.seek(offset)
+    done = 0
+    while done < len(view):
+        n = fh.readinto(view[done:])
+        if not n:
+            raise OSError("the out-of-core cache file is shorter than its meta.json says: delete "
+                          "the cache folder and run again")
+        done += n
