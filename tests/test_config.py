@@ -73,3 +73,16 @@ def test_exponent_notation_without_a_dot_is_a_number():
     cfg = config_from_dict({**BASE, "inference": {"tolerance": "1e-3"}},
                            overrides=["inference.learning_rate=1e-2"])
     assert cfg.inference.tolerance == 1e-3 and cfg.inference.learning_rate == 1e-2
+
+
+def test_formula_replaces_response_and_covariates():
+    from vireg.config import config_from_dict
+    from vireg.errors import InputError
+
+    base = {"data": {"path": "d.csv", "formula": "y ~ x"}, "model": {"family": "gaussian"}}
+    assert config_from_dict(base).data.formula == "y ~ x"
+    for extra in ({"response": "y"}, {"covariates": ["x"]}):
+        with pytest.raises(InputError, match="data.formula names the response"):
+            config_from_dict({**base, "data": {**base["data"], **extra}})
+    with pytest.raises(InputError, match="data.response' is required"):
+        config_from_dict({"data": {"path": "d.csv"}, "model": {"family": "gaussian"}})

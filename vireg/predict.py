@@ -44,6 +44,10 @@ def design_for(doc: dict, data: Path) -> np.ndarray:
 
     table = read_table(data)
     design, encodings = doc["design"], doc.get("categorical", {})
+    if design.get("formula"):  # data.formula: formulaic rebuilds the columns from its saved state
+        from vireg.formula import formula_columns
+
+        return _standardized(formula_columns(design["formula"], table), design)
     blocks = []
     for source in dict.fromkeys(design["sources"]):
         if source not in table.columns:
@@ -62,7 +66,10 @@ def design_for(doc: dict, data: Path) -> np.ndarray:
         else:
             blocks.append(numeric_column(table, source)[:, None])
     n = table.n_rows
-    X = np.hstack(blocks) if blocks else np.empty((n, 0))
+    return _standardized(np.hstack(blocks) if blocks else np.empty((n, 0)), design)
+
+
+def _standardized(X: np.ndarray, design: dict) -> np.ndarray:
     st = design.get("standardization")
     if st is not None:  # the fit's z-scoring (data.standardize), with the fit's means and sds
         X = (X - np.asarray(st["mean"])) / np.asarray(st["sd"])
