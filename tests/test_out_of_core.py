@@ -47,7 +47,7 @@ def test_out_of_core_fit_matches_the_in_memory_fit(tmp_path, family):
     # Same draws, same rows; only the order of the sums differs (pieces, then chunks).
     np.testing.assert_allclose(ooc.theta_mean, mem.theta_mean, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(ooc.theta_cov, mem.theta_cov, rtol=1e-7, atol=1e-15)
-    assert ooc.extras["out_of_core"]["gigabytes_read"] > 0
+    assert ooc.extras["data_source"]["gigabytes_read"] > 0
     model.rows.close()
 
 

@@ -104,10 +104,19 @@ def _as_config(config: Config | dict | str | Path, overrides: list[str] | None) 
 
 def build_model(cfg: Config):
     """Read the data and priors of a config into a ``Model`` (kernels are compiled lazily)."""
+    design, intercept, source = read_design(cfg)
+    try:
+        return _model_of(cfg, design, intercept, source)
+    except BaseException:
+        if source is not None and hasattr(source, "close"):
+            source.close()
+        raise
+
+
+def _model_of(cfg: Config, design, intercept: bool, source):
     from vireg.models.model import Model, resolve_priors
     from vireg.models.propriety import check_posterior_exists
 
-    design, intercept, source = read_design(cfg)
     priors = resolve_priors(cfg.model.prior, cfg.model.family, intercept,
                             design.covariates, cfg.model.sigma, design.sources)
     if not priors:
@@ -133,6 +142,12 @@ def read_design(cfg: Config):
 
     path = cfg.resolve_path(cfg.data.path)
     intercept = cfg.model.intercept
+    if cfg.runtime.backend == "dask":
+        from vireg.distributed import DaskSource
+
+        source = DaskSource(path, cfg.data.response, cfg.data.covariates, cfg.data.missing,
+                            cfg.model.family, cfg.runtime.scheduler, cfg.runtime.partitions)
+        return source.design, intercept, source
     if cfg.runtime.out_of_core:
         from vireg.cache import CachedSource
 
@@ -286,6 +301,13 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
     """Fit a config, yielding ``Started``, then ``engine.Progress`` events, then ``Finished``."""
     cfg = _as_config(config, overrides)
     model = build_model(cfg)
+    try:
+        yield from _fit_model(cfg, model)
+    finally:
+        model.rows.close()  # cache files, Dask client
+
+
+def _fit_model(cfg: Config, model) -> Iterator[object]:
     threads = _thread_count(cfg.runtime.threads)
 
     from vireg import engine
@@ -355,7 +377,7 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
                 "dropped_rows": model.design.dropped_rows,
                 "data_passes": (outcome.steps if minibatch is None
                                 else round(minibatch.epochs_read, 2)),
-                "out_of_core": model.rows.describe() if hasattr(model.rows, "describe") else None,
+                "data_source": model.rows.describe() if hasattr(model.rows, "describe") else None,
                 "minibatch": None if minibatch is None else {
                     "batch_size": batch, "blocks": minibatch.n_blocks,
                     "epochs": minibatch.epochs,
@@ -391,6 +413,7 @@ def check(config: Config | dict | str | Path, overrides: list[str] | None = None
 
     cfg = _as_config(config, overrides)
     model = build_model(cfg)
+    model.rows.close()
     return {
         "config": cfg.to_dict(),
         "data": str(cfg.resolve_path(cfg.data.path)),

@@ -83,6 +83,9 @@ class RuntimeConfig:
     out_of_core: bool = False  # stream the rows from a disk cache instead of holding them
     cache_dir: str | None = None  # out-of-core cache; None: .vireg-cache beside the data file
     memory_mb: int = 256  # out-of-core: the row buffers' memory
+    backend: str = "local"  # or "dask": the rows live on Dask workers
+    scheduler: str = "local"  # dask: a scheduler address, or "local" for a LocalCluster
+    partitions: int | None = None  # dask: repartition the data into this many partitions
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,9 @@ SCHEMA: dict[str, Any] = {
     "output": {"dir": ((str, type(None)), False), "draws": (int, False),
                "psis_draws": (int, False), "psis": (bool, False)},
     "runtime": {"threads": ((int, type(None)), False), "out_of_core": (bool, False),
-                "cache_dir": ((str, type(None)), False), "memory_mb": (int, False)},
+                "cache_dir": ((str, type(None)), False), "memory_mb": (int, False),
+                "backend": (str, False), "scheduler": (str, False),
+                "partitions": ((int, type(None)), False)},
 }
 _REQUIRED_SECTIONS = ("data", "model")
 
@@ -251,21 +256,30 @@ def _check_values(d: dict[str, Any]) -> None:
     runtime = d.get("runtime", {})
     if runtime.get("memory_mb", 256) < 1:
         raise InputError(f"runtime.memory_mb must be at least 1, got {runtime['memory_mb']}")
+    if runtime.get("partitions") is not None and runtime["partitions"] < 1:
+        raise InputError(f"runtime.partitions must be at least 1, got {runtime['partitions']}")
+    backend = runtime.get("backend", "local")
+    if backend not in ("local", "dask"):
+        raise InputError(f"runtime.backend '{backend}' is not known: use local or dask")
+    if backend == "dask" and runtime.get("out_of_core"):
+        raise InputError("runtime.out_of_core applies to the local backend (Dask workers keep "
+                         "their partitions in their own memory): remove one of them")
     data = d["data"]
     if data.get("formula") is not None:
         clash = [k for k in ("response", "covariates") if data.get(k) is not None]
         if clash:
             raise InputError(f"data.formula names the response and covariates: remove "
                              f"data.{' and data.'.join(clash)}")
-        if runtime.get("out_of_core"):
-            raise InputError("data.formula is not available with runtime.out_of_core: list "
-                             "data.response and data.covariates (numeric columns)")
+        if runtime.get("out_of_core") or backend == "dask":
+            raise InputError("data.formula is not available with runtime.out_of_core or the "
+                             "Dask backend: list data.response and data.covariates (numeric "
+                             "columns)")
     elif data.get("response") is None:
         raise InputError("config key 'data.response' is required (or give data.formula): add it "
                          "to the config")
-    if runtime.get("out_of_core") and data.get("standardize"):
-        raise InputError("data.standardize is not available with runtime.out_of_core: z-score "
-                         "the columns beforehand or fit in memory")
+    if (runtime.get("out_of_core") or backend == "dask") and data.get("standardize"):
+        raise InputError("data.standardize is not available with runtime.out_of_core or the "
+                         "Dask backend: z-score the columns beforehand or fit in memory")
     if d["data"].get("missing", "error") not in ("error", "drop"):
         raise InputError(f"data.missing '{d['data']['missing']}' is not known: use error or drop")
     covs = d["data"].get("covariates")

@@ -1,0 +1,92 @@
+"""The Dask backend: a LocalCluster of two worker processes on loopback gives the local answer."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+from test_out_of_core import make_data
+
+import vireg
+
+pytest.importorskip("distributed")
+
+
+def make_config(tmp_path, **runtime):
+    cfg = {"data": {"path": "big.csv", "response": "y", "covariates": ["x1", "x2"]},
+           "model": {"family": "bernoulli"},
+           "inference": {"max_steps": 600},
+           "output": {"draws": 0, "psis_draws": 0},
+           "runtime": {"backend": "dask", "scheduler": "local", "partitions": 4, **runtime}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_dask_backend_matches_the_local_backend_full_batch_and_minibatch(tmp_path):
+    # One LocalCluster per fit (2 worker processes, 127.0.0.1); run in a subprocess because
+    # worker processes are spawned and need an importable __main__.
+    make_data(tmp_path, n=20000)
+    config = make_config(tmp_path)
+    script = textwrap.dedent(f"""
+        import json, numpy as np, vireg
+        if __name__ == "__main__":
+            out = {{}}
+            for name, extra in (("dask", []), ("local", ["runtime.backend=local"]),
+                                ("dask_mb", ["inference.batch_size=5000"]),
+                                ("local_mb", ["runtime.backend=local",
+                                              "inference.batch_size=5000"])):
+                r = vireg.fit({str(config)!r}, overrides=extra)
+                out[name] = {{"mean": r.theta_mean.tolist(), "cov": r.theta_cov.tolist(),
+                              "steps": r.steps, "source": r.extras["data_source"],
+                              "blocks": (r.extras["minibatch"] or {{}}).get("blocks")}}
+            print(json.dumps(out))
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import json
+
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["dask"]["source"] == {"backend": "dask", "partitions": 4, "workers": 2}
+    # Partition sums instead of chunk sums: the same numbers up to rounding.
+    assert out["dask"]["steps"] == out["local"]["steps"]
+    np.testing.assert_allclose(out["dask"]["mean"], out["local"]["mean"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(out["dask"]["cov"], out["local"]["cov"], rtol=1e-7, atol=1e-15)
+    # Minibatch: blocks are whole partitions (4 of 5,000 rows), the same blocks as local.
+    assert out["dask_mb"]["blocks"] == out["local_mb"]["blocks"] == 4
+    np.testing.assert_allclose(out["dask_mb"]["mean"], out["local_mb"]["mean"], rtol=1e-8,
+                               atol=1e-11)
+
+
+def test_dask_backend_without_dask_says_how_to_install(tmp_path, monkeypatch):
+    import vireg.distributed as dist
+
+    monkeypatch.setitem(sys.modules, "dask.dataframe", None)
+    make_data(tmp_path, n=100)
+    with pytest.raises(vireg.InputError) as err:
+        dist.DaskSource(tmp_path / "big.csv", "y", ["x1"], "error", "bernoulli", "local")
+    assert "pip install 'vireg[dask]'" in str(err.value)
+
+
+def test_unreachable_scheduler_is_a_one_line_error(tmp_path):
+    make_data(tmp_path, n=100)
+    config = make_config(tmp_path, scheduler="tcp://127.0.0.1:9")
+    with pytest.raises(vireg.InputError) as err:
+        vireg.fit(config)
+    assert "runtime.scheduler" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_backend_config_checks(tmp_path):
+    from vireg.config import load_config
+
+    make_data(tmp_path, n=100)
+    config = make_config(tmp_path)
+    for bad, words in ((["runtime.backend=spark"], "local or dask"),
+                       (["runtime.out_of_core=true"], "remove one of them"),
+                       (["runtime.partitions=0"], "at least 1")):
+        with pytest.raises(vireg.InputError, match=words):
+            load_config(config, bad)
+    assert np.isfinite(load_config(config).runtime.partitions)

@@ -1,0 +1,264 @@
+"""The Dask backend (``runtime.backend: dask``): the rows live on Dask workers, partition by partition.
+
+The workers read their partitions themselves (``dask.dataframe.read_parquet`` / ``read_csv``),
+convert them to float64 arrays with the same checks as the local reader and keep them in memory
+(one future per partition). Set-up then needs only small reductions gathered to the client:
+
+1. the column moments of each partition (``rows.ColumnMoments``), merged in partition order;
+2. once the model has chosen its standardisation, each worker standardises its partitions in the
+   kernel's dtype, keeps them, and returns its Gram matrix, summed in partition order.
+
+Each optimisation step sends only the draws U (S x P numbers) to the workers; each runs the same
+Numba kernel on its partitions and returns (G, ll) per partition; the client sums them in
+partition order (never in arrival order) and takes the step. The sums differ from the local
+backend's only in how rows are grouped, so results agree to rounding, and they do not depend on
+which worker held which partition. Minibatch steps read a block of consecutive partitions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vireg.data import Design
+from vireg.errors import InputError
+from vireg.rows import ColumnMoments, standardized_gram
+
+NEEDS_DASK = ("runtime.backend: dask needs Dask: pip install 'vireg[dask]' (or use "
+              "runtime.backend: local)")
+LOCAL_WORKERS = 2
+
+
+def _client(scheduler: str):
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise InputError(NEEDS_DASK) from None
+    try:
+        if scheduler == "local":
+            cluster = LocalCluster(n_workers=LOCAL_WORKERS, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address=None)
+            return Client(cluster), cluster
+        return Client(scheduler, timeout="10s"), None
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"cannot reach the Dask scheduler at '{scheduler}': {exc}; check "
+                         "runtime.scheduler (an address such as tcp://host:8786, or local)") from None
+
+
+# --- functions that run on the workers -------------------------------------------------------
+
+def _partition_arrays(df, names: list[str], missing: str, binary: bool, index: int):
+    """(y, X, dropped) of one partition as float64 arrays, checked (runs on a worker)."""
+    cols = []
+    for name in names:
+        try:
+            cols.append(np.asarray(df[name].to_numpy(dtype=np.float64, na_value=np.nan)))
+        except (ValueError, TypeError):
+            raise InputError(f"column '{name}' has a non-numeric value (partition {index}): the "
+                             "Dask backend takes numeric columns only") from None
+    y = cols[0]
+    X = np.column_stack(cols[1:]) if len(cols) > 1 else np.empty((len(y), 0))
+    bad = np.isnan(y) | np.isnan(X).any(axis=1)
+    dropped = int(bad.sum())
+    if dropped:
+        if missing != "drop":
+            j = next(k for k, c in enumerate(cols) if np.isnan(c).any())
+            raise InputError(f"column '{names[j]}' has missing values (partition {index}): "
+                             "remove or impute them, or set data.missing: drop")
+        y, X = y[~bad], X[~bad]
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
+        raise InputError(f"partition {index} has an infinite value: remove or fix those rows")
+    if binary and np.any((y != 0) & (y != 1)):
+        raise InputError(f"response '{names[0]}' must be 0 or 1 for family bernoulli (partition "
+                         f"{index} has other values): recode it as 0/1 or use family gaussian")
+    return np.ascontiguousarray(y), np.ascontiguousarray(X), dropped
+
+
+def _moments(part, binary: bool):
+    y, X, dropped = part
+    return (ColumnMoments.of_chunk(X, y, binary) if len(y) else None), dropped
+
+
+def _standardize(part, x_centre, x_scale, y_centre, y_scale, intercept, dtype):
+    y, X, _ = part
+    Z = (X - x_centre) / x_scale
+    yz = (y - y_centre) / y_scale
+    return (np.ascontiguousarray(Z, dtype=dtype), np.ascontiguousarray(yz, dtype=dtype),
+            standardized_gram(Z, yz, intercept))
+
+
+def _strip_gram(part):
+    return part[0], part[1]
+
+
+def _gram_of(part):
+    return part[2]
+
+
+def _rows_of(part):
+    return len(part[1])
+
+
+def _partial_sums(part, U, family: str, intercept: bool, draws: int):
+    """The data kernel on one partition (runs on a worker, with the worker's threads)."""
+    import numba
+
+    from vireg.kernels.flags import chunk_rows_for, use_parallel
+    from vireg.models.model import LIKELIHOODS
+
+    try:
+        from distributed import get_worker
+
+        numba.set_num_threads(min(max(1, get_worker().state.nthreads),
+                                  numba.config.NUMBA_NUM_THREADS))
+    except (ImportError, ValueError, AttributeError):
+        pass
+    Z, y = part
+    n, d = Z.shape
+    kernel = LIKELIHOODS[family].loglik_grad_kernel(use_parallel(n, d, draws))
+    return kernel(Z, y, U, intercept, chunk_rows_for(n, d))
+
+
+# --- client side -----------------------------------------------------------------------------
+
+class DaskSource:
+    """The data of a config on Dask workers; ``Model(design, ..., source=this)`` fits it."""
+
+    def __init__(self, path, response: str, covariates: list[str] | None, missing: str,
+                 family: str, scheduler: str, partitions: int | None = None):
+        try:
+            import dask.dataframe as dd
+        except ImportError:
+            raise InputError(NEEDS_DASK) from None
+        if covariates is None:
+            raise InputError("runtime.backend: dask needs data.covariates listed")
+        if str(path) == "-" or not path.is_file():
+            raise InputError(f"data file '{path}' not found: check data.path (relative to the "
+                             "config file)")
+        self.names = [response, *covariates]
+        self.family = family
+        binary = family == "bernoulli"
+        try:
+            if path.suffix.lower() in (".parquet", ".pq"):
+                ddf = dd.read_parquet(str(path), columns=self.names)
+            else:
+                ddf = dd.read_csv(str(path), usecols=self.names, blocksize="64MB")
+        except (ValueError, KeyError) as exc:
+            raise InputError(f"cannot read '{path}' with Dask: {str(exc).splitlines()[0]}; check "
+                             "data.response and data.covariates") from None
+        except ImportError as exc:
+            raise InputError(f"{NEEDS_DASK} ({exc})") from None
+        missing_cols = [n for n in self.names if n not in ddf.columns]
+        if missing_cols:
+            raise InputError(f"'{missing_cols[0]}' is not a column of '{path}': columns are "
+                             f"{', '.join(ddf.columns)}")
+        if partitions is not None:
+            ddf = ddf.repartition(npartitions=partitions)
+        self.client, self.cluster = _client(scheduler)
+        try:
+            from dask import delayed
+
+            parts = ddf.to_delayed()
+            self.raw = self.client.compute(
+                [delayed(_partition_arrays)(p, self.names, missing, binary, k)
+                 for k, p in enumerate(parts)])
+            stats = self.client.gather(self.client.map(_moments, self.raw, binary=binary,
+                                                       pure=False))
+        except InputError:
+            self.close()
+            raise
+        moments, dropped = None, 0
+        for m, d in stats:  # in partition order
+            dropped += d
+            if m is not None:
+                moments = m if moments is None else moments.merge(m)
+        if moments is None:
+            self.close()
+            raise InputError(f"data file '{path}' has no rows to fit")
+        self.moments, self.dropped = moments, dropped
+        self.design = Design(y=np.empty(0), X=np.empty((0, len(covariates))), response=response,
+                             covariates=list(covariates), dropped_rows=dropped,
+                             sources=list(covariates), encodings={})
+
+    def standardize(self, x_centre, x_scale, y_centre, y_scale, intercept, dtype, draws_per_step,
+                    likelihood):
+        np_dtype = np.float64 if dtype == "float64" else np.float32
+        with_gram = self.client.map(_standardize, self.raw, x_centre=x_centre, x_scale=x_scale,
+                                    y_centre=y_centre, y_scale=y_scale, intercept=intercept,
+                                    dtype=np_dtype, pure=False)
+        grams = self.client.gather(self.client.map(_gram_of, with_gram, pure=False))
+        parts = self.client.map(_strip_gram, with_gram, pure=False)  # kept on the workers
+        sizes = self.client.gather(self.client.map(_rows_of, parts, pure=False))
+        del with_gram
+        self.raw = None  # the raw float64 partitions are released on the workers
+        gram = grams[0]
+        for g in grams[1:]:  # in partition order
+            gram = (gram[0] + g[0], gram[1] + g[1], gram[2] + g[2])
+        rows = DaskRows(self, parts, np.asarray(sizes), intercept, draws_per_step)
+        return rows, gram
+
+    def close(self) -> None:
+        if getattr(self, "client", None) is not None:
+            self.client.close()
+            self.client = None
+        if getattr(self, "cluster", None) is not None:
+            self.cluster.close()
+            self.cluster = None
+
+
+class DaskRows:
+    """Row source over partitions held on Dask workers."""
+
+    def __init__(self, source: DaskSource, parts, sizes: np.ndarray, intercept: bool,
+                 draws_per_step: int):
+        self.source = source
+        self.client = source.client
+        self.parts = parts
+        self.sizes = sizes
+        self.n_rows = int(sizes.sum())
+        self.intercept = intercept
+        self.draws = draws_per_step
+        self.parallel = False
+        self.groups = [list(range(len(parts)))]
+        self.steps = 0
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.groups)
+
+    def set_blocks(self, batch_size: int, draws_per_step: int) -> None:
+        """Blocks of consecutive partitions, each about ``batch_size`` rows (whole partitions)."""
+        per_block = max(1, round(batch_size / max(1.0, self.sizes.mean())))
+        n = len(self.parts)
+        self.groups = [list(range(k, min(n, k + per_block))) for k in range(0, n, per_block)]
+        self.draws = draws_per_step
+
+    def _sums(self, U: np.ndarray, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        futures = self.client.map(_partial_sums, [self.parts[i] for i in indices], U=U,
+                                  family=self.source.family, intercept=self.intercept,
+                                  draws=self.draws, pure=False)
+        results = self.client.gather(futures)
+        G = np.zeros((U.shape[0], U.shape[1]))
+        ll = np.zeros(U.shape[0])
+        for Gp, llp in results:  # gather keeps the order of the futures: partition order
+            G += Gp
+            ll += llp
+        self.steps += 1
+        return G, ll
+
+    def loglik_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._sums(U, list(range(len(self.parts))))
+
+    def block_loglik_grad(self, U: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._sums(U, self.groups[b])
+
+    def warm_up(self, n_kernel_cols: int) -> None:
+        """Compile (or load from Numba's cache) the kernel on every worker: one pass."""
+        self.loglik_grad(np.zeros((1, n_kernel_cols)))
+
+    def describe(self) -> dict:
+        return {"backend": "dask", "partitions": len(self.parts),
+                "workers": len(self.client.scheduler_info().get("workers", {}))}
+
+    def close(self) -> None:
+        self.parts = []
+        self.source.close()
