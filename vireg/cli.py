@@ -67,6 +67,10 @@ def fit(
         code = _run_fit(config, out, overrides, quiet)
     except ViregError as exc:
         _fail(str(exc), exc.exit_code)
+    except MemoryError:
+        _fail("out of memory; no result files were written: for data larger than memory set "
+              "runtime.out_of_core: true (and a smaller runtime.memory_mb), or use "
+              "inference.dtype: float32", 1)
     except KeyboardInterrupt:
         print("error: interrupted; no result files were written (earlier results are intact)",
               file=sys.stderr)
