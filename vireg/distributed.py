@@ -98,8 +98,9 @@ def _rows_of(part):
     return len(part[1])
 
 
-def _partial_sums(part, U, family: str, intercept: bool, draws: int):
-    """The data kernel on one partition (runs on a worker, with the worker's threads)."""
+def _partial_sums(parts, U, family: str, intercept: bool, draws: int):
+    """The data kernel on each of a worker's partitions (runs on the worker, with its threads):
+    one task per worker and step, since a task costs milliseconds of scheduling."""
     import numba
 
     from vireg.kernels.flags import chunk_rows_for, use_parallel
@@ -112,10 +113,12 @@ def _partial_sums(part, U, family: str, intercept: bool, draws: int):
                                   numba.config.NUMBA_NUM_THREADS))
     except (ImportError, ValueError, AttributeError):
         pass
-    Z, y = part
-    n, d = Z.shape
-    kernel = LIKELIHOODS[family].loglik_grad_kernel(use_parallel(n, d, draws))
-    return kernel(Z, y, U, intercept, chunk_rows_for(n, d))
+    out = []
+    for Z, y in parts:
+        n, d = Z.shape
+        kernel = LIKELIHOODS[family].loglik_grad_kernel(use_parallel(n, d, draws))
+        out.append(kernel(Z, y, U, intercept, chunk_rows_for(n, d)))
+    return out
 
 
 # --- client side -----------------------------------------------------------------------------
@@ -182,11 +185,16 @@ class DaskSource:
     def standardize(self, x_centre, x_scale, y_centre, y_scale, intercept, dtype, draws_per_step,
                     likelihood):
         np_dtype = np.float64 if dtype == "float64" else np.float32
-        with_gram = self.client.map(_standardize, self.raw, x_centre=x_centre, x_scale=x_scale,
-                                    y_centre=y_centre, y_scale=y_scale, intercept=intercept,
-                                    dtype=np_dtype, pure=False)
+        # Round-robin placement: partition k is standardised on (and stays with) worker k mod W,
+        # so every worker gets an equal share of each step's work.
+        workers = sorted(self.client.scheduler_info()["workers"])
+        with_gram = [self.client.submit(_standardize, part, x_centre, x_scale, y_centre, y_scale,
+                                        intercept, np_dtype, workers=[workers[k % len(workers)]],
+                                        pure=False)
+                     for k, part in enumerate(self.raw)]
         grams = self.client.gather(self.client.map(_gram_of, with_gram, pure=False))
-        parts = self.client.map(_strip_gram, with_gram, pure=False)  # kept on the workers
+        parts = [self.client.submit(_strip_gram, f, workers=[workers[k % len(workers)]], pure=False)
+                 for k, f in enumerate(with_gram)]  # kept on the workers
         sizes = self.client.gather(self.client.map(_rows_of, parts, pure=False))
         del with_gram
         self.raw = None  # the raw float64 partitions are released on the workers
@@ -220,6 +228,10 @@ class DaskRows:
         self.parallel = False
         self.groups = [list(range(len(parts)))]
         self.steps = 0
+        # Which worker holds each partition: a step sends each worker one task for all of its
+        # partitions (if a worker is lost, Dask moves the data and the task may run elsewhere).
+        who = self.client.who_has(parts)
+        self.holder = [sorted(who[f.key])[0] if who.get(f.key) else "" for f in parts]
 
     @property
     def n_blocks(self) -> int:
@@ -233,15 +245,21 @@ class DaskRows:
         self.draws = draws_per_step
 
     def _sums(self, U: np.ndarray, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        futures = self.client.map(_partial_sums, [self.parts[i] for i in indices], U=U,
-                                  family=self.source.family, intercept=self.intercept,
-                                  draws=self.draws, pure=False)
-        results = self.client.gather(futures)
+        by_worker: dict[str, list[int]] = {}
+        for i in indices:
+            by_worker.setdefault(self.holder[i], []).append(i)
+        futures = {worker: self.client.submit(
+            _partial_sums, [self.parts[i] for i in idx], U, self.source.family, self.intercept,
+            self.draws, workers=[worker], allow_other_workers=True, pure=False)
+            for worker, idx in by_worker.items()}
+        results = {}
+        for worker, sums in zip(futures, self.client.gather(list(futures.values())), strict=True):
+            results.update(zip(by_worker[worker], sums, strict=True))
         G = np.zeros((U.shape[0], U.shape[1]))
         ll = np.zeros(U.shape[0])
-        for Gp, llp in results:  # gather keeps the order of the futures: partition order
-            G += Gp
-            ll += llp
+        for i in indices:  # partition order, whichever worker answered first
+            G += results[i][0]
+            ll += results[i][1]
         self.steps += 1
         return G, ll
 
