@@ -90,3 +90,18 @@ def test_backend_config_checks(tmp_path):
         with pytest.raises(vireg.InputError, match=words):
             load_config(config, bad)
     assert np.isfinite(load_config(config).runtime.partitions)
+
+
+def test_bad_data_on_a_worker_is_one_line_from_the_cli(tmp_path):
+    (tmp_path / "d.csv").write_text("y,x1\n1,0.5\n0,\n1,0.3\n0,0.1\n")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "data": {"path": "d.csv", "response": "y", "covariates": ["x1"]},
+        "model": {"family": "logistic"}, "runtime": {"backend": "dask"}}))
+    vireg_cli = [sys.executable, "-c", "from vireg.cli import main; main()"]
+    res = subprocess.run([*vireg_cli, "fit", "c.yaml", "--quiet"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=300)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "error: column 'x1' has missing values (partition 0): remove or impute them, or set "
+        "data.missing: drop"]
+    assert not (tmp_path / "runs").exists()

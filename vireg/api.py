@@ -377,7 +377,7 @@ def _fit_model(cfg: Config, model) -> Iterator[object]:
                 "dropped_rows": model.design.dropped_rows,
                 "data_passes": (outcome.steps if minibatch is None
                                 else round(minibatch.epochs_read, 2)),
-                "data_source": model.rows.describe() if hasattr(model.rows, "describe") else None,
+                "data_source": model.rows.describe(),
                 "minibatch": None if minibatch is None else {
                     "batch_size": batch, "blocks": minibatch.n_blocks,
                     "epochs": minibatch.epochs,
@@ -443,11 +443,7 @@ def gradvar(config: Config | dict | str | Path, at: str = "init", draws: int = 1
     """
     import json
 
-    from vireg.diagnostics import ESTIMATOR_NAMES, gradient_variance
-    from vireg.engine import initial_phi
-    from vireg.errors import FitError
-    from vireg.families import make_family
-
+    doc = None
     if at not in ("init", "fit"):
         run = Path(at)
         doc_path = run / "fit.json"
@@ -461,6 +457,19 @@ def gradvar(config: Config | dict | str | Path, at: str = "init", draws: int = 1
     else:
         cfg = _as_config(config, overrides)
     model = build_model(cfg)
+    try:
+        return _gradvar_study(cfg, model, at, draws, fits, fit_steps, doc)
+    finally:
+        model.rows.close()
+
+
+def _gradvar_study(cfg: Config, model, at: str, draws: int, fits: bool, fit_steps: int,
+                   doc: dict | None) -> dict:
+    from vireg.diagnostics import ESTIMATOR_NAMES, gradient_variance
+    from vireg.engine import initial_phi
+    from vireg.errors import FitError
+    from vireg.families import make_family
+
     family = make_family(cfg.inference.family, model.n_params)
     threads = _thread_count(cfg.runtime.threads)
     with compute_threads(threads):

@@ -92,6 +92,27 @@ def _reader_batches(path: Path, names: list[str], rows_per_batch: int):
         raise InputError(f"cannot read data file '{path}': {text}") from None
 
 
+def check_source_columns(path: Path, names: list[str]) -> None:
+    """Raise the one-line error of the in-memory reader if a name is not a column of the file
+    (header only: the Parquet schema or the CSV's first line)."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        try:
+            import pyarrow.parquet as pq
+
+            header = pq.read_schema(path).names
+        except ImportError:
+            raise InputError("reading Parquet needs pyarrow: pip install 'vireg[parquet]'") from None
+        except Exception as exc:  # pyarrow raises many types for unreadable files
+            raise InputError(f"cannot read Parquet file '{path}': {exc}") from None
+    else:
+        try:
+            with open(path, encoding="utf-8-sig") as fh:
+                header = [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read data file '{path}': {exc}") from None
+    _check_columns(path, header, names)
+
+
 def _text_column(name: str) -> InputError:
     return InputError(f"column '{name}' holds text: out-of-core fits take numeric columns only; "
                       "encode it as 0/1 columns, or fit in memory (runtime.out_of_core: false)")
@@ -375,7 +396,8 @@ class CacheRows:
 
     def describe(self) -> dict:
         """For fit.json: where the rows were read from and how much."""
-        return {"cache": str(self.folder), "buffer_rows": self.buffer_rows,
+        return {"backend": "out_of_core", "cache": str(self.folder),
+                "buffer_rows": self.buffer_rows,
                 "gigabytes_read": round(self.bytes_read / 1e9, 3)}
 
     def warm_up(self, n_kernel_cols: int) -> None:

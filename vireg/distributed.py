@@ -17,8 +17,11 @@ which worker held which partition. Minibatch steps read a block of consecutive p
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
+from vireg.cache import check_source_columns
 from vireg.data import Design
 from vireg.errors import InputError
 from vireg.rows import ColumnMoments, standardized_gram
@@ -35,8 +38,11 @@ def _client(scheduler: str):
         raise InputError(NEEDS_DASK) from None
     try:
         if scheduler == "local":
+            # Bad data raise on a worker and come back as one line; silence the workers' own
+            # log of the failed task.
             cluster = LocalCluster(n_workers=LOCAL_WORKERS, threads_per_worker=1, processes=True,
-                                   host="127.0.0.1", dashboard_address=None)
+                                   host="127.0.0.1", dashboard_address=None,
+                                   silence_logs=logging.CRITICAL)
             return Client(cluster), cluster
         return Client(scheduler, timeout="10s"), None
     except (OSError, TimeoutError) as exc:
@@ -140,6 +146,7 @@ class DaskSource:
         self.names = [response, *covariates]
         self.family = family
         binary = family == "bernoulli"
+        check_source_columns(path, self.names)
         try:
             if path.suffix.lower() in (".parquet", ".pq"):
                 ddf = dd.read_parquet(str(path), columns=self.names)

@@ -57,6 +57,10 @@ class MemoryRows:
         lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
         return self._block_kernel(self.Z[lo:hi], self.y[lo:hi], U, self.intercept, self.chunk_rows)
 
+    def describe(self) -> dict:
+        """For fit.json: where the rows were read from."""
+        return {"backend": "memory"}
+
     def warm_up(self, n_kernel_cols: int) -> None:
         """Compile the kernels (or load them from Numba's cache) on a one-row slice."""
         U = np.zeros((1, n_kernel_cols))
