@@ -5,7 +5,9 @@
 Peers, each timed only when installed (the optional ``bench`` extra, never a runtime dependency):
 - NumPyro: SVI with an AutoNormal (mean-field) guide, Trace_ELBO with ``samples`` vectorised
   particles, the jit-compiled update step (gradient and Adam);
-- PyTorch: the same ELBO written by hand (reparameterisation, autograd), with Adam.
+- PyTorch: the same ELBO written by hand (reparameterisation, autograd), with Adam;
+- PyMC: ADVI (mean-field), the compiled PyTensor step function of its objective with ``samples``
+  Monte Carlo draws and Adam (what ``pm.fit(method="advi")`` calls once per iteration).
 Every implementation gets the same synthetic standardised data, the same S, and all cores.
 Reports the median wall time per step after warm-up (compilation apart), as JSON lines and a table.
 """
@@ -103,6 +105,25 @@ def time_torch(args, X, y) -> dict:
             "compile_s": 0.0}
 
 
+def time_pymc(args, X, y) -> dict:
+    import pymc as pm
+    import pytensor
+
+    pytensor.config.floatX = args.dtype
+    with pm.Model():
+        a = pm.Normal("a", 0.0, 5.0)
+        b = pm.Normal("b", 0.0, 5.0, shape=X.shape[1])
+        pm.Bernoulli("y", logit_p=a + pm.math.dot(X.astype(args.dtype), b), observed=y)
+        advi = pm.ADVI(random_seed=0)
+        t0 = time.perf_counter()
+        step_fn = advi.objective.step_function(obj_n_mc=args.samples,
+                                               obj_optimizer=pm.adam(learning_rate=1e-3))
+        step_fn()
+        compile_s = time.perf_counter() - t0
+    return {"tool": f"pymc {pm.__version__} ADVI", "ms_per_step": median_ms(step_fn, args.steps),
+            "compile_s": compile_s}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1_000_000)
@@ -115,7 +136,7 @@ def main() -> None:
 
     X, y = synthetic_data("logistic", args.n, args.d)  # the data vireg bench times
     rows = [time_vireg(args)]
-    for name, fn in (("numpyro", time_numpyro), ("torch", time_torch)):
+    for name, fn in (("numpyro", time_numpyro), ("torch", time_torch), ("pymc", time_pymc)):
         try:
             rows.append(fn(args, X, y))
         except ImportError:
