@@ -133,3 +133,19 @@ def test_cache_dir_that_cannot_be_created_is_a_clear_error(tmp_path):
     with pytest.raises(vireg.InputError, match="runtime.cache_dir"):
         build_model(load_config(make_config(tmp_path, cache_dir="file/sub")))
     assert os.path.isfile(tmp_path / "file")
+
+
+def test_constant_response_out_of_core_is_refused(tmp_path):
+    write_csv(tmp_path / "big.csv", {"y": [2.0] * 50, "x1": list(range(50)), "x2": [1, 2] * 25})
+    with pytest.raises(vireg.InputError, match="constant"):
+        build_model(load_config(make_config(tmp_path, "gaussian")))
+
+
+def test_fit_json_says_whether_the_cache_was_reused(tmp_path):
+    make_data(tmp_path, n=3000)
+    config = make_config(tmp_path)
+    first = vireg.fit(config, overrides=["inference.max_steps=200"])
+    again = vireg.fit(config, overrides=["inference.max_steps=200"])
+    assert first.extras["data_source"]["reused"] is False
+    assert again.extras["data_source"]["reused"] is True
+    assert np.array_equal(first.theta_mean, again.theta_mean)

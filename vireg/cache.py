@@ -308,6 +308,7 @@ class CachedSource:
         gram = (np.array(g[0]), np.array(g[1]), float(g[2]))
         rows = CacheRows(self.folder, N, D, DTYPES[dtype], self._buffer_rows(D), likelihood,
                          intercept, draws_per_step)
+        rows.built = {"reused": self.reused, "build_seconds": round(self.build_seconds, 2)}
         return rows, gram
 
 
@@ -345,6 +346,7 @@ class CacheRows:
         self._ybuf = np.empty(self.buffer_rows, self.dtype)
         self.bounds = np.array([0, n_rows], dtype=np.int64)
         self.bytes_read = 0
+        self.built: dict = {}  # whether the cache was reused, how long building it took
 
     @property
     def n_blocks(self) -> int:
@@ -396,7 +398,7 @@ class CacheRows:
 
     def describe(self) -> dict:
         """For fit.json: where the rows were read from and how much."""
-        return {"backend": "out_of_core", "cache": str(self.folder),
+        return {"backend": "out_of_core", "cache": str(self.folder), **self.built,
                 "buffer_rows": self.buffer_rows,
                 "gigabytes_read": round(self.bytes_read / 1e9, 3)}
 

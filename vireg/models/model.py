@@ -104,6 +104,8 @@ class Model:
         rows where it keeps them and returns the Gram matrix gathered on the way."""
         m = source.moments
         self.n_rows, self.n_cov = m.n_rows, len(m.x_mean)
+        if self.likelihood.HAS_SCALE and m.y_min == m.y_max:  # (0/1 is checked row by row)
+            self.likelihood.check_response(np.array([m.y_min, m.y_max]), self.design.response)
         mean, sd = m.x_mean, m.x_sd
         self.column_stats = [(self.design.response, m.y_mean, m.y_sd, m.y_min, m.y_max)] + [
             (name, float(mean[j]), float(sd[j]), float(m.x_min[j]), float(m.x_max[j]))
