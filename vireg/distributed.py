@@ -22,7 +22,7 @@ import logging
 import numpy as np
 
 from vireg.cache import check_source_columns
-from vireg.data import Design
+from vireg.data import MAX_ABS_VALUE, Design
 from vireg.errors import InputError
 from vireg.rows import ColumnMoments, standardized_gram
 
@@ -71,8 +71,9 @@ def _partition_arrays(df, names: list[str], missing: str, binary: bool, index: i
             raise InputError(f"column '{names[j]}' has missing values (partition {index}): "
                              "remove or impute them, or set data.missing: drop")
         y, X = y[~bad], X[~bad]
-    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
-        raise InputError(f"partition {index} has an infinite value: remove or fix those rows")
+    if not (np.all(np.abs(X) <= MAX_ABS_VALUE) and np.all(np.abs(y) <= MAX_ABS_VALUE)):
+        raise InputError(f"partition {index} has an infinite or too large value (above "
+                         f"{MAX_ABS_VALUE:g}): remove or fix those rows")
     if binary and np.any((y != 0) & (y != 1)):
         raise InputError(f"response '{names[0]}' must be 0 or 1 for family bernoulli (partition "
                          f"{index} has other values): recode it as 0/1 or use family gaussian")
