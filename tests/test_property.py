@@ -2,6 +2,7 @@
 fit that did not converge or failed) or refuses with exit 2 and one line; never a traceback."""
 
 import csv
+import os
 import string
 
 import pytest
@@ -63,13 +64,18 @@ def projects(draw):
         j = draw(st.integers(0, n_cols - 1))
         for row in rows:
             row[j] = draw(st.sampled_from(["a", "b", "c", "true", "false", ""]))
+    if draw(st.integers(0, 3)) == 0:
+        config["inference"]["batch_size"] = draw(st.integers(1, 30))
+    if draw(st.integers(0, 3)) == 0:
+        config["runtime"] = {"out_of_core": True, "cache_dir": "cache",
+                             "memory_mb": draw(st.integers(1, 4))}
     if draw(st.integers(0, 9)) == 0:
         config[draw(st.sampled_from(["inference", "model", "output"]))]["tpyo"] = 1
     return names, rows, config
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("VIREG_PROPERTY_EXAMPLES", 60)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(project=projects())
 def test_fit_never_shows_a_traceback(tmp_path_factory, project):
     names, rows, config = project
