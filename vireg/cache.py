@@ -66,11 +66,7 @@ def _reader_batches(path: Path, names: list[str], rows_per_batch: int):
         except pa.ArrowMemoryError:
             raise MemoryError from None  # reported as out of memory, like NumPy's
         return
-    try:
-        with open(path, encoding="utf-8-sig") as fh:
-            header = [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read data file '{path}': {exc}") from None
+    header = _csv_header(path)
     _check_columns(path, header, names)
     block = max(1 << 20, min(64 << 20, rows_per_batch * 16 * len(header)))
     try:
@@ -105,12 +101,16 @@ def check_source_columns(path: Path, names: list[str]) -> None:
         except Exception as exc:  # pyarrow raises many types for unreadable files
             raise InputError(f"cannot read Parquet file '{path}': {exc}") from None
     else:
-        try:
-            with open(path, encoding="utf-8-sig") as fh:
-                header = [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read data file '{path}': {exc}") from None
+        header = _csv_header(path)
     _check_columns(path, header, names)
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            return [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read data file '{path}': {exc}") from None
 
 
 def _text_column(name: str) -> InputError:
