@@ -149,3 +149,17 @@ def test_fit_json_says_whether_the_cache_was_reused(tmp_path):
     assert first.extras["data_source"]["reused"] is False
     assert again.extras["data_source"]["reused"] is True
     assert np.array_equal(first.theta_mean, again.theta_mean)
+
+
+def test_no_covariates_out_of_core(tmp_path):
+    # Found by the property test: a 0 x 0 Gram matrix came back from meta.json as a 1-d array.
+    make_data(tmp_path, n=200, family="gaussian")
+    config = make_config(tmp_path, "gaussian")
+    for intercept in ("true", "false"):
+        model = build_model(load_config(config, ["data.covariates=[]",
+                                                 f"model.intercept={intercept}"]))
+        assert model.gram()[0].shape == (int(intercept == "true"),) * 2
+        model.rows.close()
+    r = vireg.fit(config, overrides=["data.covariates=[]", "model.intercept=false",
+                                     "inference.max_steps=50"])
+    assert r.param_names == ["sigma"]

@@ -305,7 +305,9 @@ class CachedSource:
             self._meta = meta
             self.build_seconds += time.perf_counter() - t0
         g = self._meta["gram"]
-        gram = (np.array(g[0]), np.array(g[1]), float(g[2]))
+        k = len(g[1])  # reshape: JSON turns a 0 x 0 matrix into an empty list
+        gram = (np.array(g[0], dtype=np.float64).reshape(k, k), np.array(g[1], dtype=np.float64),
+                float(g[2]))
         rows = CacheRows(self.folder, N, D, DTYPES[dtype], self._buffer_rows(D), likelihood,
                          intercept, draws_per_step)
         rows.built = {"reused": self.reused, "build_seconds": round(self.build_seconds, 2)}
@@ -359,7 +361,8 @@ class CacheRows:
         m = stop - start
         z, y = self._Zbuf[:m], self._ybuf[:m]
         row = self.n_cov * self.dtype.itemsize
-        _read_exact(self._z, memoryview(z).cast("B"), start * row)
+        if self.n_cov:  # (a model without covariates has an empty Z file)
+            _read_exact(self._z, memoryview(z).cast("B"), start * row)
         _read_exact(self._y, memoryview(y).cast("B"), start * self.dtype.itemsize)
         self.bytes_read += m * (row + self.dtype.itemsize)
         return z, y
