@@ -88,6 +88,9 @@ def _read_csv(path: Path) -> Table:
             header_line = fh.readline()
         header = [h.strip() for h in next(csv.reader([header_line], skipinitialspace=True), [])]
         if header and all(header) and len(set(header)) == len(header):
+            table = _read_csv_arrow(path, header)
+            if table is not None:
+                return table
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "input contained no data": handled below
                 values = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2,
@@ -98,6 +101,42 @@ def _read_csv(path: Path) -> Table:
     except (ValueError, UnicodeDecodeError, OSError, csv.Error):
         pass
     return _read_csv_text(path)
+
+
+def _read_csv_arrow(path: Path, header: list[str]) -> Table | None:
+    """pyarrow's multi-threaded CSV reader, when installed (the parquet extra): numeric columns
+    as float64 arrays (empty, NA, NaN and null cells as NaN, reported as missing), any other
+    column as its text cells, so that every check and message is the same as with the text
+    reader. None when pyarrow is absent or cannot read the file (the callers fall back)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+    except ImportError:
+        return None
+    try:
+        table = pcsv.read_csv(path, read_options=pcsv.ReadOptions(encoding="utf8"))
+        if table.num_rows == 0 or table.column_names != header:
+            return None
+        text_cols = [n for n in header if not _is_arrow_number(table.schema.field(n).type)]
+        if text_cols:  # read again as strings: cells exactly as written (true stays true)
+            as_text = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+                include_columns=text_cols, column_types={n: pa.string() for n in text_cols},
+                strings_can_be_null=False))
+    except (pa.ArrowException, OSError, UnicodeDecodeError):
+        return None
+    columns: dict[str, list[str] | np.ndarray] = {}
+    for name in header:
+        if name in text_cols:
+            columns[name] = as_text.column(name).to_pylist()
+        else:
+            columns[name] = _arrow_column(table.column(name))
+    return Table(columns=columns, n_rows=table.num_rows, source=str(path))
+
+
+def _is_arrow_number(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)
 
 
 def _read_csv_text(path: Path) -> Table:
@@ -153,7 +192,8 @@ def _arrow_column(column) -> list[str] | np.ndarray:
     import pyarrow as pa
 
     t = column.type
-    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) \
+            or pa.types.is_null(t):
         return np.ascontiguousarray(
             column.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
     return ["" if v is None else str(v) for v in column.to_pylist()]

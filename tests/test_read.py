@@ -1,0 +1,38 @@
+"""The CSV readers agree: pyarrow's (when installed), NumPy's C parser and the text reader."""
+
+import numpy as np
+import pytest
+
+import vireg.data as data
+
+
+def tables(path):
+    pytest.importorskip("pyarrow")
+    fast = data._read_csv(path)
+    header = list(fast.columns)
+    assert data._read_csv_arrow(path, header) is not None  # the pyarrow path was taken
+    return fast, data._read_csv_text(path)
+
+
+def cells(column):
+    return [repr(float(v)) for v in column] if isinstance(column, np.ndarray) else column
+
+
+def test_numeric_text_boolean_and_missing_cells_read_the_same_either_way(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("y,x,g,flag,m\n1,0.5,a,true,1.5\n0,-2,b,false,\n1,3e-3,a,true,NA\n")
+    fast, text = tables(path)
+    assert fast.n_rows == text.n_rows == 3
+    assert isinstance(fast.columns["x"], np.ndarray)
+    assert fast.columns["g"] == ["a", "b", "a"] and fast.columns["flag"] == ["true", "false", "true"]
+    np.testing.assert_array_equal(fast.columns["y"], data.numeric_column(text, "y"))
+    np.testing.assert_array_equal(fast.columns["x"], data.numeric_column(text, "x"))
+    assert np.isnan(fast.columns["m"][1:]).all() and fast.columns["m"][0] == 1.5
+
+
+def test_a_bad_cell_still_gets_its_row_named(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("y,x\n1,0.5\n0,abc\n1,2\n")
+    fast, _ = tables(path)
+    with pytest.raises(data.InputError, match="'abc' at data row 2"):
+        data.numeric_column(fast, "x")
