@@ -235,7 +235,6 @@ class DaskRows:
         self.draws = draws_per_step
         self.parallel = False
         self.groups = [list(range(len(parts)))]
-        self.steps = 0
         # Which worker holds each partition: a step sends each worker one task for all of its
         # partitions (if a worker is lost, Dask moves the data and the task may run elsewhere).
         who = self.client.who_has(parts)
@@ -268,7 +267,6 @@ class DaskRows:
         for i in indices:  # partition order, whichever worker answered first
             G += results[i][0]
             ll += results[i][1]
-        self.steps += 1
         return G, ll
 
     def loglik_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -75,18 +75,11 @@ class Model:
             (name, float(mean[j]), float(sd[j]), float(lo), float(hi))
             for j, (name, lo, hi) in enumerate(zip(design.covariates, X.min(axis=0, initial=np.inf),
                                                    X.max(axis=0, initial=-np.inf), strict=True))]
-        if self.intercept:
-            x_centre, x_scale = mean, sd
-        else:  # without an intercept the columns cannot be centred: scale by the root mean square
-            x_centre, x_scale = np.zeros(self.n_cov), np.sqrt(sd**2 + mean**2)
+        self.x_centre, self.x_scale = column_scaling(mean, sd, self.intercept)
+        if not self.intercept:  # not centred: scale the columns as given
             Z = X.copy()
-        # A constant column cannot be standardised; leave it unscaled (the propriety checks refuse
-        # it under a flat prior; under a proper one its prior identifies it).
-        x_scale = np.where(x_scale > 0, x_scale, 1.0)
         self.y_centre, self.y_scale = self.likelihood.response_scaling(y, self.intercept)
-        self.x_centre, self.x_scale = x_centre, x_scale
-
-        Z /= x_scale
+        Z /= self.x_scale
         self.Z = np.ascontiguousarray(Z)
         self.y = np.ascontiguousarray((y - self.y_centre) / self.y_scale)
         # What the data kernel reads: the standardised data in the compute dtype. float32 halves
@@ -110,11 +103,7 @@ class Model:
         self.column_stats = [(self.design.response, m.y_mean, m.y_sd, m.y_min, m.y_max)] + [
             (name, float(mean[j]), float(sd[j]), float(m.x_min[j]), float(m.x_max[j]))
             for j, name in enumerate(self.design.covariates)]
-        if self.intercept:
-            x_centre, x_scale = mean, sd
-        else:
-            x_centre, x_scale = np.zeros(self.n_cov), np.sqrt(sd**2 + mean**2)
-        self.x_centre, self.x_scale = x_centre, np.where(x_scale > 0, x_scale, 1.0)
+        self.x_centre, self.x_scale = column_scaling(mean, sd, self.intercept)
         self.y_centre, self.y_scale = self.likelihood.response_scaling_from_moments(
             m.y_mean, m.y_sd, self.intercept)
         self.Z = self.y = None
@@ -297,6 +286,19 @@ class Model:
         """
         G, ll = self.rows.loglik_grad(self.kernel_draws(U))
         return self.add_prior(U, ll, self.data_grad(G))
+
+
+def column_scaling(mean: np.ndarray, sd: np.ndarray, intercept: bool
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, scale) of the covariates for the internal standardisation. Without an intercept
+    the columns cannot be centred: they are scaled by their root mean square. A constant column
+    cannot be standardised and is left unscaled (the propriety checks refuse it under a flat
+    prior; under a proper one its prior identifies it)."""
+    if intercept:
+        centre, scale = mean, sd
+    else:
+        centre, scale = np.zeros_like(mean), np.sqrt(sd**2 + mean**2)
+    return centre, np.where(scale > 0, scale, 1.0)
 
 
 def _stats(v: np.ndarray) -> tuple[float, float, float, float]:
