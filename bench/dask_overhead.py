@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+
+from vireg.bench import median_ms
 
 
 def time_steps(model, samples: int, steps: int) -> float:
     rng = np.random.default_rng(0)
     U = rng.standard_normal((samples, model.n_params)) * 0.01
     model.log_joint_grad(U)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        model.log_joint_grad(U)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return median_ms(lambda: model.log_joint_grad(U), steps)
 
 
 def main() -> None:

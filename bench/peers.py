@@ -19,16 +19,7 @@ import json
 import os
 import time
 
-import numpy as np
-
-
-def median_ms(fn, steps: int) -> float:
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+from vireg.bench import median_ms
 
 
 def time_vireg(args) -> dict:

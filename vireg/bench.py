@@ -59,7 +59,8 @@ def numpy_step(model, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return G, ll
 
 
-def _median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn``, in milliseconds."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -108,13 +109,13 @@ def run_bench(model: str = "logistic", family: str = "meanfield", n: int = 100_0
 
         U0 = fam.sample(phi, rng.standard_normal((samples, m.n_params)))
         vireg_step()
-        ms = _median_ms(vireg_step, steps)
+        ms = median_ms(vireg_step, steps)
         G_nb, ll_nb = m.rows.kernel(m.rows.Z, m.rows.y, U0, m.intercept, m.rows.chunk_rows)
         streaming_sum(m.rows.Z, m.rows.chunk_rows)
-        read_ms = _median_ms(lambda: streaming_sum(m.rows.Z, m.rows.chunk_rows), max(5, steps // 2))
+        read_ms = median_ms(lambda: streaming_sum(m.rows.Z, m.rows.chunk_rows), max(5, steps // 2))
     # NumPy runs as a user would run it: BLAS with its own default threads.
     numpy_step(m, U0)
-    numpy_ms = _median_ms(lambda: numpy_step(m, U0), max(3, steps // 4))
+    numpy_ms = median_ms(lambda: numpy_step(m, U0), max(3, steps // 4))
     G_np, ll_np = numpy_step(m, U0)
     # float32 data are the float64 data rounded: compare to a relative precision it can reach.
     tol = 1e-8 if dtype == "float64" else 1e-4
