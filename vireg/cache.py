@@ -128,34 +128,36 @@ def _check_columns(path: Path, header: list[str], names: list[str]) -> None:
                              f"{', '.join(header)}")
 
 
-def _batch_arrays(batch, names: list[str], first_row: int, missing: str, binary: bool
-                  ) -> tuple[np.ndarray, np.ndarray, int]:
-    """(y, X, dropped) of one record batch, checked like the in-memory reader checks columns."""
-    cols = [np.asarray(batch.column(i).to_numpy(zero_copy_only=False), dtype=np.float64)
-            for i in range(len(names))]
-    y, X = cols[0], np.column_stack(cols[1:]) if len(cols) > 1 else np.empty((len(cols[0]), 0))
+def checked_rows(cols: list[np.ndarray], names: list[str], missing: str, binary: bool,
+                 where) -> tuple[np.ndarray, np.ndarray, int]:
+    """(y, X, dropped) from float64 columns (response first), checked as the in-memory reader
+    checks them: missing values (an error, or with missing == "drop" the rows are left out),
+    values that are not finite or above MAX_ABS_VALUE, a response other than 0/1 for bernoulli.
+    ``where(i)`` says in words where row i of this piece is, for the messages."""
+    y = cols[0]
+    X = np.column_stack(cols[1:]) if len(cols) > 1 else np.empty((len(y), 0))
     bad = np.isnan(y) | np.isnan(X).any(axis=1)
+    rows = np.arange(len(y))
     dropped = 0
     if bad.any():
-        if missing == "drop":
-            keep = ~bad
-            y, X, dropped = y[keep], X[keep], int(bad.sum())
-        else:
+        if missing != "drop":
             j = next(k for k, c in enumerate(cols) if np.isnan(c).any())
             i = int(np.flatnonzero(np.isnan(cols[j]))[0])
-            raise InputError(f"column '{names[j]}' has a missing value at data row "
-                             f"{first_row + i + 1}: remove or impute it, or set data.missing: drop")
+            raise InputError(f"column '{names[j]}' has missing values ({where(i)}): remove or "
+                             "impute them, or set data.missing: drop")
+        keep = ~bad
+        y, X, rows, dropped = y[keep], X[keep], rows[keep], int(bad.sum())
     for j, c in enumerate([y, *X.T]):
         big = np.flatnonzero(~(np.abs(c) <= MAX_ABS_VALUE))
         if big.size:
             raise InputError(f"column '{names[j]}' has a non-finite or too large value "
-                             f"({c[big[0]]:g}) in the rows from {first_row + 1}: fix or remove it")
+                             f"({c[big[0]]:g}) at {where(rows[big[0]])}: fix or remove it")
     if binary:
         bad_y = np.flatnonzero((y != 0) & (y != 1))
         if bad_y.size:
-            raise InputError(f"response '{names[0]}' must be 0 or 1 for family bernoulli, but a "
-                             f"row from data row {first_row + 1} has {y[bad_y[0]]:g}: recode it "
-                             "as 0/1 or use family gaussian")
+            raise InputError(f"response '{names[0]}' must be 0 or 1 for family bernoulli, but "
+                             f"{where(rows[bad_y[0]])} has {y[bad_y[0]]:g}: recode it as 0/1 or "
+                             "use family gaussian")
     return np.ascontiguousarray(y), np.ascontiguousarray(X), dropped
 
 
@@ -237,8 +239,10 @@ class CachedSource:
         try:
             with open(self.building / "X.raw", "wb") as fx, open(self.building / "y.raw", "wb") as fy:
                 for batch in _reader_batches(self.path, self.names, rows):
-                    y, X, d = _batch_arrays(batch, self.names, first_row, self.key.missing,
-                                            self.binary)
+                    cols = [np.asarray(batch.column(n).to_numpy(zero_copy_only=False),
+                                       dtype=np.float64) for n in self.names]
+                    y, X, d = checked_rows(cols, self.names, self.key.missing, self.binary,
+                                           lambda i, r=first_row: f"data row {r + i + 1}")
                     first_row += batch.num_rows
                     dropped += d
                     if len(y) == 0:

@@ -21,8 +21,8 @@ import logging
 
 import numpy as np
 
-from vireg.cache import check_source_columns
-from vireg.data import MAX_ABS_VALUE, Design
+from vireg.cache import check_source_columns, checked_rows
+from vireg.data import Design
 from vireg.errors import InputError
 from vireg.rows import ColumnMoments, standardized_gram
 
@@ -61,23 +61,7 @@ def _partition_arrays(df, names: list[str], missing: str, binary: bool, index: i
         except (ValueError, TypeError):
             raise InputError(f"column '{name}' has a non-numeric value (partition {index}): the "
                              "Dask backend takes numeric columns only") from None
-    y = cols[0]
-    X = np.column_stack(cols[1:]) if len(cols) > 1 else np.empty((len(y), 0))
-    bad = np.isnan(y) | np.isnan(X).any(axis=1)
-    dropped = int(bad.sum())
-    if dropped:
-        if missing != "drop":
-            j = next(k for k, c in enumerate(cols) if np.isnan(c).any())
-            raise InputError(f"column '{names[j]}' has missing values (partition {index}): "
-                             "remove or impute them, or set data.missing: drop")
-        y, X = y[~bad], X[~bad]
-    if not (np.all(np.abs(X) <= MAX_ABS_VALUE) and np.all(np.abs(y) <= MAX_ABS_VALUE)):
-        raise InputError(f"partition {index} has an infinite or too large value (above "
-                         f"{MAX_ABS_VALUE:g}): remove or fix those rows")
-    if binary and np.any((y != 0) & (y != 1)):
-        raise InputError(f"response '{names[0]}' must be 0 or 1 for family bernoulli (partition "
-                         f"{index} has other values): recode it as 0/1 or use family gaussian")
-    return np.ascontiguousarray(y), np.ascontiguousarray(X), dropped
+    return checked_rows(cols, names, missing, binary, lambda i: f"partition {index}")
 
 
 def _moments(part, binary: bool):
