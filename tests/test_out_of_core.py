@@ -163,3 +163,16 @@ def test_no_covariates_out_of_core(tmp_path):
     r = vireg.fit(config, overrides=["data.covariates=[]", "model.intercept=false",
                                      "inference.max_steps=50"])
     assert r.param_names == ["sigma"]
+
+
+def test_duplicate_column_names_out_of_core(tmp_path):
+    # Found by the property test: pyarrow refused to pick a column by a duplicated name.
+    (tmp_path / "big.csv").write_text("y,x1,x1,x2\n1,0,0,1\n0,1,1,2\n")
+    with pytest.raises(vireg.InputError, match="two columns named 'x1'"):
+        build_model(load_config(make_config(tmp_path)))
+
+
+def test_response_among_the_covariates_out_of_core(tmp_path):
+    make_data(tmp_path, n=100)
+    with pytest.raises(vireg.InputError, match="lists the response 'y'"):
+        build_model(load_config(make_config(tmp_path), ["data.covariates=[y, x1]"]))

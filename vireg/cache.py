@@ -119,6 +119,12 @@ def _text_column(name: str) -> InputError:
 
 
 def _check_columns(path: Path, header: list[str], names: list[str]) -> None:
+    """names: the response, then the covariates; the in-memory reader's messages."""
+    if names[0] in names[1:]:
+        raise InputError(f"data.covariates lists the response '{names[0]}': remove it")
+    for name in names:
+        if header.count(name) > 1:  # as the in-memory reader says
+            raise InputError(f"data file '{path}' has two columns named '{name}': rename one")
     for i, name in enumerate(names):
         if name not in header:
             close = difflib.get_close_matches(name, header, n=1, cutoff=0.6)
