@@ -71,3 +71,20 @@ def test_covariate_named_like_a_parameter_is_refused(tmp_path, x, rng):
     with pytest.raises(InputError, match="rename the column"):
         build(tmp_path, {"y": x + rng.standard_normal(60), "sigma": x}, "gaussian")
     build(tmp_path, {"y": (x > 0).astype(int) ^ (rng.random(60) < 0.3), "sigma": x}, "bernoulli")
+
+
+def test_all_zero_column_under_a_prior_without_curvature_fits(tmp_path):
+    # Found by the property test: no data curvature and a laplace prior (none at its mode) made
+    # the optimiser's curvature matrix zero and singular. The posterior is the prior here.
+    import numpy as np
+    from conftest import write_csv
+
+    import vireg
+
+    write_csv(tmp_path / "t.csv", {"a": [0, 1] * 10, "b": [0.0] * 20})
+    r = vireg.fit({"data": {"path": str(tmp_path / "t.csv"), "response": "a"},
+                   "model": {"family": "bernoulli", "intercept": False,
+                             "prior": {"coefficients": "laplace(0, 1)"}},
+                   "inference": {"max_steps": 300}, "output": {"draws": 5, "psis_draws": 0}})
+    assert np.isfinite(r.summary.mean).all() and abs(r.summary.mean[0]) < 0.3
+    assert 0.8 < r.summary.sd[0] < 1.6  # the laplace(0, 1) prior's sd is sqrt(2)

@@ -202,7 +202,11 @@ class Model:
         T_loc = self.T[:k, :k]
         prior_curv = np.array([p.curvature() for p in self.priors[:k]])
         H = weight * gram + T_loc.T @ (prior_curv[:, None] * T_loc)
-        return H + 1e-8 * (np.trace(H) / max(k, 1)) * np.eye(k)
+        # A small ridge keeps H invertible; with no curvature at all (all-zero columns under
+        # priors without curvature at their mode, such as laplace) it is the unit curvature of
+        # the standardised scale.
+        mean_diag = np.trace(H) / max(k, 1)
+        return H + (1e-8 * mean_diag if mean_diag > 0 else 1.0) * np.eye(k)
 
     def location_preconditioner(self, H: np.ndarray) -> np.ndarray:
         """R with R^T (H/N) R = I, so Adam on m' = R^-1 m sees an isotropic problem.
