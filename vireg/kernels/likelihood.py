@@ -7,10 +7,27 @@ y (N,), and S draws of the unconstrained parameters U (S x P), laid out as
     G[s, :]  = d/dU[s] sum_i l(y_i, eta_is, t_s)      (S x P)
     ll[s]    = sum_i l(y_i, eta_is, t_s)                (S,)
 
-with eta_is = a_s + z_i . b_s. Each row of Z is read once for all S draws. Rows are split into
-chunks of a size fixed by the data shape; ``prange`` runs over chunks, each chunk writes only its
-own slice of the partials array, and the partials are summed in chunk order after the loop, so
-the result is bit-identical at any thread count.
+with eta_is = a_s + z_i . b_s. Each row of Z is read from memory once for all S draws. Rows are
+split into chunks of a size fixed by the data shape; ``prange`` runs over chunks, each chunk writes
+only its own slice of the partials arrays, and the partials are summed in chunk order after the
+loop, so the result is bit-identical at any thread count.
+
+Within a chunk, rows go in blocks of BLOCK_ROWS, in three steps while the block is in L1 cache:
+
+1. ``linear_predictors``: eta (rows x draws) = a + Z_block B^T. With four or more draws it is
+   register-blocked four rows by four draws: 16 running sums, each load of z serving four draws
+   and each load of b four rows (loads, not arithmetic, bound a plain dot product here).
+2. the likelihood's elementwise work on the contiguous rows x draws buffer (residuals; for the
+   logistic model the sigmoid and softplus in one flat, branch-free loop that vectorises).
+3. ``accumulate_gradient``: G (draws x D) += Q_block^T Z_block, blocked the same way, so each
+   load and store of a gradient sum serves four rows.
+
+With fewer than four draws a step is bound by memory bandwidth, not arithmetic, and the blocked
+loops measured slower (1,000,000 x 100, S = 1), so rows are then taken one at a time.
+Measured on the development machine (2 threads, float64, fastest of 5 x 7 calls in one run), against
+the previous kernel (blocked four rows by one draw): logistic 1,000,000 x 100, S = 1: 37.0 -> 31.0
+ms (a streaming read of X: 22.5 ms); 100,000 x 50, S = 8: 6.5 -> 5.3 ms; linear 29.6 -> 29.9 ms
+and 4.7 -> 4.3 ms. The S = 1 gain came from the reduction (``_reduce_chunks``).
 
 Each kernel is compiled twice from the same source: ``parallel=True`` and a serial build for data
 too small to pay for waking the thread pool (measured: a 434-row fit took 8 s instead of 0.3 s when
@@ -27,36 +44,10 @@ from vireg.kernels.elementary import exp_nonpositive, log1p_unit
 from vireg.kernels.flags import JIT_OPTIONS
 
 BLOCK_ROWS = 32
-# Four-row register blocking pays off with several draws per row (S = 8, 100k x 50: 8.6 -> 7.4 ms);
-# with one or two it measured twice as slow (1M x 100, S = 1: 38 -> 78 ms), so it is skipped.
+# Register blocking pays off from four draws per row on (S = 8, 100,000 x 50: see module doc).
 ROW_BLOCK_MIN_DRAWS = 4
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def _eta(zi, bs, a_s):
-    """a_s + z_i . b_s for one row."""
-    lin = a_s
-    for j in range(zi.shape[0]):
-        lin += zi[j] * bs[j]
-    return lin
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def _eta4(z0, z1, z2, z3, bs, a_s):
-    """a_s + z_r . b_s for four rows, each coefficient loaded once for all four."""
-    l0 = a_s
-    l1 = a_s
-    l2 = a_s
-    l3 = a_s
-    for j in range(bs.shape[0]):
-        bj = bs[j]
-        l0 += z0[j] * bj
-        l1 += z1[j] * bj
-        l2 += z2[j] * bj
-        l3 += z3[j] * bj
-    return l0, l1, l2, l3
 
 
 @njit(**JIT_OPTIONS)
@@ -75,6 +66,208 @@ def _split_draws(U, has_intercept, D):
     return a, B
 
 
+@njit(**JIT_OPTIONS)
+def _reduce_chunks(grad_part, sum_part):
+    """Sums of the per-chunk partials in chunk order (the same order at any thread count).
+
+    Plain loops, in a serial function: written as ``total += grad_part[c]`` inside a
+    ``parallel=True`` kernel each addition became a parallel region of its own, which cost
+    about 10 ms per step at 3,000 chunks (1,000,000 x 100).
+    """
+    n_chunks, S, D = grad_part.shape
+    G = np.zeros((S, D))
+    sums = np.zeros((2, S))
+    for c in range(n_chunks):
+        for s in range(S):
+            for j in range(D):
+                G[s, j] += grad_part[c, s, j]
+            sums[0, s] += sum_part[c, 0, s]
+            sums[1, s] += sum_part[c, 1, s]
+    return G, sums
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _eta_4rows(Z, i, bs, a_s, eta, k, W):
+    """eta[k + m W] = a_s + z_(i+m) . b_s for m = 0..3: each b_sj load serves four rows."""
+    z0, z1, z2, z3 = Z[i], Z[i + 1], Z[i + 2], Z[i + 3]
+    l0 = a_s
+    l1 = a_s
+    l2 = a_s
+    l3 = a_s
+    for j in range(bs.shape[0]):
+        bj = bs[j]
+        l0 += z0[j] * bj
+        l1 += z1[j] * bj
+        l2 += z2[j] * bj
+        l3 += z3[j] * bj
+    eta[k] = l0
+    eta[k + W] = l1
+    eta[k + 2 * W] = l2
+    eta[k + 3 * W] = l3
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _eta_4rows_4draws(Z, i, B, a, s, eta, k, W):
+    """eta[k + m W + t] = a_(s+t) + z_(i+m) . b_(s+t) for rows m = 0..3 and draws t = 0..3:
+    16 running sums, each z load serving four draws and each b load four rows."""
+    z0, z1, z2, z3 = Z[i], Z[i + 1], Z[i + 2], Z[i + 3]
+    b0, b1, b2, b3 = B[s], B[s + 1], B[s + 2], B[s + 3]
+    l00 = a[s]
+    l10 = l00
+    l20 = l00
+    l30 = l00
+    l01 = a[s + 1]
+    l11 = l01
+    l21 = l01
+    l31 = l01
+    l02 = a[s + 2]
+    l12 = l02
+    l22 = l02
+    l32 = l02
+    l03 = a[s + 3]
+    l13 = l03
+    l23 = l03
+    l33 = l03
+    for j in range(b0.shape[0]):
+        x0 = z0[j]
+        x1 = z1[j]
+        x2 = z2[j]
+        x3 = z3[j]
+        c = b0[j]
+        l00 += x0 * c
+        l10 += x1 * c
+        l20 += x2 * c
+        l30 += x3 * c
+        c = b1[j]
+        l01 += x0 * c
+        l11 += x1 * c
+        l21 += x2 * c
+        l31 += x3 * c
+        c = b2[j]
+        l02 += x0 * c
+        l12 += x1 * c
+        l22 += x2 * c
+        l32 += x3 * c
+        c = b3[j]
+        l03 += x0 * c
+        l13 += x1 * c
+        l23 += x2 * c
+        l33 += x3 * c
+    eta[k] = l00
+    eta[k + 1] = l01
+    eta[k + 2] = l02
+    eta[k + 3] = l03
+    k += W
+    eta[k] = l10
+    eta[k + 1] = l11
+    eta[k + 2] = l12
+    eta[k + 3] = l13
+    k += W
+    eta[k] = l20
+    eta[k + 1] = l21
+    eta[k + 2] = l22
+    eta[k + 3] = l23
+    k += W
+    eta[k] = l30
+    eta[k + 1] = l31
+    eta[k + 2] = l32
+    eta[k + 3] = l33
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def linear_predictors(Z, b0, nb, B, a, eta):
+    """eta[r S + s] = a_s + z_(b0+r) . b_s for the nb rows of a block and all S draws
+    (register-blocked four rows by four draws when S >= ROW_BLOCK_MIN_DRAWS)."""
+    W = B.shape[0]
+    r = 0
+    if W >= ROW_BLOCK_MIN_DRAWS:
+        while r + 4 <= nb:
+            t = 0
+            while t + 4 <= W:
+                _eta_4rows_4draws(Z, b0 + r, B, a, t, eta, r * W + t, W)
+                t += 4
+            while t < W:
+                _eta_4rows(Z, b0 + r, B[t], a[t], eta, r * W + t, W)
+                t += 1
+            r += 4
+    while r < nb:
+        zi = Z[b0 + r]
+        for t in range(W):
+            bs = B[t]
+            lin = a[t]
+            for j in range(bs.shape[0]):
+                lin += zi[j] * bs[j]
+            eta[r * W + t] = lin
+        r += 1
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _grad_4rows_4draws(z0, z1, z2, z3, q, k, W, g0, g1, g2, g3):
+    """g_t += sum_m q[k + m W + t] z_m for draws t = 0..3 and rows m = 0..3: each z load
+    serves four draws and each load and store of g four rows."""
+    p0 = q[k]
+    p1 = q[k + W]
+    p2 = q[k + 2 * W]
+    p3 = q[k + 3 * W]
+    u0 = q[k + 1]
+    u1 = q[k + 1 + W]
+    u2 = q[k + 1 + 2 * W]
+    u3 = q[k + 1 + 3 * W]
+    v0 = q[k + 2]
+    v1 = q[k + 2 + W]
+    v2 = q[k + 2 + 2 * W]
+    v3 = q[k + 2 + 3 * W]
+    w0 = q[k + 3]
+    w1 = q[k + 3 + W]
+    w2 = q[k + 3 + 2 * W]
+    w3 = q[k + 3 + 3 * W]
+    for j in range(g0.shape[0]):
+        x0 = z0[j]
+        x1 = z1[j]
+        x2 = z2[j]
+        x3 = z3[j]
+        g0[j] += (p0 * x0 + p1 * x1) + (p2 * x2 + p3 * x3)
+        g1[j] += (u0 * x0 + u1 * x1) + (u2 * x2 + u3 * x3)
+        g2[j] += (v0 * x0 + v1 * x1) + (v2 * x2 + v3 * x3)
+        g3[j] += (w0 * x0 + w1 * x1) + (w2 * x2 + w3 * x3)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def accumulate_gradient(Z, b0, nb, q, G):
+    """G[s, j] += sum_r q[r S + s] z_(b0+r)j over the nb rows of a block, for all S draws
+    (blocked four rows by four draws when S >= ROW_BLOCK_MIN_DRAWS)."""
+    W = G.shape[0]
+    r = 0
+    if W >= ROW_BLOCK_MIN_DRAWS:
+        while r + 4 <= nb:
+            i = b0 + r
+            z0, z1, z2, z3 = Z[i], Z[i + 1], Z[i + 2], Z[i + 3]
+            t = 0
+            while t + 4 <= W:
+                _grad_4rows_4draws(z0, z1, z2, z3, q, r * W + t, W, G[t], G[t + 1], G[t + 2],
+                                   G[t + 3])
+                t += 4
+            while t < W:
+                k = r * W + t
+                p0 = q[k]
+                p1 = q[k + W]
+                p2 = q[k + 2 * W]
+                p3 = q[k + 3 * W]
+                g = G[t]
+                for j in range(g.shape[0]):
+                    g[j] += (p0 * z0[j] + p1 * z1[j]) + (p2 * z2[j] + p3 * z3[j])
+                t += 1
+            r += 4
+    while r < nb:
+        zi = Z[b0 + r]
+        for t in range(W):
+            p = q[r * W + t]
+            g = G[t]
+            for j in range(g.shape[0]):
+                g[j] += p * zi[j]
+        r += 1
+
+
 def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows):
     """Gaussian likelihood y_i ~ N(eta_i, exp(t)^2), for each draw s:
 
@@ -91,57 +284,45 @@ def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows):
     S, P = U.shape
     off = 1 if has_intercept else 0
     n_chunks = (N + chunk_rows - 1) // chunk_rows
-    # partials[c, s, :] = [sum e, sum e z_1..z_D, sum e^2] over chunk c
-    partials = np.zeros((n_chunks, S, D + 2))
-    eta = np.empty((n_chunks, S))
+    grad_part = np.zeros((n_chunks, S, D))  # sum_i e_is z_ij over chunk c
+    sum_part = np.zeros((n_chunks, 2, S))  # [sum_i e_is, sum_i e_is^2] over chunk c
+    work = np.empty((n_chunks, BLOCK_ROWS * S))  # eta, then e, for one block
     a, B = _split_draws(U, has_intercept, D)
     for c in prange(n_chunks):
         start = c * chunk_rows
         stop = min(N, start + chunk_rows)
-        acc = partials[c]
-        e_buf = eta[c]
-        i = start
-        # Four rows at a time for several draws: residuals and sums fused per draw, so each
-        # coefficient and each accumulator is loaded once per four rows.
-        while i + 4 <= stop and S >= ROW_BLOCK_MIN_DRAWS:
-            z0, z1, z2, z3 = Z[i], Z[i + 1], Z[i + 2], Z[i + 3]
+        G = grad_part[c]
+        sums = sum_part[c]
+        e = work[c]
+        for b0 in range(start, stop, BLOCK_ROWS):
+            nb = min(stop, b0 + BLOCK_ROWS) - b0
+            linear_predictors(Z, b0, nb, B, a, e)
+            for r in range(nb):
+                yr = y[b0 + r]
+                for s in range(S):
+                    e[r * S + s] = yr - e[r * S + s]
             for s in range(S):
-                l0, l1, l2, l3 = _eta4(z0, z1, z2, z3, B[s], a[s])
-                e0 = y[i] - l0
-                e1 = y[i + 1] - l1
-                e2 = y[i + 2] - l2
-                e3 = y[i + 3] - l3
-                row = acc[s]
-                row[0] += (e0 + e1) + (e2 + e3)
-                row[D + 1] += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)
-                for j in range(D):
-                    row[1 + j] += (e0 * z0[j] + e1 * z1[j]) + (e2 * z2[j] + e3 * z3[j])
-            i += 4
-        while i < stop:
-            zi = Z[i]
-            for s in range(S):
-                e_buf[s] = y[i] - _eta(zi, B[s], a[s])
-            for s in range(S):
-                e = e_buf[s]
-                acc[s, 0] += e
-                for j in range(D):
-                    acc[s, 1 + j] += e * zi[j]
-                acc[s, D + 1] += e * e
-            i += 1
-    total = np.zeros((S, D + 2))
-    for c in range(n_chunks):
-        total += partials[c]
+                s1 = 0.0
+                s2 = 0.0
+                for r in range(nb):
+                    er = e[r * S + s]
+                    s1 += er
+                    s2 += er * er
+                sums[0, s] += s1
+                sums[1, s] += s2
+            accumulate_gradient(Z, b0, nb, e, G)
+    G_sum, sums = _reduce_chunks(grad_part, sum_part)
     G = np.zeros((S, P))
     ll = np.empty(S)
     for s in range(S):
         t = U[s, P - 1]
         w = math.exp(-2.0 * t)
         if has_intercept:
-            G[s, 0] = w * total[s, 0]
+            G[s, 0] = w * sums[0, s]
         for j in range(D):
-            G[s, off + j] = w * total[s, 1 + j]
-        G[s, P - 1] = -N + w * total[s, D + 1]
-        ll[s] = -N * (HALF_LOG_2PI + t) - 0.5 * w * total[s, D + 1]
+            G[s, off + j] = w * G_sum[s, j]
+        G[s, P - 1] = -N + w * sums[1, s]
+        ll[s] = -N * (HALF_LOG_2PI + t) - 0.5 * w * sums[1, s]
     return G, ll
 
 
@@ -156,94 +337,59 @@ def _bernoulli_loglik_grad(Z, y, U, has_intercept, chunk_rows):
         softplus(eta) = max(eta, 0) + log1p(e)
         sigmoid(eta)  = 1 / (1 + e) if eta >= 0 else e / (1 + e)
 
-    Rows go in blocks of BLOCK_ROWS: (1) the linear predictors of the block for all draws,
-    (2) the transcendental work on the contiguous block x draws buffer, a branch-free loop that
-    LLVM vectorises (``elementary`` supplies exp and log1p without libm calls), (3) the gradient
-    sums, with the block's rows still in L1 cache.
+    The transcendental step is one flat loop over the contiguous rows x draws buffer of a block,
+    branch-free, so that LLVM vectorises it (``elementary`` supplies exp and log1p without libm
+    calls).
     """
     N, D = Z.shape
     S, P = U.shape
     off = 1 if has_intercept else 0
     n_chunks = (N + chunk_rows - 1) // chunk_rows
-    # partials[c, s, :] = [sum r, sum r z_1..z_D, sum ll] over chunk c
-    partials = np.zeros((n_chunks, S, D + 2))
-    # Per-chunk scratch, allocated once outside the parallel loop: eta then r, y, ll.
+    grad_part = np.zeros((n_chunks, S, D))  # sum_i r_is z_ij over chunk c
+    sum_part = np.zeros((n_chunks, 2, S))  # [sum_i r_is, ll_s] over chunk c
+    # Per-chunk scratch, allocated once outside the parallel loop: eta then r, y, and ll.
     work = np.empty((n_chunks, 3, BLOCK_ROWS * S))
     a, B = _split_draws(U, has_intercept, D)
     for c in prange(n_chunks):
         start = c * chunk_rows
         stop = min(N, start + chunk_rows)
-        acc = partials[c]
-        eta = work[c, 0]
+        G = grad_part[c]
+        sums = sum_part[c]
+        q = work[c, 0]
         yb = work[c, 1]
         llb = work[c, 2]
         for b0 in range(start, stop, BLOCK_ROWS):
             nb = min(stop, b0 + BLOCK_ROWS) - b0
-            # (1) linear predictors, four rows at a time: each coefficient load serves four rows.
-            r = 0
-            while r + 4 <= nb and S >= ROW_BLOCK_MIN_DRAWS:
-                z0, z1, z2, z3 = Z[b0 + r], Z[b0 + r + 1], Z[b0 + r + 2], Z[b0 + r + 3]
+            linear_predictors(Z, b0, nb, B, a, q)
+            for r in range(nb):
                 for s in range(S):
-                    l0, l1, l2, l3 = _eta4(z0, z1, z2, z3, B[s], a[s])
-                    eta[r * S + s] = l0
-                    eta[(r + 1) * S + s] = l1
-                    eta[(r + 2) * S + s] = l2
-                    eta[(r + 3) * S + s] = l3
                     yb[r * S + s] = y[b0 + r]
-                    yb[(r + 1) * S + s] = y[b0 + r + 1]
-                    yb[(r + 2) * S + s] = y[b0 + r + 2]
-                    yb[(r + 3) * S + s] = y[b0 + r + 3]
-                r += 4
-            while r < nb:
-                zi = Z[b0 + r]
-                for s in range(S):
-                    eta[r * S + s] = _eta(zi, B[s], a[s])
-                    yb[r * S + s] = y[b0 + r]
-                r += 1
-            # (2) the transcendental pass over the contiguous rows x draws buffer.
+            # One flat loop over rows x draws, so that it vectorises whatever S is.
             for k in range(nb * S):
-                lin = eta[k]
+                lin = q[k]
                 e = exp_nonpositive(-abs(lin))
                 inv = 1.0 / (1.0 + e)
                 sig = inv if lin >= 0.0 else e * inv
                 llb[k] = yb[k] * lin - (max(lin, 0.0) + log1p_unit(e))
-                eta[k] = yb[k] - sig
-            # (3) gradient sums, four rows at a time: one load and store of acc per four FMAs.
-            r = 0
-            while r + 4 <= nb and S >= ROW_BLOCK_MIN_DRAWS:
-                z0, z1, z2, z3 = Z[b0 + r], Z[b0 + r + 1], Z[b0 + r + 2], Z[b0 + r + 3]
-                for s in range(S):
-                    q0 = eta[r * S + s]
-                    q1 = eta[(r + 1) * S + s]
-                    q2 = eta[(r + 2) * S + s]
-                    q3 = eta[(r + 3) * S + s]
-                    row = acc[s]
-                    row[0] += (q0 + q1) + (q2 + q3)
-                    row[D + 1] += ((llb[r * S + s] + llb[(r + 1) * S + s])
-                                   + (llb[(r + 2) * S + s] + llb[(r + 3) * S + s]))
-                    for j in range(D):
-                        row[1 + j] += (q0 * z0[j] + q1 * z1[j]) + (q2 * z2[j] + q3 * z3[j])
-                r += 4
-            while r < nb:
-                zi = Z[b0 + r]
-                for s in range(S):
-                    res = eta[r * S + s]
-                    acc[s, 0] += res
-                    acc[s, D + 1] += llb[r * S + s]
-                    for j in range(D):
-                        acc[s, 1 + j] += res * zi[j]
-                r += 1
-    total = np.zeros((S, D + 2))
-    for c in range(n_chunks):
-        total += partials[c]
+                q[k] = yb[k] - sig
+            for s in range(S):
+                s1 = 0.0
+                s2 = 0.0
+                for r in range(nb):
+                    s1 += q[r * S + s]
+                    s2 += llb[r * S + s]
+                sums[0, s] += s1
+                sums[1, s] += s2
+            accumulate_gradient(Z, b0, nb, q, G)
+    G_sum, sums = _reduce_chunks(grad_part, sum_part)
     G = np.zeros((S, P))
     ll = np.empty(S)
     for s in range(S):
         if has_intercept:
-            G[s, 0] = total[s, 0]
+            G[s, 0] = sums[0, s]
         for j in range(D):
-            G[s, off + j] = total[s, 1 + j]
-        ll[s] = total[s, D + 1]
+            G[s, off + j] = G_sum[s, j]
+        ll[s] = sums[1, s]
     return G, ll
 
 
