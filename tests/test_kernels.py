@@ -41,7 +41,7 @@ def test_kernel_matches_numpy_reference(rng, family, intercept, N, D, S, build):
     kernel = kernel if build == "parallel" else SERIAL[family]
     Z, y, U = make_problem(rng, family, N, D, S, intercept)
     chunk = chunk_rows_for(N, D)
-    G, ll = kernel(Z, y, U, intercept, chunk)
+    G, ll = kernel(Z, y, U, intercept, chunk, True)
     G_ref, ll_ref = ref(Z, y, U, intercept)
     np.testing.assert_allclose(ll, ll_ref, rtol=RTOL, atol=1e-9)
     np.testing.assert_allclose(G, G_ref, rtol=RTOL, atol=1e-9)
@@ -51,15 +51,15 @@ def test_kernel_matches_numpy_reference(rng, family, intercept, N, D, S, build):
 def test_kernel_result_does_not_depend_on_chunk_boundaries(rng, family):
     kernel, _ = KERNELS[family]
     Z, y, U = make_problem(rng, family, 1000, 3, 4, True)
-    G1, ll1 = kernel(Z, y, U, True, 1000)
-    G2, ll2 = kernel(Z, y, U, True, 256)  # 4 chunks, last one short
+    G1, ll1 = kernel(Z, y, U, True, 1000, True)
+    G2, ll2 = kernel(Z, y, U, True, 256, True)  # 4 chunks, last one short
     np.testing.assert_allclose(G1, G2, rtol=1e-12)
     np.testing.assert_allclose(ll1, ll2, rtol=1e-12)
 
 
 def test_bernoulli_kernel_is_stable_for_huge_linear_predictors(rng):
     Z, y, U = make_problem(rng, "bernoulli", 200, 2, 3, True, scale=1e3)
-    G, ll = bernoulli_loglik_grad(Z, y, U, True, 64)
+    G, ll = bernoulli_loglik_grad(Z, y, U, True, 64, True)
     G_ref, ll_ref = reference.bernoulli_loglik_grad(Z, y, U, True)
     assert np.all(np.isfinite(G)) and np.all(np.isfinite(ll))
     np.testing.assert_allclose(ll, ll_ref, rtol=RTOL)
@@ -71,7 +71,7 @@ def test_gaussian_kernel_handles_constant_and_huge_columns(rng):
     Z[:, 0] = 1.0  # constant column
     Z[:, 1] *= 1e6
     U[:, 2] *= 1e-6
-    G, ll = gaussian_loglik_grad(Z, y, U, True, 128)
+    G, ll = gaussian_loglik_grad(Z, y, U, True, 128, True)
     G_ref, ll_ref = reference.gaussian_loglik_grad(Z, y, U, True)
     np.testing.assert_allclose(ll, ll_ref, rtol=1e-9)
     np.testing.assert_allclose(G, G_ref, rtol=1e-8, atol=1e-6)
@@ -86,9 +86,9 @@ def test_kernel_is_bit_identical_at_one_and_two_threads(rng, family):
     saved = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        G1, ll1 = kernel(Z, y, U, True, chunk)
+        G1, ll1 = kernel(Z, y, U, True, chunk, True)
         numba.set_num_threads(2)
-        G2, ll2 = kernel(Z, y, U, True, chunk)
+        G2, ll2 = kernel(Z, y, U, True, chunk, True)
     finally:
         numba.set_num_threads(saved)
     assert np.array_equal(G1, G2) and np.array_equal(ll1, ll2)
@@ -124,7 +124,7 @@ def test_float32_data_are_summed_in_float64(rng, family):
     kernel, ref = KERNELS[family]
     Z, y, U = make_problem(rng, family, 3000, 7, 4, True)
     Z32, y32 = Z.astype(np.float32), y.astype(np.float32)
-    G, ll = kernel(Z32, y32, U, True, chunk_rows_for(3000, 7))
+    G, ll = kernel(Z32, y32, U, True, chunk_rows_for(3000, 7), True)
     G_ref, ll_ref = ref(Z32.astype(np.float64), y32.astype(np.float64), U, True)
     np.testing.assert_allclose(ll, ll_ref, rtol=RTOL)
     np.testing.assert_allclose(G, G_ref, rtol=RTOL, atol=1e-9)
@@ -141,3 +141,14 @@ def test_class_extremes_match_numpy(rng):
                                                   zeros.max(0)]))
     only_zeros = class_extremes(X, np.zeros(5000), 512)
     assert np.all(np.isinf(only_zeros[0])) and np.all(np.isinf(only_zeros[1]))
+
+
+@pytest.mark.parametrize("family", list(KERNELS))
+@pytest.mark.parametrize("S", [1, 8])
+def test_kernel_without_gradient_gives_the_same_log_likelihood(rng, family, S):
+    kernel, _ = KERNELS[family]
+    Z, y, U = make_problem(rng, family, 3001, 6, S, True)
+    G, ll = kernel(Z, y, U, True, 256, True)
+    G0, ll0 = kernel(Z, y, U, True, 256, False)
+    np.testing.assert_array_equal(ll0, ll)
+    assert not G0.any()

@@ -110,7 +110,8 @@ def run_bench(model: str = "logistic", family: str = "meanfield", n: int = 100_0
         U0 = fam.sample(phi, rng.standard_normal((samples, m.n_params)))
         vireg_step()
         ms = median_ms(vireg_step, steps)
-        G_nb, ll_nb = m.rows.kernel(m.rows.Z, m.rows.y, U0, m.intercept, m.rows.chunk_rows)
+        G_nb, ll_nb = m.rows.kernel(m.rows.Z, m.rows.y, U0, m.intercept, m.rows.chunk_rows,
+                                    True)
         streaming_sum(m.rows.Z, m.rows.chunk_rows)
         read_ms = median_ms(lambda: streaming_sum(m.rows.Z, m.rows.chunk_rows), max(5, steps // 2))
     # NumPy runs as a user would run it: BLAS with its own default threads.

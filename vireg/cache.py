@@ -377,7 +377,8 @@ class CacheRows:
         self.bytes_read += m * (row + self.dtype.itemsize)
         return z, y
 
-    def _range_sums(self, U: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    def _range_sums(self, U: np.ndarray, lo: int, hi: int, with_grad: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray]:
         """Kernel sums over rows [lo, hi), piece by piece in file order. Before the kernel works
         on a piece, the OS is asked to read the next one ahead (posix_fadvise WILLNEED), so disk
         reads overlap the computation without a second buffer or a Python thread."""
@@ -388,7 +389,7 @@ class CacheRows:
             z, y = self._read(start, stop)
             if stop < hi:
                 self._read_ahead(stop, min(stop + self.buffer_rows, hi))
-            Gc, llc = self.kernel(z, y, U, self.intercept, self.chunk_rows)
+            Gc, llc = self.kernel(z, y, U, self.intercept, self.chunk_rows, with_grad)
             G += Gc
             ll += llc
         return G, ll
@@ -406,6 +407,9 @@ class CacheRows:
     def loglik_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._range_sums(U, 0, self.n_rows)
 
+    def loglik(self, U: np.ndarray) -> np.ndarray:
+        return self._range_sums(U, 0, self.n_rows, with_grad=False)[1]
+
     def block_loglik_grad(self, U: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
         return self._range_sums(U, int(self.bounds[b]), int(self.bounds[b + 1]))
 
@@ -417,7 +421,7 @@ class CacheRows:
 
     def warm_up(self, n_kernel_cols: int) -> None:
         z, y = self._read(0, 1)
-        self.kernel(z, y, np.zeros((1, n_kernel_cols)), self.intercept, self.chunk_rows)
+        self.kernel(z, y, np.zeros((1, n_kernel_cols)), self.intercept, self.chunk_rows, True)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

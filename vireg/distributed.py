@@ -89,7 +89,7 @@ def _rows_of(part):
     return len(part[1])
 
 
-def _partial_sums(parts, U, family: str, intercept: bool, draws: int):
+def _partial_sums(parts, U, family: str, intercept: bool, draws: int, with_grad: bool):
     """The data kernel on each of a worker's partitions (runs on the worker, with its threads):
     one task per worker and step, since a task costs milliseconds of scheduling."""
     import numba
@@ -108,7 +108,7 @@ def _partial_sums(parts, U, family: str, intercept: bool, draws: int):
     for Z, y in parts:
         n, d = Z.shape
         kernel = LIKELIHOODS[family].loglik_grad_kernel(use_parallel(n, d, draws))
-        out.append(kernel(Z, y, U, intercept, chunk_rows_for(n, d)))
+        out.append(kernel(Z, y, U, intercept, chunk_rows_for(n, d), with_grad))
     return out
 
 
@@ -235,13 +235,14 @@ class DaskRows:
         self.groups = [list(range(k, min(n, k + per_block))) for k in range(0, n, per_block)]
         self.draws = draws_per_step
 
-    def _sums(self, U: np.ndarray, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def _sums(self, U: np.ndarray, indices: list[int], with_grad: bool = True
+              ) -> tuple[np.ndarray, np.ndarray]:
         by_worker: dict[str, list[int]] = {}
         for i in indices:
             by_worker.setdefault(self.holder[i], []).append(i)
         futures = {worker: self.client.submit(
             _partial_sums, [self.parts[i] for i in idx], U, self.source.family, self.intercept,
-            self.draws, workers=[worker], allow_other_workers=True, pure=False)
+            self.draws, with_grad, workers=[worker], allow_other_workers=True, pure=False)
             for worker, idx in by_worker.items()}
         results = {}
         for worker, sums in zip(futures, self.client.gather(list(futures.values())), strict=True):
@@ -255,6 +256,9 @@ class DaskRows:
 
     def loglik_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._sums(U, list(range(len(self.parts))))
+
+    def loglik(self, U: np.ndarray) -> np.ndarray:
+        return self._sums(U, list(range(len(self.parts))), with_grad=False)[1]
 
     def block_loglik_grad(self, U: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
         return self._sums(U, self.groups[b])

@@ -3,7 +3,7 @@
 Every row source answers the same two questions for S draws U (in the kernel's layout, see
 ``kernels.likelihood``): the per-draw sums over all rows, ``loglik_grad(U) -> (G, ll)``, and the
 sums over one block of rows, ``block_loglik_grad(U, b) -> (G, ll)``, for minibatch
-steps. Sources differ only in where the rows are: in memory (``MemoryRows``), streamed from a
+steps; ``loglik(U) -> ll`` is the full pass without the gradient sums (for the diagnostics). Sources differ only in where the rows are: in memory (``MemoryRows``), streamed from a
 binary cache on disk (``vireg.cache.CacheRows``) or on Dask workers (``vireg.distributed``).
 
 Blocks are contiguous row ranges (so a minibatch step still streams through memory) of near-equal
@@ -51,11 +51,15 @@ class MemoryRows:
             use_parallel(rows, self.n_cov, draws_per_step))
 
     def loglik_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.kernel(self.Z, self.y, U, self.intercept, self.chunk_rows)
+        return self.kernel(self.Z, self.y, U, self.intercept, self.chunk_rows, True)
+
+    def loglik(self, U: np.ndarray) -> np.ndarray:
+        return self.kernel(self.Z, self.y, U, self.intercept, self.chunk_rows, False)[1]
 
     def block_loglik_grad(self, U: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
-        return self._block_kernel(self.Z[lo:hi], self.y[lo:hi], U, self.intercept, self.chunk_rows)
+        return self._block_kernel(self.Z[lo:hi], self.y[lo:hi], U, self.intercept,
+                                  self.chunk_rows, True)
 
     def describe(self) -> dict:
         """For fit.json: where the rows were read from."""
@@ -64,8 +68,8 @@ class MemoryRows:
     def warm_up(self, n_kernel_cols: int) -> None:
         """Compile the kernels (or load them from Numba's cache) on a one-row slice."""
         U = np.zeros((1, n_kernel_cols))
-        self.kernel(self.Z[:1], self.y[:1], U, self.intercept, self.chunk_rows)
-        self._block_kernel(self.Z[:1], self.y[:1], U, self.intercept, self.chunk_rows)
+        self.kernel(self.Z[:1], self.y[:1], U, self.intercept, self.chunk_rows, True)
+        self._block_kernel(self.Z[:1], self.y[:1], U, self.intercept, self.chunk_rows, True)
 
     def close(self) -> None:
         pass

@@ -7,7 +7,9 @@ y (N,), and S draws of the unconstrained parameters U (S x P), laid out as
     G[s, :]  = d/dU[s] sum_i l(y_i, eta_is, t_s)      (S x P)
     ll[s]    = sum_i l(y_i, eta_is, t_s)                (S,)
 
-with eta_is = a_s + z_i . b_s. Each row of Z is read from memory once for all S draws. Rows are
+with eta_is = a_s + z_i . b_s. With ``with_grad`` false only ll is computed (G is returned as
+zeros): evaluating the log joint at many draws for the diagnostics needs no gradient, and skipping
+it halves the arithmetic. Each row of Z is read from memory once for all S draws. Rows are
 split into chunks of a size fixed by the data shape; ``prange`` runs over chunks, each chunk writes
 only its own slice of the partials arrays, and the partials are summed in chunk order after the
 loop, so the result is bit-identical at any thread count.
@@ -268,7 +270,7 @@ def accumulate_gradient(Z, b0, nb, q, G):
         r += 1
 
 
-def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows):
+def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
     """Gaussian likelihood y_i ~ N(eta_i, exp(t)^2), for each draw s:
 
         e_is  = y_i - eta_is,   w_s = exp(-2 t_s)
@@ -310,7 +312,8 @@ def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows):
                     s2 += er * er
                 sums[0, s] += s1
                 sums[1, s] += s2
-            accumulate_gradient(Z, b0, nb, e, G)
+            if with_grad:
+                accumulate_gradient(Z, b0, nb, e, G)
     G_sum, sums = _reduce_chunks(grad_part, sum_part)
     G = np.zeros((S, P))
     ll = np.empty(S)
@@ -326,7 +329,7 @@ def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows):
     return G, ll
 
 
-def _bernoulli_loglik_grad(Z, y, U, has_intercept, chunk_rows):
+def _bernoulli_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
     """Bernoulli-logit likelihood y_i ~ Bernoulli(sigmoid(eta_i)), for each draw s:
 
         ll_s      = sum_i y_i eta_is - softplus(eta_is)
@@ -380,7 +383,8 @@ def _bernoulli_loglik_grad(Z, y, U, has_intercept, chunk_rows):
                     s2 += llb[r * S + s]
                 sums[0, s] += s1
                 sums[1, s] += s2
-            accumulate_gradient(Z, b0, nb, q, G)
+            if with_grad:
+                accumulate_gradient(Z, b0, nb, q, G)
     G_sum, sums = _reduce_chunks(grad_part, sum_part)
     G = np.zeros((S, P))
     ll = np.empty(S)
