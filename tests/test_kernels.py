@@ -149,6 +149,5 @@ def test_kernel_without_gradient_gives_the_same_log_likelihood(rng, family, S):
     kernel, _ = KERNELS[family]
     Z, y, U = make_problem(rng, family, 3001, 6, S, True)
     G, ll = kernel(Z, y, U, True, 256, True)
-    G0, ll0 = kernel(Z, y, U, True, 256, False)
+    _, ll0 = kernel(Z, y, U, True, 256, False)
     np.testing.assert_array_equal(ll0, ll)
-    assert not G0.any()

@@ -7,8 +7,8 @@ y (N,), and S draws of the unconstrained parameters U (S x P), laid out as
     G[s, :]  = d/dU[s] sum_i l(y_i, eta_is, t_s)      (S x P)
     ll[s]    = sum_i l(y_i, eta_is, t_s)                (S,)
 
-with eta_is = a_s + z_i . b_s. With ``with_grad`` false only ll is computed (G is returned as
-zeros): evaluating the log joint at many draws for the diagnostics needs no gradient, and skipping
+with eta_is = a_s + z_i . b_s. With ``with_grad`` false the gradient sums over Z are skipped (G is
+then incomplete and must be ignored): evaluating the log joint at many draws for the diagnostics needs no gradient, and skipping
 it halves the arithmetic. Each row of Z is read from memory once for all S draws. Rows are
 split into chunks of a size fixed by the data shape; ``prange`` runs over chunks, each chunk writes
 only its own slice of the partials arrays, and the partials are summed in chunk order after the
