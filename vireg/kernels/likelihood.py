@@ -8,11 +8,13 @@ y (N,), and S draws of the unconstrained parameters U (S x P), laid out as
     ll[s]    = sum_i l(y_i, eta_is, t_s)                (S,)
 
 with eta_is = a_s + z_i . b_s. With ``with_grad`` false the gradient sums over Z are skipped (G is
-then incomplete and must be ignored): evaluating the log joint at many draws for the diagnostics needs no gradient, and skipping
-it halves the arithmetic. Each row of Z is read from memory once for all S draws. Rows are
-split into chunks of a size fixed by the data shape; ``prange`` runs over chunks, each chunk writes
-only its own slice of the partials arrays, and the partials are summed in chunk order after the
-loop, so the result is bit-identical at any thread count.
+then incomplete and must be ignored): the log joint at many draws, for the diagnostics, needs no
+gradient, and skipping it halves the arithmetic.
+
+Each row of Z is read from memory once for all S draws. Rows are split into chunks of a size fixed
+by the data shape; ``prange`` runs over chunks, each chunk writes only its own slice of the
+partials arrays, and the partials are summed in chunk order after the loop, so the result is
+bit-identical at any thread count.
 
 Within a chunk, rows go in blocks of BLOCK_ROWS, in three steps while the block is in L1 cache:
 
