@@ -178,7 +178,7 @@ def _eta_4rows_4draws(Z, i, B, a, s, eta, k, W):
     eta[k + 3] = l33
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(**JIT_OPTIONS)
 def linear_predictors(Z, b0, nb, B, a, eta):
     """eta[r S + s] = a_s + z_(b0+r) . b_s for the nb rows of a block and all S draws
     (register-blocked four rows by four draws when S >= ROW_BLOCK_MIN_DRAWS)."""
@@ -236,7 +236,7 @@ def _grad_4rows_4draws(z0, z1, z2, z3, q, k, W, g0, g1, g2, g3):
         g3[j] += (w0 * x0 + w1 * x1) + (w2 * x2 + w3 * x3)
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(**JIT_OPTIONS)
 def accumulate_gradient(Z, b0, nb, q, G):
     """G[s, j] += sum_r q[r S + s] z_(b0+r)j over the nb rows of a block, for all S draws
     (blocked four rows by four draws when S >= ROW_BLOCK_MIN_DRAWS)."""
