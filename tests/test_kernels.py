@@ -151,3 +151,25 @@ def test_kernel_without_gradient_gives_the_same_log_likelihood(rng, family, S):
     G, ll = kernel(Z, y, U, True, 256, True)
     _, ll0 = kernel(Z, y, U, True, 256, False)
     np.testing.assert_array_equal(ll0, ll)
+
+
+@pytest.mark.parametrize(("N", "D"), [(1, 1), (5, 3), (1000, 7), (3001, 0), (10007, 13)])
+def test_column_kernels_match_numpy(rng, N, D):
+    from numba.typed import List
+
+    from vireg.kernels.columns import column_moments, rows_from_columns, standardized_rows
+
+    X = rng.standard_normal((N, D)) * 3.0 + 1e6  # a large offset: M2 must not cancel
+    chunk = 97  # many chunks, the last one short: exercises the chunk merge
+    if D:
+        rebuilt = rows_from_columns(List([np.ascontiguousarray(X[:, j]) for j in range(D)]), N,
+                                    chunk)
+        np.testing.assert_array_equal(rebuilt, X)
+    mean, m2, lo, hi = column_moments(X, chunk)
+    np.testing.assert_allclose(mean, X.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(m2, ((X - X.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(lo, X.min(axis=0, initial=np.inf))
+    np.testing.assert_array_equal(hi, X.max(axis=0, initial=-np.inf))
+    scale = np.arange(1.0, D + 1.0)
+    np.testing.assert_allclose(standardized_rows(X, mean, scale, chunk), (X - mean) / scale,
+                               rtol=1e-12, atol=1e-9)

@@ -359,9 +359,23 @@ def build_design(table: Table, response: str, covariates: list[str] | None,
             names += [f"{c}[{level}]" for level in levels[1:]]
             sources += [c] * (len(levels) - 1)
             encodings[c] = {"levels": levels, "reference": levels[0]}
-    X = np.hstack(blocks) if blocks else np.empty((table.n_rows, 0))
-    return Design(y=y, X=np.ascontiguousarray(X, dtype=np.float64), response=response,
+    X = _rows_from_blocks(blocks, table.n_rows)
+    return Design(y=y, X=X, response=response,
                   covariates=names, dropped_rows=dropped, sources=sources, encodings=encodings)
+
+
+def _rows_from_blocks(blocks: list[np.ndarray], n_rows: int) -> np.ndarray:
+    """The N x D design (float64, C-contiguous) from its column blocks (each N x k)."""
+    if not blocks or n_rows == 0:
+        return np.empty((n_rows, sum(b.shape[1] for b in blocks)))
+    from numba.typed import List
+
+    from vireg.kernels.columns import rows_from_columns
+    from vireg.kernels.flags import chunk_rows_for
+
+    columns = List([np.ascontiguousarray(b[:, k], dtype=np.float64)
+                    for b in blocks for k in range(b.shape[1])])
+    return rows_from_columns(columns, n_rows, chunk_rows_for(n_rows, len(columns)))
 
 
 def standardize_design(design: Design) -> Design:

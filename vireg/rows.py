@@ -1,10 +1,11 @@
 """Where the standardised rows live, and one pass of the data kernel over them.
 
-Every row source answers the same two questions for S draws U (in the kernel's layout, see
-``kernels.likelihood``): the per-draw sums over all rows, ``loglik_grad(U) -> (G, ll)``, and the
-sums over one block of rows, ``block_loglik_grad(U, b) -> (G, ll)``, for minibatch
-steps; ``loglik(U) -> ll`` is the full pass without the gradient sums (for the diagnostics). Sources differ only in where the rows are: in memory (``MemoryRows``), streamed from a
-binary cache on disk (``vireg.cache.CacheRows``) or on Dask workers (``vireg.distributed``).
+Every row source answers the same questions for S draws U (in the kernel's layout, see
+``kernels.likelihood``): the per-draw sums over all rows, ``loglik_grad(U) -> (G, ll)``; the
+sums over one block of rows, ``block_loglik_grad(U, b) -> (G, ll)``, for minibatch steps; and
+``loglik(U) -> ll``, a full pass without the gradient sums (for the diagnostics). Sources differ
+only in where the rows are: in memory (``MemoryRows``), streamed from a binary cache on disk
+(``vireg.cache.CacheRows``) or on Dask workers (``vireg.distributed``).
 
 Blocks are contiguous row ranges (so a minibatch step still streams through memory) of near-equal
 size, fixed by ``set_blocks``; which block a step reads is the caller's choice.

@@ -66,21 +66,21 @@ class Model:
         self.n_rows, self.n_cov = X.shape
         self.likelihood.check_response(y, design.response)
 
-        # One pass for the column moments (no N x D temporaries beyond the standardised copy).
-        mean = X.mean(axis=0)
-        Z = X - mean
-        sd = np.sqrt(np.einsum("ij,ij->j", Z, Z) / max(self.n_rows, 1))
+        # Column moments in one parallel pass, then the standardised copy in another (no other
+        # N x D temporaries).
+        from vireg.kernels.columns import column_moments, standardized_rows
+
+        chunk = chunk_rows_for(self.n_rows, self.n_cov)
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        mean, m2, lo, hi = column_moments(X, chunk)
+        sd = np.sqrt(m2 / max(self.n_rows, 1))
         # For `vireg check` and humans: the columns as given, before standardisation.
         self.column_stats = [(design.response, *_stats(y))] + [
-            (name, float(mean[j]), float(sd[j]), float(lo), float(hi))
-            for j, (name, lo, hi) in enumerate(zip(design.covariates, X.min(axis=0, initial=np.inf),
-                                                   X.max(axis=0, initial=-np.inf), strict=True))]
+            (name, float(mean[j]), float(sd[j]), float(lo[j]), float(hi[j]))
+            for j, name in enumerate(design.covariates)]
         self.x_centre, self.x_scale = column_scaling(mean, sd, self.intercept)
-        if not self.intercept:  # not centred: scale the columns as given
-            Z = X.copy()
         self.y_centre, self.y_scale = self.likelihood.response_scaling(y, self.intercept)
-        Z /= self.x_scale
-        self.Z = np.ascontiguousarray(Z)
+        self.Z = standardized_rows(X, self.x_centre, self.x_scale, chunk)
         self.y = np.ascontiguousarray((y - self.y_centre) / self.y_scale)
         # What the data kernel reads: the standardised data in the compute dtype. float32 halves
         # the bytes per pass (sums still accumulate in float64); the float64 copy stays for the
