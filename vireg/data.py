@@ -366,16 +366,20 @@ def build_design(table: Table, response: str, covariates: list[str] | None,
 
 def _rows_from_blocks(blocks: list[np.ndarray], n_rows: int) -> np.ndarray:
     """The N x D design (float64, C-contiguous) from its column blocks (each N x k)."""
-    if not blocks or n_rows == 0:
-        return np.empty((n_rows, sum(b.shape[1] for b in blocks)))
-    from numba.typed import List
-
-    from vireg.kernels.columns import rows_from_columns
+    columns = [np.ascontiguousarray(b[:, k], dtype=np.float64)
+               for b in blocks for k in range(b.shape[1])]
+    X = np.empty((n_rows, len(columns)))
+    if not columns or n_rows == 0:
+        return X
+    from vireg.kernels.columns import write_columns
     from vireg.kernels.flags import chunk_rows_for
 
-    columns = List([np.ascontiguousarray(b[:, k], dtype=np.float64)
-                    for b in blocks for k in range(b.shape[1])])
-    return rows_from_columns(columns, n_rows, chunk_rows_for(n_rows, len(columns)))
+    chunk = chunk_rows_for(n_rows, len(columns))
+    for j0 in range(0, len(columns), 8):
+        group = columns[j0:j0 + 8]
+        padded = group + [group[0]] * (8 - len(group))
+        write_columns(X, j0, len(group), *padded, chunk)
+    return X
 
 
 def standardize_design(design: Design) -> Design:
