@@ -156,7 +156,7 @@ def test_kernel_without_gradient_gives_the_same_log_likelihood(rng, family, S):
 @pytest.mark.parametrize(("N", "D"), [(1, 1), (5, 3), (1000, 7), (3001, 0), (10007, 13)])
 def test_column_kernels_match_numpy(rng, N, D):
     from vireg.data import _rows_from_blocks
-    from vireg.kernels.columns import column_moments, standardized_rows
+    from vireg.kernels.columns import column_moments, standardize_into
 
     X = rng.standard_normal((N, D)) * 3.0 + 1e6  # a large offset: M2 must not cancel
     chunk = 97  # many chunks, the last one short: exercises the chunk merge
@@ -168,5 +168,20 @@ def test_column_kernels_match_numpy(rng, N, D):
     np.testing.assert_array_equal(lo, X.min(axis=0, initial=np.inf))
     np.testing.assert_array_equal(hi, X.max(axis=0, initial=-np.inf))
     scale = np.arange(1.0, D + 1.0)
-    np.testing.assert_allclose(standardized_rows(X, mean, scale, chunk), (X - mean) / scale,
-                               rtol=1e-12, atol=1e-9)
+    for dtype in (np.float64, np.float32):  # float32: the float64 result rounded once
+        Z = np.empty((N, D), dtype=dtype)
+        standardize_into(X, mean, scale, Z, chunk)
+        np.testing.assert_allclose(Z, ((X - mean) / scale).astype(dtype),
+                                   rtol=1e-12 if dtype == np.float64 else 2e-7, atol=1e-9)
+
+
+def test_float32_model_keeps_only_float32_rows_and_a_float64_gram():
+    from vireg.bench import synthetic_model
+
+    m64 = synthetic_model("logistic", "meanfield", 3000, 6, 8, dtype="float64")
+    m32 = synthetic_model("logistic", "meanfield", 3000, 6, 8, dtype="float32")
+    assert m32.Z.dtype == np.float32 and m32.rows.Z is m32.Z  # one copy, the kernel's
+    np.testing.assert_array_equal(m32.Z, m64.Z.astype(np.float32))
+    g32, g64 = m32.gram(), m64.gram()
+    assert g32[0].dtype == np.float64
+    np.testing.assert_allclose(g32[0], g64[0], rtol=1e-6, atol=1e-6 * len(m64.y))

@@ -138,7 +138,7 @@ def _model_of(cfg: Config, design, intercept: bool, source):
 def read_design(cfg: Config):
     """The design of a config: (Design, intercept, source). In memory the Design holds the data
     and source is None; out of core the Design holds only names and source streams the rows."""
-    from vireg.data import build_design, read_table, standardize_design
+    from vireg.data import build_design, read_table, release_reader_memory, standardize_design
 
     path = cfg.resolve_path(cfg.data.path)
     intercept = cfg.model.intercept
@@ -167,6 +167,8 @@ def read_design(cfg: Config):
                              "intercept: write '- 1' in the formula instead")
     else:
         design = build_design(table, cfg.data.response, cfg.data.covariates, cfg.data.missing)
+    del table  # the columns as read: the design holds its own copy
+    release_reader_memory()
     if cfg.data.standardize:
         design = standardize_design(design)
     return design, intercept, None

@@ -130,7 +130,21 @@ def _read_csv_arrow(path: Path, header: list[str]) -> Table | None:
             columns[name] = as_text.column(name).to_pylist()
         else:
             columns[name] = _arrow_column(table.column(name))
-    return Table(columns=columns, n_rows=table.num_rows, source=str(path))
+    n_rows = table.num_rows
+    del table  # its chunks were copied into one array per column
+    release_reader_memory()
+    return Table(columns=columns, n_rows=n_rows, source=str(path))
+
+
+def release_reader_memory() -> None:
+    """Hand pyarrow's freed buffers back to the operating system. Its allocator keeps them for
+    reuse: after a 0.94 GB CSV was read and converted, the process held 2.0 GB, 1.0 GB after
+    this."""
+    import sys
+
+    pa = sys.modules.get("pyarrow")  # never import pyarrow just for this
+    if pa is not None:
+        pa.default_memory_pool().release_unused()
 
 
 def _is_arrow_number(t) -> bool:

@@ -137,6 +137,21 @@ def _max(X: np.ndarray) -> np.ndarray:
     return X.max(axis=0) if len(X) else np.full(X.shape[1], -np.inf)
 
 
+def standardized_gram_f64(Z: np.ndarray, y: np.ndarray, intercept: bool,
+                          rows_per_piece: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, float]:
+    """``standardized_gram`` in float64 whatever Z's dtype: float32 rows are converted a piece
+    at a time (no float64 copy of the whole design)."""
+    if Z.dtype == np.float64:
+        return standardized_gram(Z, y, intercept)
+    total = None
+    for lo in range(0, max(len(y), 1), rows_per_piece):
+        part = standardized_gram(Z[lo:lo + rows_per_piece].astype(np.float64),
+                                 np.asarray(y[lo:lo + rows_per_piece], dtype=np.float64), intercept)
+        total = part if total is None else (total[0] + part[0], total[1] + part[1],
+                                            total[2] + part[2])
+    return total
+
+
 def standardized_gram(Z: np.ndarray, y: np.ndarray, intercept: bool
                       ) -> tuple[np.ndarray, np.ndarray, float]:
     """(Z1^T Z1, Z1^T y, y^T y) of one chunk of standardised rows, Z1 = [1, Z] with an intercept;

@@ -126,10 +126,10 @@ def column_moments(X, chunk_rows):
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def standardized_rows(X, centre, scale, chunk_rows):
-    """Z = (X - centre) / scale, column by column, as a new C-contiguous array."""
+def standardize_into(X, centre, scale, Z, chunk_rows):
+    """Z = (X - centre) / scale, column by column, computed in float64 and stored in Z's dtype
+    (float32 Z: each value rounded once, as numpy's astype would)."""
     N, D = X.shape
-    Z = np.empty((N, D))
     inv = 1.0 / scale
     n_chunks = (N + chunk_rows - 1) // chunk_rows
     for c in prange(n_chunks):
@@ -138,4 +138,3 @@ def standardized_rows(X, centre, scale, chunk_rows):
             out = Z[i]
             for j in range(D):
                 out[j] = (row[j] - centre[j]) * inv[j]
-    return Z

@@ -26,7 +26,7 @@ from vireg.errors import InputError
 from vireg.kernels.flags import chunk_rows_for
 from vireg.models import bernoulli, gaussian
 from vireg.models.priors import Prior, parse_prior
-from vireg.rows import MemoryRows, standardized_gram
+from vireg.rows import MemoryRows, standardized_gram_f64
 
 LIKELIHOODS: dict[str, ModuleType] = {"gaussian": gaussian, "bernoulli": bernoulli}
 
@@ -68,7 +68,7 @@ class Model:
 
         # Column moments in one parallel pass, then the standardised copy in another (no other
         # N x D temporaries).
-        from vireg.kernels.columns import column_moments, standardized_rows
+        from vireg.kernels.columns import column_moments, standardize_into
 
         chunk = chunk_rows_for(self.n_rows, self.n_cov)
         X = np.ascontiguousarray(X, dtype=np.float64)
@@ -80,17 +80,14 @@ class Model:
             for j, name in enumerate(design.covariates)]
         self.x_centre, self.x_scale = column_scaling(mean, sd, self.intercept)
         self.y_centre, self.y_scale = self.likelihood.response_scaling(y, self.intercept)
-        self.Z = standardized_rows(X, self.x_centre, self.x_scale, chunk)
+        # The standardised rows, once, in the dtype the kernel reads: float32 halves the bytes
+        # per pass and the memory (sums still accumulate in float64; the set-up algebra, the
+        # Gram matrix, converts them back to float64 a chunk at a time).
+        self.Z = np.empty((self.n_rows, self.n_cov), dtype=self.dtype)
+        standardize_into(X, self.x_centre, self.x_scale, self.Z, chunk)
         self.y = np.ascontiguousarray((y - self.y_centre) / self.y_scale)
-        # What the data kernel reads: the standardised data in the compute dtype. float32 halves
-        # the bytes per pass (sums still accumulate in float64); the float64 copy stays for the
-        # set-up algebra (checks, curvature), so float32 costs 1.5x the memory of float64.
-        if self.dtype == "float64":
-            Zk, yk = self.Z, self.y
-        else:
-            Zk = np.ascontiguousarray(self.Z, dtype=np.float32)
-            yk = np.ascontiguousarray(self.y, dtype=np.float32)
-        self.rows = MemoryRows(Zk, yk, self.likelihood, self.intercept, draws_per_step)
+        yk = self.y if self.dtype == "float64" else self.y.astype(np.float32)
+        self.rows = MemoryRows(self.Z, yk, self.likelihood, self.intercept, draws_per_step)
 
     def _standardize_source(self, source, draws_per_step: int) -> None:
         """The same standardisation from streamed moments; the source writes the standardised
@@ -172,7 +169,7 @@ class Model:
         """(Z1^T Z1, Z1^T y, y^T y) of the standardised design with its intercept column: one pass
         over the data, shared by the propriety checks and the curvature (cached)."""
         if self._gram is None:
-            self._gram = standardized_gram(self.Z, self.y, self.intercept)
+            self._gram = standardized_gram_f64(self.Z, self.y, self.intercept)
         return self._gram
 
     def residual_fraction(self) -> float:
