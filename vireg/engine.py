@@ -111,6 +111,9 @@ def optimise(model, family, icfg, rng: np.random.Generator,
     mean_block = family.mean_slice
     phi = initial_phi(model, family, icfg.init_scale, H)
     x = to_x(phi)
+    # Quadratic control variate: C, the log joint's curvature at q's mean, refreshed at every
+    # window's end (a fixed C within a window keeps each step's estimate unbiased).
+    C = model.curvature_at(phi[mean_block]) if icfg.quadratic_cv else None
     adam = Adam(family.size, icfg.learning_rate)
     nominal_lr = adam.lr.copy()  # the level's step size; adam.lr falls below it after a backoff
     elbo_const = model.log_det_T
@@ -136,7 +139,11 @@ def optimise(model, family, icfg, rng: np.random.Generator,
         with np.errstate(**QUIET):
             U = family.sample(phi, eps)
             logp, g = log_joint_grad(U)
+            if C is not None:  # g_s + C (u_s - m) has the same mean, far less noise near q
+                g = g + (U - phi[mean_block]) @ C
             elbo, grad = family.elbo_grad(phi, eps, logp, g, icfg.estimator)
+            if C is not None:
+                grad = grad - family.quadratic_cv_mean(phi, C)
         if not (np.isfinite(elbo) and np.all(np.isfinite(grad))):
             backoffs += 1
             failures += 1
@@ -173,6 +180,8 @@ def optimise(model, family, icfg, rng: np.random.Generator,
         drifting = bool(np.any(np.abs(g_mean) > z_drift * np.maximum(g_se, 1e-300)))
         avg = win_phi / W
         k, win_phi = 0, np.zeros(family.size)
+        if C is not None:
+            C = model.curvature_at(avg[mean_block])
         failures = 0
         snapshot = x.copy()
         adam.lr = np.minimum(adam.lr * 2.0, nominal_lr)  # recover from backoffs gradually

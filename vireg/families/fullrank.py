@@ -83,6 +83,17 @@ class FullRank:
         grad_B = a[:, self.rows] * eps[:, self.cols] * np.exp(phi[P:2 * P])[self.rows]
         return np.hstack([a, a * d + c, grad_B])
 
+    def quadratic_cv_mean(self, phi: np.ndarray, C: np.ndarray) -> np.ndarray:
+        """The expectation under q of ``draw_grads``' terms for a_s = C d_s, d_s = L eps_s (the
+        part that the quadratic control variate g_s + C d_s adds): 0 for m,
+        E[(C d)_i d_i] = (C Sigma)_ii for lambda_i, E[(C d)_i eps_j] exp(lambda_i) =
+        (C L)_ij exp(lambda_i) for B_ij."""
+        P = self.P
+        L = self.cholesky_factor(phi)
+        CL = C @ L
+        return np.concatenate([np.zeros(P), np.einsum("ij,ij->i", CL, L),
+                               CL[self.rows, self.cols] * np.exp(phi[P:2 * P])[self.rows]])
+
     def elbo_grad(self, phi: np.ndarray, eps: np.ndarray, logp: np.ndarray, g: np.ndarray,
                   estimator: str) -> tuple[float, np.ndarray]:
         """The Monte Carlo ELBO (up to the model's constants) and its gradient in phi."""

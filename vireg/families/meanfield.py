@@ -89,6 +89,13 @@ class MeanField:
         a, c = draw_terms(estimator, eps / s, logp - self.log_q(phi, eps), g)
         return np.hstack([a, a * eps * s + c])
 
+    def quadratic_cv_mean(self, phi: np.ndarray, C: np.ndarray) -> np.ndarray:
+        """The expectation under q of ``draw_grads``' terms for a_s = C d_s, d_s = u_s - m = s eps_s
+        (the part that the quadratic control variate g_s + C d_s adds): 0 for m, and for log s_j
+        E[(C d)_j d_j] = C_jj s_j^2."""
+        s2 = np.exp(2.0 * phi[self.P:])
+        return np.concatenate([np.zeros(self.P), np.diag(C) * s2])
+
     def elbo_grad(self, phi: np.ndarray, eps: np.ndarray, logp: np.ndarray, g: np.ndarray,
                   estimator: str) -> tuple[float, np.ndarray]:
         """The Monte Carlo ELBO (up to the model's constants) and its gradient in phi."""

@@ -205,6 +205,52 @@ class Model:
         mean_diag = np.trace(H) / max(k, 1)
         return H + (1e-8 * mean_diag if mean_diag > 0 else 1.0) * np.eye(k)
 
+    def curvature_at(self, m: np.ndarray, rows_per_piece: int = 1 << 16) -> np.ndarray:
+        """C = -d2 log p(y, u) / du2 over the location block at u = m (P x P, zero outside the
+        block; the quadratic control variate's matrix):
+
+            C_loc = Z1^T diag(w) Z1 + T^T diag(prior curvature) T,
+
+        with w_i the likelihood's curvature in eta at eta_i = z1_i . m: sigmoid(eta)(1 -
+        sigmoid(eta)) for logistic, exp(-2 t) at t's mean for gaussian (no pass over the data:
+        the Gram matrix times a constant). Rows are converted to float64 a piece at a time.
+        """
+        k, P = self.n_location, self.n_params
+        T_loc = self.T[:k, :k]
+        prior_curv = np.array([p.curvature() for p in self.priors[:k]])
+        C = np.zeros((P, P))
+        if self.likelihood.HAS_SCALE:
+            # From the sufficient statistics, no pass over the data: with e = y - Z1 m_loc,
+            # Z1^T e = Z1^T y - G m_loc and e^T e = y^T y - 2 m_loc^T Z1^T y + m_loc^T G m_loc.
+            gram, zty, yty = self.gram()
+            t = self.fixed_t if self.fixed_t is not None else m[P - 1]
+            w = np.exp(-2.0 * t)
+            C_loc = w * gram
+            if self.fixed_t is None:  # the log sigma row: -d2/dt2 = 2 w e^T e, -d2/db dt = 2 w Z1^T e
+                ml = m[:k]
+                C[:k, P - 1] = C[P - 1, :k] = 2.0 * w * (zty - gram @ ml)
+                C[P - 1, P - 1] = 2.0 * w * max(yty - 2.0 * ml @ zty + ml @ gram @ ml, 0.0)
+        else:
+            a = m[0] if self.intercept else 0.0
+            b = m[int(self.intercept):k]
+            C_loc = np.zeros((k, k))
+            for lo in range(0, self.n_rows, rows_per_piece):
+                Z = np.asarray(self.Z[lo:lo + rows_per_piece], dtype=np.float64)
+                with np.errstate(over="ignore"):  # exp overflow: p = 0, w = 0, as it should
+                    p = 1.0 / (1.0 + np.exp(-(a + Z @ b)))
+                w = p * (1.0 - p)
+                Zw = Z * w[:, None]
+                if self.intercept:
+                    C_loc[0, 0] += w.sum()
+                    zw = Zw.sum(axis=0)
+                    C_loc[0, 1:] += zw
+                    C_loc[1:, 0] += zw
+                    C_loc[1:, 1:] += Z.T @ Zw
+                else:
+                    C_loc += Z.T @ Zw
+        C[:k, :k] = C_loc + T_loc.T @ (prior_curv[:, None] * T_loc)
+        return C
+
     def location_preconditioner(self, H: np.ndarray) -> np.ndarray:
         """R with R^T (H/N) R = I, so Adam on m' = R^-1 m sees an isotropic problem.
 
