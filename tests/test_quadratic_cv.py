@@ -98,17 +98,34 @@ def test_quadratic_cv_cuts_gradient_variance_on_a_large_logistic_model():
 @pytest.mark.parametrize("family", ["meanfield", "fullrank"])
 def test_fit_with_quadratic_cv_agrees_with_the_plain_fit(tmp_path, family):
     config = make_project(tmp_path)
-    plain = vireg.fit(config, overrides=[f"inference.family={family}"])
-    cv = vireg.fit(config, overrides=[f"inference.family={family}", "inference.quadratic_cv=true"])
+    est = ["inference.estimator=reparam", f"inference.family={family}"]
+    plain = vireg.fit(config, overrides=[*est, "inference.quadratic_cv=false"])
+    cv = vireg.fit(config, overrides=[*est, "inference.quadratic_cv=true"])
     assert cv.converged, cv.reason
+    assert cv.extras["quadratic_cv"] and not plain.extras["quadratic_cv"]
     sd = plain.summary.sd
     assert np.max(np.abs(cv.summary.mean - plain.summary.mean) / sd) < 0.1
     assert np.max(np.abs(cv.summary.sd / sd - 1)) < 0.1
 
 
+def test_auto_uses_it_for_reparam_with_many_rows_per_parameter_only(tmp_path):
+    from vireg.config import InferenceConfig
+    from vireg.engine import uses_quadratic_cv
+
+    big = synthetic_model("logistic", "meanfield", 2000, 5, 8)  # 333 rows per parameter
+    small = synthetic_model("logistic", "meanfield", 300, 5, 8)  # 50
+    auto = InferenceConfig(estimator="reparam")
+    assert uses_quadratic_cv(big, auto) and not uses_quadratic_cv(small, auto)
+    assert not uses_quadratic_cv(big, InferenceConfig(estimator="stl"))
+    assert not uses_quadratic_cv(big, InferenceConfig(estimator="reparam", quadratic_cv=False))
+    assert uses_quadratic_cv(small, InferenceConfig(estimator="reparam", quadratic_cv=True))
+
+
 def test_quadratic_cv_refuses_what_it_cannot_do(tmp_path):
     config = make_project(tmp_path)
-    with pytest.raises(InputError, match="score estimator does not use"):
+    with pytest.raises(InputError, match="applies to the reparam estimator, not score"):
         vireg.fit(config, overrides=["inference.quadratic_cv=true", "inference.estimator=score"])
-    with pytest.raises(InputError, match="needs the rows in memory"):
-        vireg.fit(config, overrides=["inference.quadratic_cv=true", "runtime.out_of_core=true"])
+    with pytest.raises(InputError, match="applies to the reparam estimator, not stl"):
+        vireg.fit(config, overrides=["inference.quadratic_cv=true", "inference.family=fullrank"])
+    with pytest.raises(InputError, match="must be true, false or auto"):
+        vireg.fit(config, overrides=["inference.quadratic_cv=sometimes"])

@@ -32,7 +32,13 @@ import numpy as np
 from vireg.data import MAX_ABS_VALUE, Design
 from vireg.errors import InputError
 from vireg.kernels.flags import chunk_rows_for, use_parallel
-from vireg.rows import ColumnMoments, block_bounds, standardized_gram
+from vireg.rows import (
+    ColumnMoments,
+    add_sums,
+    block_bounds,
+    logistic_curvature_sums,
+    standardized_gram,
+)
 
 CACHE_VERSION = 1
 DTYPES = {"float64": np.float64, "float32": np.float32}
@@ -393,6 +399,15 @@ class CacheRows:
             G += Gc
             ll += llc
         return G, ll
+
+    def logistic_curvature(self, a: float, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """``rows.logistic_curvature_sums`` over all rows, piece by piece in file order."""
+        total = None
+        for start in range(0, self.n_rows, self.buffer_rows):
+            stop = min(start + self.buffer_rows, self.n_rows)
+            z, _ = self._read(start, stop)
+            total = add_sums(total, logistic_curvature_sums(z, a, b))
+        return total
 
     def _read_ahead(self, start: int, stop: int) -> None:
         if not hasattr(os, "posix_fadvise"):  # not on macOS or Windows: plain reads

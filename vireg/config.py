@@ -67,9 +67,11 @@ class InferenceConfig:
     dtype: str = "float64"  # float32: the kernel reads X in float32 (sums stay float64)
     batch_size: int | None = None  # rows per step (minibatch VI); None: all rows every step
     control_variate: bool = True  # minibatch: per-epoch reference pass that cancels block noise
-    # Quadratic control variate: subtract the log joint's curvature at the mean times (u - m)
-    # from every draw's gradient (zero mean under q), adding back its exact expectation
-    quadratic_cv: bool = False
+    # Quadratic control variate: add the log joint's curvature at the mean times (u - m) to
+    # every draw's gradient (zero mean under q), subtracting its exact expectation from the
+    # scale gradients. "auto": on with the reparam estimator (mean-field's default) and at
+    # least 100 rows per parameter (engine.uses_quadratic_cv)
+    quadratic_cv: bool | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ SCHEMA: dict[str, Any] = {
         "max_steps": (int, False), "learning_rate": (float, False), "init_scale": (float, False),
         "tolerance": (float, False), "window": (int, False), "seed": (int, False),
         "dtype": (str, False), "batch_size": ((int, type(None)), False),
-        "control_variate": (bool, False), "quadratic_cv": (bool, False),
+        "control_variate": (bool, False), "quadratic_cv": ((bool, str), False),
     },
     "output": {"dir": ((str, type(None)), False), "draws": (int, False),
                "psis_draws": (int, False), "psis": (bool, False)},
@@ -233,9 +235,13 @@ def _check_values(d: dict[str, Any]) -> None:
         raise InputError(f"inference.estimator '{est}' is not known: use one of {', '.join(ESTIMATORS)}")
     if inf.get("dtype", "float64") not in ("float64", "float32"):
         raise InputError(f"inference.dtype '{inf['dtype']}' is not known: use float64 or float32")
-    if inf.get("quadratic_cv") and est == "score":
-        raise InputError("inference.quadratic_cv corrects the gradient of log p, which the score "
-                         "estimator does not use: set inference.estimator to reparam or stl")
+    qcv = inf.get("quadratic_cv", "auto")
+    if isinstance(qcv, str) and qcv != "auto":
+        raise InputError(f"inference.quadratic_cv must be true, false or auto, got {qcv!r}")
+    if qcv is True and est != "reparam":
+        raise InputError(f"inference.quadratic_cv applies to the reparam estimator, not {est} "
+                         "(stl already cancels the same noise for full-rank; score uses no "
+                         "gradient): set inference.estimator: reparam or remove quadratic_cv")
     if est == "score" and inf.get("samples", 8) < 2:
         raise InputError("inference.estimator 'score' needs inference.samples of at least 2 (its "
                          "leave-one-out baseline uses the other draws)")
@@ -283,10 +289,6 @@ def _check_values(d: dict[str, Any]) -> None:
     elif data.get("response") is None:
         raise InputError("config key 'data.response' is required (or give data.formula): add it "
                          "to the config")
-    if (runtime.get("out_of_core") or backend == "dask") and inf.get("quadratic_cv"):
-        raise InputError("inference.quadratic_cv needs the rows in memory (its curvature is a "
-                         "pass over them at every window): remove it or runtime.out_of_core / "
-                         "the Dask backend")
     if (runtime.get("out_of_core") or backend == "dask") and data.get("standardize"):
         raise InputError("data.standardize is not available with runtime.out_of_core or the "
                          "Dask backend: z-score the columns beforehand or fit in memory")

@@ -112,6 +112,13 @@ def _partial_sums(parts, U, family: str, intercept: bool, draws: int, with_grad:
     return out
 
 
+def _partial_curvature(parts, a: float, b):
+    """``rows.logistic_curvature_sums`` of each of a worker's partitions (runs on the worker)."""
+    from vireg.rows import logistic_curvature_sums
+
+    return [logistic_curvature_sums(Z, a, b) for Z, _ in parts]
+
+
 # --- client side -----------------------------------------------------------------------------
 
 class DaskSource:
@@ -256,6 +263,24 @@ class DaskRows:
 
     def loglik_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._sums(U, list(range(len(self.parts))))
+
+    def logistic_curvature(self, a: float, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """``rows.logistic_curvature_sums`` over all partitions, summed in partition order."""
+        from vireg.rows import add_sums
+
+        by_worker: dict[str, list[int]] = {}
+        for i in range(len(self.parts)):
+            by_worker.setdefault(self.holder[i], []).append(i)
+        futures = {worker: self.client.submit(
+            _partial_curvature, [self.parts[i] for i in idx], a, b, workers=[worker],
+            allow_other_workers=True, pure=False) for worker, idx in by_worker.items()}
+        results = {}
+        for worker, sums in zip(futures, self.client.gather(list(futures.values())), strict=True):
+            results.update(zip(by_worker[worker], sums, strict=True))
+        total = None
+        for i in range(len(self.parts)):
+            total = add_sums(total, results[i])
+        return total
 
     def loglik(self, U: np.ndarray) -> np.ndarray:
         return self._sums(U, list(range(len(self.parts))), with_grad=False)[1]

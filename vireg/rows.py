@@ -20,6 +20,24 @@ import numpy as np
 from vireg.kernels.flags import chunk_rows_for, use_parallel
 
 
+def logistic_curvature_sums(Z: np.ndarray, a: float, b: np.ndarray
+                            ) -> tuple[float, np.ndarray, np.ndarray]:
+    """(sum w, Z^T w, Z^T diag(w) Z) over some rows, in float64, with w = p (1 - p) and
+    p = sigmoid(a + Z b): the pieces of the logistic log joint's curvature (they add up over
+    row pieces)."""
+    Z = np.asarray(Z, dtype=np.float64)
+    with np.errstate(over="ignore"):  # exp overflow: p = 0, w = 0, as it should
+        p = 1.0 / (1.0 + np.exp(-(a + Z @ b)))
+    w = p * (1.0 - p)
+    Zw = Z * w[:, None]
+    return float(w.sum()), Zw.sum(axis=0), Z.T @ Zw
+
+
+def add_sums(total, part):
+    """Elementwise sum of two tuples of sums (None: nothing yet)."""
+    return part if total is None else tuple(x + y for x, y in zip(total, part, strict=True))
+
+
 def block_bounds(n_rows: int, batch_size: int) -> np.ndarray:
     """Start offsets of ceil(N / B) near-equal contiguous blocks, with N appended."""
     n_blocks = max(1, -(-n_rows // batch_size))
@@ -61,6 +79,15 @@ class MemoryRows:
         lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
         return self._block_kernel(self.Z[lo:hi], self.y[lo:hi], U, self.intercept,
                                   self.chunk_rows, True)
+
+    def logistic_curvature(self, a: float, b: np.ndarray, rows_per_piece: int = 1 << 16
+                           ) -> tuple[float, np.ndarray, np.ndarray]:
+        """``logistic_curvature_sums`` over all rows, a piece at a time."""
+        total = None
+        for lo in range(0, self.n_rows, rows_per_piece):
+            total = add_sums(total, logistic_curvature_sums(self.Z[lo:lo + rows_per_piece], a, b))
+        return total if total is not None else (0.0, np.zeros(self.n_cov),
+                                                 np.zeros((self.n_cov, self.n_cov)))
 
     def describe(self) -> dict:
         """For fit.json: where the rows were read from."""

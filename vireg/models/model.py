@@ -205,7 +205,7 @@ class Model:
         mean_diag = np.trace(H) / max(k, 1)
         return H + (1e-8 * mean_diag if mean_diag > 0 else 1.0) * np.eye(k)
 
-    def curvature_at(self, m: np.ndarray, rows_per_piece: int = 1 << 16) -> np.ndarray:
+    def curvature_at(self, m: np.ndarray) -> np.ndarray:
         """C = -d2 log p(y, u) / du2 over the location block at u = m (P x P, zero outside the
         block; the quadratic control variate's matrix):
 
@@ -232,22 +232,11 @@ class Model:
                 C[P - 1, P - 1] = 2.0 * w * max(yty - 2.0 * ml @ zty + ml @ gram @ ml, 0.0)
         else:
             a = m[0] if self.intercept else 0.0
-            b = m[int(self.intercept):k]
-            C_loc = np.zeros((k, k))
-            for lo in range(0, self.n_rows, rows_per_piece):
-                Z = np.asarray(self.Z[lo:lo + rows_per_piece], dtype=np.float64)
-                with np.errstate(over="ignore"):  # exp overflow: p = 0, w = 0, as it should
-                    p = 1.0 / (1.0 + np.exp(-(a + Z @ b)))
-                w = p * (1.0 - p)
-                Zw = Z * w[:, None]
-                if self.intercept:
-                    C_loc[0, 0] += w.sum()
-                    zw = Zw.sum(axis=0)
-                    C_loc[0, 1:] += zw
-                    C_loc[1:, 0] += zw
-                    C_loc[1:, 1:] += Z.T @ Zw
-                else:
-                    C_loc += Z.T @ Zw
+            w_sum, zw, ztwz = self.rows.logistic_curvature(a, m[int(self.intercept):k])
+            if self.intercept:
+                C_loc = np.block([[np.array([[w_sum]]), zw[None, :]], [zw[:, None], ztwz]])
+            else:
+                C_loc = ztwz
         C[:k, :k] = C_loc + T_loc.T @ (prior_curv[:, None] * T_loc)
         return C
 
