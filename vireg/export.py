@@ -88,7 +88,7 @@ def fit_json(result, versions: dict) -> str:
         "posterior_theta": {"names": theta_names, "mean": result.theta_mean.tolist(),
                             "cov": result.theta_cov.tolist()},
         "optimisation": {k: result.extras.get(k) for k in ("levels", "backoffs", "last_distance",
-                                                           "data_passes", "minibatch",
+                                                           "data_passes", "minibatch", "quadratic_cv",
                                                            "data_source")},
         "compile_seconds": result.compile_seconds,
         "fit_seconds": result.fit_seconds,
