@@ -24,6 +24,12 @@ m' = R^-1 m with R from ``model.location_preconditioner`` (R^T H R ~ I for the c
 log joint), so Adam's per-coordinate steps are not slowed by correlated coefficients. This changes
 only the path, not the fixed point: q's family and the ELBO are those stated.
 
+With the quadratic control variate (``uses_quadratic_cv``; docs/derivations.md) every draw's
+gradient of log p gets C (u_s - m) added, C the log joint's curvature at q's mean, and the family
+subtracts the exact expectation of what that adds (``quadratic_cv_mean``): the same mean, far
+less noise near q, and so iterate averages that agree after fewer levels (the 100,000 x 50
+logistic fit: 600 steps instead of 2,000). C is recomputed at each window's end.
+
 A step whose ELBO or gradient is not finite is undone: the parameters go back to the last good
 window, the step size shrinks tenfold and Adam's moments are reset; each clean window after that
 doubles the step size back towards the level's. Too many failures in a row stop the fit with a
