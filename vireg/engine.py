@@ -120,7 +120,7 @@ def optimise(model, family, icfg, rng: np.random.Generator,
     x = to_x(phi)
     # Quadratic control variate: C, the log joint's curvature at q's mean, refreshed at every
     # window's end (a fixed C within a window keeps each step's estimate unbiased).
-    C = model.curvature_at(phi[mean_block]) if uses_quadratic_cv(model, icfg) else None
+    C = _curvature(model, phi[mean_block]) if uses_quadratic_cv(model, icfg) else None
     adam = Adam(family.size, icfg.learning_rate)
     nominal_lr = adam.lr.copy()  # the level's step size; adam.lr falls below it after a backoff
     elbo_const = model.log_det_T
@@ -188,7 +188,7 @@ def optimise(model, family, icfg, rng: np.random.Generator,
         avg = win_phi / W
         k, win_phi = 0, np.zeros(family.size)
         if C is not None:
-            C = model.curvature_at(avg[mean_block])
+            C = _curvature(model, avg[mean_block])
         failures = 0
         snapshot = x.copy()
         adam.lr = np.minimum(adam.lr * 2.0, nominal_lr)  # recover from backoffs gradually
@@ -252,16 +252,24 @@ def optimise(model, family, icfg, rng: np.random.Generator,
 def uses_quadratic_cv(model, icfg) -> bool:
     """Whether a fit uses the quadratic control variate: as configured, or for "auto" with the
     reparam estimator (mean-field's default) when there are at least QCV_AUTO_ROWS_PER_PARAM rows
-    per parameter. Measured over the 38 reference posteriors: with
-    mean-field the fits it changed most for the worse had few rows per parameter (mesquite: 46
-    rows, 8 parameters), where the posterior is least Gaussian and the curvature at the mean says
-    least about the curvature at a draw; with full-rank, stl (its default) already cancels the
-    same noise (reparam with the control variate measured the same steps and errors), and adding
-    it to stl put the noise back (2,000 steps instead of 600)."""
+    per parameter. Measured over the 38 reference posteriors: with mean-field, the fits it changed
+    most for the worse had few rows per parameter (mesquite: 46 rows, 8 parameters), where the
+    posterior is least Gaussian and the curvature at the mean says least about the curvature at a
+    draw; with full-rank, stl (its default) already cancels the same noise (reparam with the
+    control variate measured the same steps and errors), and adding it to stl put the noise back
+    (2,000 steps instead of 600)."""
     if icfg.quadratic_cv != "auto":
         return bool(icfg.quadratic_cv)
     return (icfg.estimator == "reparam"
             and model.n_rows >= QCV_AUTO_ROWS_PER_PARAM * model.n_params)
+
+
+def _curvature(model, m: np.ndarray) -> np.ndarray:
+    """The control variate's C at the mean m; zeros (no control variate for that window) if it is
+    not finite, e.g. at a log sigma far out while a fit recovers from a divergent step."""
+    with np.errstate(**QUIET):
+        C = model.curvature_at(m)
+    return C if np.all(np.isfinite(C)) else np.zeros_like(C)
 
 
 def initial_phi(model, family, init_scale: float, H: np.ndarray | None = None) -> np.ndarray:
