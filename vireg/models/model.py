@@ -206,14 +206,16 @@ class Model:
         return H + (1e-8 * mean_diag if mean_diag > 0 else 1.0) * np.eye(k)
 
     def curvature_at(self, m: np.ndarray) -> np.ndarray:
-        """C = -d2 log p(y, u) / du2 over the location block at u = m (P x P, zero outside the
-        block; the quadratic control variate's matrix):
+        """C = -d2 log p(y, u) / du2 at u = m (P x P; the quadratic control variate's matrix):
 
-            C_loc = Z1^T diag(w) Z1 + T^T diag(prior curvature) T,
+            C_loc = Z1^T diag(w) Z1 + T^T diag(prior curvature) T    (location block)
 
         with w_i the likelihood's curvature in eta at eta_i = z1_i . m: sigmoid(eta)(1 -
-        sigmoid(eta)) for logistic, exp(-2 t) at t's mean for gaussian (no pass over the data:
-        the Gram matrix times a constant). Rows are converted to float64 a piece at a time.
+        sigmoid(eta)) for logistic (one pass over the rows, wherever the row source keeps them,
+        in float64 a piece at a time); w = exp(-2 t) for gaussian, whose log sigma t adds the
+        row and column -d2/dt2 = 2 w e^T e and -d2/db dt = 2 w Z1^T e (e = y - Z1 m; no pass
+        over the data). The prior of sigma is left out (any fixed C keeps the estimate
+        unbiased).
         """
         k, P = self.n_location, self.n_params
         T_loc = self.T[:k, :k]
@@ -226,7 +228,7 @@ class Model:
             t = self.fixed_t if self.fixed_t is not None else m[P - 1]
             w = np.exp(-2.0 * t)
             C_loc = w * gram
-            if self.fixed_t is None:  # the log sigma row: -d2/dt2 = 2 w e^T e, -d2/db dt = 2 w Z1^T e
+            if self.fixed_t is None:  # the log sigma row and column
                 ml = m[:k]
                 C[:k, P - 1] = C[P - 1, :k] = 2.0 * w * (zty - gram @ ml)
                 C[P - 1, P - 1] = 2.0 * w * max(yty - 2.0 * ml @ zty + ml @ gram @ ml, 0.0)
