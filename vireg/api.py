@@ -381,6 +381,7 @@ def _fit_model(cfg: Config, model) -> Iterator[object]:
                                 else round(minibatch.epochs_read, 2)),
                 "data_source": model.rows.describe(),
                 "quadratic_cv": engine.uses_quadratic_cv(model, cfg.inference),
+                "curvature_passes": outcome.curvature_passes,
                 "minibatch": None if minibatch is None else {
                     "batch_size": batch, "blocks": minibatch.n_blocks,
                     "epochs": minibatch.epochs,

@@ -56,6 +56,7 @@ NAN_BACKOFF = 0.1
 MAX_CONSECUTIVE_BACKOFFS = 8
 N_BATCHES = 10
 QCV_AUTO_ROWS_PER_PARAM = 100
+QCV_REFRESH_SD = 0.25
 QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
 
 
@@ -81,6 +82,7 @@ class Outcome:
     last_distance: float | None
     levels: int
     backoffs: int
+    curvature_passes: int = 0  # how often the quadratic control variate's C was computed
 
 
 def _batch_means(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,9 +120,15 @@ def optimise(model, family, icfg, rng: np.random.Generator,
     mean_block = family.mean_slice
     phi = initial_phi(model, family, icfg.init_scale, H)
     x = to_x(phi)
-    # Quadratic control variate: C, the log joint's curvature at q's mean, refreshed at every
-    # window's end (a fixed C within a window keeps each step's estimate unbiased).
-    C = _curvature(model, phi[mean_block]) if uses_quadratic_cv(model, icfg) else None
+    # Quadratic control variate: C, the log joint's curvature at q's mean m_C, recomputed at a
+    # window's end once the mean has moved QCV_REFRESH_SD posterior sds from m_C (a fixed C
+    # within a window keeps each step's estimate unbiased; near the optimum C stays put, which
+    # spares a pass over the rows per window).
+    C, m_C = None, None
+    if uses_quadratic_cv(model, icfg):
+        m_C = phi[mean_block].copy()
+        C = _curvature(model, m_C)
+    qcv_passes = int(C is not None)
     adam = Adam(family.size, icfg.learning_rate)
     nominal_lr = adam.lr.copy()  # the level's step size; adam.lr falls below it after a backoff
     elbo_const = model.log_det_T
@@ -188,7 +196,11 @@ def optimise(model, family, icfg, rng: np.random.Generator,
         avg = win_phi / W
         k, win_phi = 0, np.zeros(family.size)
         if C is not None:
-            C = _curvature(model, avg[mean_block])
+            sd = np.sqrt(np.diag(family.mean_cov(avg)[1]))
+            if np.max(np.abs(avg[mean_block] - m_C) / sd) > QCV_REFRESH_SD:
+                m_C = avg[mean_block].copy()
+                C = _curvature(model, m_C)
+                qcv_passes += 1
         failures = 0
         snapshot = x.copy()
         adam.lr = np.minimum(adam.lr * 2.0, nominal_lr)  # recover from backoffs gradually
@@ -246,7 +258,7 @@ def optimise(model, family, icfg, rng: np.random.Generator,
                       "inference.max_steps")
     yield Outcome(phi=final_phi, steps=step, converged=converged, reason=reason,
                   elbo_trace=trace[:step].copy(), last_distance=last_distance, levels=levels,
-                  backoffs=backoffs)
+                  backoffs=backoffs, curvature_passes=qcv_passes)
 
 
 def uses_quadratic_cv(model, icfg) -> bool:

@@ -89,6 +89,7 @@ def fit_json(result, versions: dict) -> str:
                             "cov": result.theta_cov.tolist()},
         "optimisation": {k: result.extras.get(k) for k in ("levels", "backoffs", "last_distance",
                                                            "data_passes", "minibatch", "quadratic_cv",
+                                                           "curvature_passes",
                                                            "data_source")},
         "compile_seconds": result.compile_seconds,
         "fit_seconds": result.fit_seconds,
