@@ -28,7 +28,8 @@ With the quadratic control variate (``uses_quadratic_cv``; docs/derivations.md) 
 gradient of log p gets C (u_s - m) added, C the log joint's curvature at q's mean, and the family
 subtracts the exact expectation of what that adds (``quadratic_cv_mean``): the same mean, far
 less noise near q, and so iterate averages that agree after fewer levels (the 100,000 x 50
-logistic fit: 600 steps instead of 2,000). C is recomputed at each window's end.
+logistic fit: 600 steps instead of 2,000). C is recomputed at a window's end once q's mean has
+moved QCV_REFRESH_SD posterior sds from where C was computed.
 
 A step whose ELBO or gradient is not finite is undone: the parameters go back to the last good
 window, the step size shrinks tenfold and Adam's moments are reset; each clean window after that
