@@ -127,5 +127,6 @@ def test_quadratic_cv_refuses_what_it_cannot_do(tmp_path):
         vireg.fit(config, overrides=["inference.quadratic_cv=true", "inference.estimator=score"])
     with pytest.raises(InputError, match="applies to the reparam estimator, not stl"):
         vireg.fit(config, overrides=["inference.quadratic_cv=true", "inference.family=fullrank"])
-    with pytest.raises(InputError, match="must be true, false or auto"):
-        vireg.fit(config, overrides=["inference.quadratic_cv=sometimes"])
+    for bad in ("sometimes", "1"):
+        with pytest.raises(InputError, match="must be true, false or auto"):
+            vireg.fit(config, overrides=[f"inference.quadratic_cv={bad}"])

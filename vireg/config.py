@@ -154,6 +154,8 @@ def _type_name(t: Any) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
              list: "a list", dict: "a mapping", type(None): "null"}
     ts = t if isinstance(t, tuple) else (t,)
+    if ts == (bool, str):  # the one key of that type, inference.quadratic_cv
+        return "true, false or auto"
     return " or ".join(names[x] for x in ts)
 
 
