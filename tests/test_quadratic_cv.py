@@ -119,6 +119,10 @@ def test_auto_uses_it_for_reparam_with_many_rows_per_parameter_only(tmp_path):
     assert not uses_quadratic_cv(big, InferenceConfig(estimator="stl"))
     assert not uses_quadratic_cv(big, InferenceConfig(estimator="reparam", quadratic_cv=False))
     assert uses_quadratic_cv(small, InferenceConfig(estimator="reparam", quadratic_cv=True))
+    # Minibatches: off when a curvature pass (N x D) costs more than a window of steps
+    # (window x batch x (S + 1)): 2000 x 5 = 10,000 against 100 x 10 x 9 = 9,000 and 100 x 20 x 9.
+    assert not uses_quadratic_cv(big, InferenceConfig(estimator="reparam", batch_size=10))
+    assert uses_quadratic_cv(big, InferenceConfig(estimator="reparam", batch_size=20))
 
 
 def test_quadratic_cv_refuses_what_it_cannot_do(tmp_path):

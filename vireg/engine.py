@@ -265,16 +265,26 @@ def optimise(model, family, icfg, rng: np.random.Generator,
 def uses_quadratic_cv(model, icfg) -> bool:
     """Whether a fit uses the quadratic control variate: as configured, or for "auto" with the
     reparam estimator (mean-field's default) when there are at least QCV_AUTO_ROWS_PER_PARAM rows
-    per parameter. Measured over the 38 reference posteriors: with mean-field, the fits it changed
-    most for the worse had few rows per parameter (mesquite: 46 rows, 8 parameters), where the
-    posterior is least Gaussian and the curvature at the mean says least about the curvature at a
-    draw; with full-rank, stl (its default) already cancels the same noise (reparam with the
+    per parameter and, with minibatches, its curvature passes cost less than the steps they
+    serve. Measured over the 38 reference posteriors: with mean-field, the fits it changed most
+    for the worse had few rows per parameter (mesquite: 46 rows, 8 parameters), where the
+    posterior is least Gaussian and the curvature at the mean says least about the curvature at
+    a draw; with full-rank, stl (its default) already cancels the same noise (reparam with the
     control variate measured the same steps and errors), and adding it to stl put the noise back
     (2,000 steps instead of 600)."""
     if icfg.quadratic_cv != "auto":
         return bool(icfg.quadratic_cv)
-    return (icfg.estimator == "reparam"
-            and model.n_rows >= QCV_AUTO_ROWS_PER_PARAM * model.n_params)
+    if icfg.estimator != "reparam" or model.n_rows < QCV_AUTO_ROWS_PER_PARAM * model.n_params:
+        return False
+    # With minibatches a logistic curvature pass (all N rows, D^2 work each) can cost more than
+    # the window of steps it serves (window x batch rows, D (S + 1) work each): then it is off.
+    # Measured: 10,000,000 x 50 with batch 100,000 took 1,400 steps and 32 s with it against
+    # 2,400 steps and 21 s without; 100,000 x 50 with batch 10,000, 1.0 s against 1.9 s.
+    minibatch = icfg.batch_size is not None and icfg.batch_size < model.n_rows
+    if minibatch and not model.likelihood.HAS_SCALE:
+        return (model.n_rows * model.n_cov
+                <= icfg.window * icfg.batch_size * (icfg.samples + 1))
+    return True
 
 
 def _curvature(model, m: np.ndarray) -> np.ndarray:
