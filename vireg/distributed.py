@@ -242,18 +242,25 @@ class DaskRows:
         self.groups = [list(range(k, min(n, k + per_block))) for k in range(0, n, per_block)]
         self.draws = draws_per_step
 
-    def _sums(self, U: np.ndarray, indices: list[int], with_grad: bool = True
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def _per_partition(self, task, indices: list[int], *args) -> dict[int, object]:
+        """``task(partitions, *args)`` once per worker on the partitions it holds among
+        ``indices`` (one task per worker: a task costs milliseconds of scheduling); the results
+        by partition index."""
         by_worker: dict[str, list[int]] = {}
         for i in indices:
             by_worker.setdefault(self.holder[i], []).append(i)
         futures = {worker: self.client.submit(
-            _partial_sums, [self.parts[i] for i in idx], U, self.source.family, self.intercept,
-            self.draws, with_grad, workers=[worker], allow_other_workers=True, pure=False)
-            for worker, idx in by_worker.items()}
+            task, [self.parts[i] for i in idx], *args, workers=[worker],
+            allow_other_workers=True, pure=False) for worker, idx in by_worker.items()}
         results = {}
-        for worker, sums in zip(futures, self.client.gather(list(futures.values())), strict=True):
-            results.update(zip(by_worker[worker], sums, strict=True))
+        for worker, out in zip(futures, self.client.gather(list(futures.values())), strict=True):
+            results.update(zip(by_worker[worker], out, strict=True))
+        return results
+
+    def _sums(self, U: np.ndarray, indices: list[int], with_grad: bool = True
+              ) -> tuple[np.ndarray, np.ndarray]:
+        results = self._per_partition(_partial_sums, indices, U, self.source.family,
+                                      self.intercept, self.draws, with_grad)
         G = np.zeros((U.shape[0], U.shape[1]))
         ll = np.zeros(U.shape[0])
         for i in indices:  # partition order, whichever worker answered first
@@ -268,15 +275,7 @@ class DaskRows:
         """``rows.logistic_curvature_sums`` over all partitions, summed in partition order."""
         from vireg.rows import add_sums
 
-        by_worker: dict[str, list[int]] = {}
-        for i in range(len(self.parts)):
-            by_worker.setdefault(self.holder[i], []).append(i)
-        futures = {worker: self.client.submit(
-            _partial_curvature, [self.parts[i] for i in idx], a, b, workers=[worker],
-            allow_other_workers=True, pure=False) for worker, idx in by_worker.items()}
-        results = {}
-        for worker, sums in zip(futures, self.client.gather(list(futures.values())), strict=True):
-            results.update(zip(by_worker[worker], sums, strict=True))
+        results = self._per_partition(_partial_curvature, list(range(len(self.parts))), a, b)
         total = None
         for i in range(len(self.parts)):
             total = add_sums(total, results[i])

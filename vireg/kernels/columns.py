@@ -48,29 +48,21 @@ def write_columns(X, j0, k, c0, c1, c2, c3, c4, c5, c6, c7, chunk_rows):
     for c in prange(n_chunks):
         for i in range(c * chunk_rows, min(N, (c + 1) * chunk_rows)):
             row = X[i]
-            if k == 8:
-                row[j0] = c0[i]
+            row[j0] = c0[i]
+            if k > 1:
                 row[j0 + 1] = c1[i]
+            if k > 2:
                 row[j0 + 2] = c2[i]
+            if k > 3:
                 row[j0 + 3] = c3[i]
+            if k > 4:
                 row[j0 + 4] = c4[i]
+            if k > 5:
                 row[j0 + 5] = c5[i]
+            if k > 6:
                 row[j0 + 6] = c6[i]
+            if k > 7:
                 row[j0 + 7] = c7[i]
-            else:
-                row[j0] = c0[i]
-                if k > 1:
-                    row[j0 + 1] = c1[i]
-                if k > 2:
-                    row[j0 + 2] = c2[i]
-                if k > 3:
-                    row[j0 + 3] = c3[i]
-                if k > 4:
-                    row[j0 + 4] = c4[i]
-                if k > 5:
-                    row[j0 + 5] = c5[i]
-                if k > 6:
-                    row[j0 + 6] = c6[i]
 
 
 @njit(parallel=True, **JIT_OPTIONS)

@@ -196,9 +196,7 @@ class Model:
                 weight = 1.0 / max(self.residual_fraction() * yty / self.n_rows, 1e-12)
         else:
             weight = 0.25
-        T_loc = self.T[:k, :k]
-        prior_curv = np.array([p.curvature() for p in self.priors[:k]])
-        H = weight * gram + T_loc.T @ (prior_curv[:, None] * T_loc)
+        H = weight * gram + self._prior_curvature()
         # A small ridge keeps H invertible; with no curvature at all (all-zero columns under
         # priors without curvature at their mode, such as laplace) it is the unit curvature of
         # the standardised scale.
@@ -218,8 +216,6 @@ class Model:
         unbiased).
         """
         k, P = self.n_location, self.n_params
-        T_loc = self.T[:k, :k]
-        prior_curv = np.array([p.curvature() for p in self.priors[:k]])
         C = np.zeros((P, P))
         if self.likelihood.HAS_SCALE:
             # From the sufficient statistics, no pass over the data: with e = y - Z1 m_loc,
@@ -239,8 +235,16 @@ class Model:
                 C_loc = np.block([[np.array([[w_sum]]), zw[None, :]], [zw[:, None], ztwz]])
             else:
                 C_loc = ztwz
-        C[:k, :k] = C_loc + T_loc.T @ (prior_curv[:, None] * T_loc)
+        C[:k, :k] = C_loc + self._prior_curvature()
         return C
+
+    def _prior_curvature(self) -> np.ndarray:
+        """T_loc^T diag(c) T_loc: the location priors' curvature at their modes (c_j), mapped to
+        the standardised coordinates u."""
+        k = self.n_location
+        T_loc = self.T[:k, :k]
+        c = np.array([p.curvature() for p in self.priors[:k]])
+        return T_loc.T @ (c[:, None] * T_loc)
 
     def location_preconditioner(self, H: np.ndarray) -> np.ndarray:
         """R with R^T (H/N) R = I, so Adam on m' = R^-1 m sees an isotropic problem.
