@@ -32,9 +32,11 @@ def make_problem(rng, family, N, D, S, intercept, scale=1.0):
 @pytest.mark.parametrize("family", list(KERNELS))
 @pytest.mark.parametrize("intercept", [True, False])
 # S = 5, 6, 9 and row counts that are not multiples of four reach every remainder path of the
-# four-rows-by-four-draws blocking.
+# four-rows-by-four-draws blocking; D = 100 and 40 with S < 4 the byte-sized blocks (8 and 20 rows)
+# with a last, partial block.
 @pytest.mark.parametrize(("N", "D", "S"), [(1, 1, 1), (7, 3, 2), (300, 10, 8), (5001, 4, 3),
-                                            (2000, 0, 2), (203, 6, 5), (97, 5, 9), (4099, 7, 6)])
+                                            (2000, 0, 2), (203, 6, 5), (97, 5, 9), (4099, 7, 6),
+                                            (1003, 100, 1), (517, 40, 2)])
 @pytest.mark.parametrize("build", ["parallel", "serial"])
 def test_kernel_matches_numpy_reference(rng, family, intercept, N, D, S, build):
     kernel, ref = KERNELS[family]

@@ -16,7 +16,7 @@ by the data shape; ``prange`` runs over chunks, each chunk writes only its own s
 partials arrays, and the partials are summed in chunk order after the loop, so the result is
 bit-identical at any thread count.
 
-Within a chunk, rows go in blocks of BLOCK_ROWS, in three steps while the block is in L1 cache:
+Within a chunk, rows go in blocks (``block_rows_for``), in three steps while the block is in L1:
 
 1. ``linear_predictors``: eta (rows x draws) = a + Z_block B^T. With four or more draws it is
    register-blocked four rows by four draws: 16 running sums, each load of z serving four draws
@@ -27,8 +27,17 @@ Within a chunk, rows go in blocks of BLOCK_ROWS, in three steps while the block 
    load and store of a gradient sum serves four rows.
 
 With fewer than four draws a step is bound by memory bandwidth, not arithmetic, and the blocked
-loops measured slower (1,000,000 x 100, S = 1), so rows are then taken one at a time.
-Measured on the development machine (2 threads, float64, fastest of 5 x 7 calls in one run), against
+loops measured slower (1,000,000 x 100, S = 1), so rows are then taken one at a time, in blocks
+of about FEW_DRAWS_BLOCK_BYTES instead of BLOCK_ROWS rows: the gradient step re-reads the block
+from L1 while the rows after it stream in, and a 25.6 KB block of 32 rows of 100 doubles left too
+little of the 32 KB L1 for both. Measured with the two block sizes alternated in one process
+(fastest of 5 x 7 calls, S = 1, 2 threads): 1,000,000 x 100 logistic 31.1 -> 25.8 ms (float32
+21.8 -> 18.1), linear 31.8 -> 27.8, S = 2 46.0 -> 40.3; 1,000,000 x 50 19.7 -> 14.9; 4,000,000 x
+10 unchanged (27.6, 32-row blocks either way). Tried and not kept: a software prefetch of the rows
+12-48 KB ahead during the gradient step (gains and losses of 10% by shape, within the noise at
+D = 100), and computing the next block's linear predictors before this block's sums so that the
+CPU overlaps them with the sigmoid's dependency chains (30.7 -> 40.2 ms).
+Earlier, on the development machine (2 threads, float64, fastest of 5 x 7 calls in one run), against
 the previous kernel (blocked four rows by one draw): logistic 1,000,000 x 100, S = 1: 37.0 -> 31.0
 ms (a streaming read of X: 22.5 ms); 100,000 x 50, S = 8: 6.5 -> 5.3 ms; linear 29.6 -> 29.9 ms
 and 4.7 -> 4.3 ms. The S = 1 gain came from the reduction (``_reduce_chunks``).
@@ -50,6 +59,9 @@ from vireg.kernels.flags import JIT_OPTIONS
 BLOCK_ROWS = 32
 # Register blocking pays off from four draws per row on (S = 8, 100,000 x 50: see module doc).
 ROW_BLOCK_MIN_DRAWS = 4
+# Below that, the step is bound by memory, and blocks of about FEW_DRAWS_BLOCK_BYTES (8 rows at
+# D = 100) leave more of L1 to the rows streaming in (module doc).
+FEW_DRAWS_BLOCK_BYTES = 6400
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -68,6 +80,16 @@ def _split_draws(U, has_intercept, D):
         for j in range(D):
             B[s, j] = U[s, off + j]
     return a, B
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def block_rows_for(Z, S):
+    """Rows per block for S draws: BLOCK_ROWS for the register-blocked loops, else about
+    FEW_DRAWS_BLOCK_BYTES of rows (8 to BLOCK_ROWS rows)."""
+    if S >= ROW_BLOCK_MIN_DRAWS:
+        return BLOCK_ROWS
+    row_bytes = max(Z.shape[1] * Z.itemsize, 1)
+    return min(max(FEW_DRAWS_BLOCK_BYTES // row_bytes, 8), BLOCK_ROWS)
 
 
 @njit(**JIT_OPTIONS)
@@ -290,7 +312,8 @@ def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
     n_chunks = (N + chunk_rows - 1) // chunk_rows
     grad_part = np.zeros((n_chunks, S, D))  # sum_i e_is z_ij over chunk c
     sum_part = np.zeros((n_chunks, 2, S))  # [sum_i e_is, sum_i e_is^2] over chunk c
-    work = np.empty((n_chunks, BLOCK_ROWS * S))  # eta, then e, for one block
+    block = block_rows_for(Z, S)
+    work = np.empty((n_chunks, block * S))  # eta, then e, for one block
     a, B = _split_draws(U, has_intercept, D)
     for c in prange(n_chunks):
         start = c * chunk_rows
@@ -298,8 +321,8 @@ def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
         G = grad_part[c]
         sums = sum_part[c]
         e = work[c]
-        for b0 in range(start, stop, BLOCK_ROWS):
-            nb = min(stop, b0 + BLOCK_ROWS) - b0
+        for b0 in range(start, stop, block):
+            nb = min(stop, b0 + block) - b0
             linear_predictors(Z, b0, nb, B, a, e)
             for r in range(nb):
                 yr = y[b0 + r]
@@ -353,7 +376,8 @@ def _bernoulli_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
     grad_part = np.zeros((n_chunks, S, D))  # sum_i r_is z_ij over chunk c
     sum_part = np.zeros((n_chunks, 2, S))  # [sum_i r_is, ll_s] over chunk c
     # Per-chunk scratch, allocated once outside the parallel loop: eta then r, y, and ll.
-    work = np.empty((n_chunks, 3, BLOCK_ROWS * S))
+    block = block_rows_for(Z, S)
+    work = np.empty((n_chunks, 3, block * S))
     a, B = _split_draws(U, has_intercept, D)
     for c in prange(n_chunks):
         start = c * chunk_rows
@@ -363,8 +387,8 @@ def _bernoulli_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
         q = work[c, 0]
         yb = work[c, 1]
         llb = work[c, 2]
-        for b0 in range(start, stop, BLOCK_ROWS):
-            nb = min(stop, b0 + BLOCK_ROWS) - b0
+        for b0 in range(start, stop, block):
+            nb = min(stop, b0 + block) - b0
             linear_predictors(Z, b0, nb, B, a, q)
             for r in range(nb):
                 for s in range(S):
