@@ -187,3 +187,18 @@ def test_float32_model_keeps_only_float32_rows_and_a_float64_gram():
     g32, g64 = m32.gram(), m64.gram()
     assert g32[0].dtype == np.float64
     np.testing.assert_allclose(g32[0], g64[0], rtol=1e-6, atol=1e-6 * len(m64.y))
+
+
+def test_parallel_and_serial_builds_have_their_own_cache_files():
+    """Numba's cache index does not key on the compiler flags: two builds of one function under
+    one name would load each other's machine code (the serial kernel ran on every thread and the
+    parallel one on one). Each build must be cached under its own name."""
+    from vireg.kernels import likelihood
+
+    for parallel, serial in [(likelihood.bernoulli_loglik_grad,
+                               likelihood.bernoulli_loglik_grad_serial),
+                              (likelihood.gaussian_loglik_grad,
+                               likelihood.gaussian_loglik_grad_serial)]:
+        assert parallel.targetoptions["parallel"] and not serial.targetoptions.get("parallel")
+        assert parallel.py_func.__qualname__ != serial.py_func.__qualname__
+        assert parallel._cache._cache_file._index_name != serial._cache._cache_file._index_name

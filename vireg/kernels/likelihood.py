@@ -27,16 +27,20 @@ Within a chunk, rows go in blocks (``block_rows_for``), in three steps while the
    load and store of a gradient sum serves four rows.
 
 With fewer than four draws a step is bound by memory bandwidth, not arithmetic, and the blocked
-loops measured slower (1,000,000 x 100, S = 1), so rows are then taken one at a time, in blocks
-of about FEW_DRAWS_BLOCK_BYTES instead of BLOCK_ROWS rows: the gradient step re-reads the block
-from L1 while the rows after it stream in, and a 25.6 KB block of 32 rows of 100 doubles left too
-little of the 32 KB L1 for both. Measured with the two block sizes alternated in one process
-(fastest of 5 x 7 calls, S = 1, 2 threads): 1,000,000 x 100 logistic 31.1 -> 25.8 ms (float32
-21.8 -> 18.1), linear 31.8 -> 27.8, S = 2 46.0 -> 40.3; 1,000,000 x 50 19.7 -> 14.9; 4,000,000 x
-10 unchanged (27.6, 32-row blocks either way). Tried and not kept: a software prefetch of the rows
-12-48 KB ahead during the gradient step (gains and losses of 10% by shape, within the noise at
-D = 100), and computing the next block's linear predictors before this block's sums so that the
-CPU overlaps them with the sigmoid's dependency chains (30.7 -> 40.2 ms).
+loops measured slower (1,000,000 x 100, S = 1), so rows are then taken one at a time, in blocks of
+about FEW_DRAWS_BLOCK_BYTES instead of BLOCK_ROWS rows: the gradient step re-reads the block from
+L1 while the rows after it stream in, and a 25.6 KB block of 32 rows of 100 doubles left too little
+of the 32 KB L1 for both. Measured with the two block sizes alternated in one process (fastest of 5
+x 7 calls, S = 1, 2 threads): 1,000,000 x 100 logistic 31.1 -> 25.8 ms (float32 21.8 -> 18.1),
+linear 31.8 -> 27.8, S = 2 46.0 -> 40.3; 1,000,000 x 50 19.7 -> 14.9; 4,000,000 x 10 unchanged
+(27.6, 32-row blocks either way). With four or more draws a block takes microseconds of arithmetic
+while the hardware prefetcher idles, so the next block arrives at the memory latency (one thread,
+100,000 x 50, S = 8: 111 ns per row from memory against 79 from L2): the kernels hint the next
+block's lines after each block's linear predictors (``prefetch_next_block``): 100,000 x 50, S = 8:
+5.4 -> 4.9 ms (linear 4.4 -> 4.0), 1,000,000 x 100, S = 8: 109 -> 94 ms. Tried and not kept: the
+same hints with fewer draws (gains and losses of 10% by shape), and computing the next block's
+linear predictors before this block's sums so that the CPU overlaps them with the sigmoid's
+dependency chains (30.7 -> 40.2 ms).
 Earlier, on the development machine (2 threads, float64, fastest of 5 x 7 calls in one run), against
 the previous kernel (blocked four rows by one draw): logistic 1,000,000 x 100, S = 1: 37.0 -> 31.0
 ms (a streaming read of X: 22.5 ms); 100,000 x 50, S = 8: 6.5 -> 5.3 ms; linear 29.6 -> 29.9 ms
@@ -45,16 +49,19 @@ and 4.7 -> 4.3 ms. The S = 1 gain came from the reduction (``_reduce_chunks``).
 Each kernel is compiled twice from the same source: ``parallel=True`` and a serial build for data
 too small to pay for waking the thread pool (measured: a 434-row fit took 8 s instead of 0.3 s when
 another process held the cores, because every step waited on the pool). ``flags.use_parallel``
-chooses between them from the data shape alone, never from the thread count.
+chooses between them from the data shape alone, never from the thread count. The serial build is a
+renamed copy (``_renamed``), so that the two are cached apart.
 """
 
 import math
+import types
 
 import numpy as np
 from numba import njit, prange
 
 from vireg.kernels.elementary import exp_nonpositive, log1p_unit
 from vireg.kernels.flags import JIT_OPTIONS
+from vireg.kernels.prefetch import prefetch
 
 BLOCK_ROWS = 32
 # Register blocking pays off from four draws per row on (S = 8, 100,000 x 50: see module doc).
@@ -90,6 +97,20 @@ def block_rows_for(Z, S):
         return BLOCK_ROWS
     row_bytes = max(Z.shape[1] * Z.itemsize, 1)
     return min(max(FEW_DRAWS_BLOCK_BYTES // row_bytes, 8), BLOCK_ROWS)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def prefetch_next_block(Z, b0, block, S):
+    """With S >= ROW_BLOCK_MIN_DRAWS, a prefetch hint for each cache line of the block after the
+    one at b0 (module doc). With fewer draws the step is bound by bandwidth and the hints
+    measured slower (1,000,000 x 100, S = 1: 27.0 -> 30.3 ms)."""
+    if S < ROW_BLOCK_MIN_DRAWS:
+        return
+    line = max(64 // Z.itemsize, 1)
+    for i in range(b0 + block, min(b0 + 2 * block, Z.shape[0])):
+        zi = Z[i]
+        for j in range(0, zi.shape[0], line):
+            prefetch(zi, j)
 
 
 @njit(**JIT_OPTIONS)
@@ -252,10 +273,10 @@ def _grad_4rows_4draws(z0, z1, z2, z3, q, k, S, g0, g1, g2, g3):
         x1 = z1[j]
         x2 = z2[j]
         x3 = z3[j]
-        g0[j] += (p0 * x0 + p1 * x1) + (p2 * x2 + p3 * x3)
-        g1[j] += (u0 * x0 + u1 * x1) + (u2 * x2 + u3 * x3)
-        g2[j] += (v0 * x0 + v1 * x1) + (v2 * x2 + v3 * x3)
-        g3[j] += (w0 * x0 + w1 * x1) + (w2 * x2 + w3 * x3)
+        g0[j] = g0[j] + p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
+        g1[j] = g1[j] + u0 * x0 + u1 * x1 + u2 * x2 + u3 * x3
+        g2[j] = g2[j] + v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3
+        g3[j] = g3[j] + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3
 
 
 @njit(**JIT_OPTIONS)
@@ -281,7 +302,7 @@ def accumulate_gradient(Z, b0, nb, q, G):
                 p3 = q[k + 3 * S]
                 g = G[s]
                 for j in range(g.shape[0]):
-                    g[j] += (p0 * z0[j] + p1 * z1[j]) + (p2 * z2[j] + p3 * z3[j])
+                    g[j] = g[j] + p0 * z0[j] + p1 * z1[j] + p2 * z2[j] + p3 * z3[j]
                 s += 1
             r += 4
     while r < nb:
@@ -292,6 +313,37 @@ def accumulate_gradient(Z, b0, nb, q, G):
             for j in range(g.shape[0]):
                 g[j] += p * zi[j]
         r += 1
+
+
+@njit(**JIT_OPTIONS)
+def _gaussian_chunk(Z, y, a, B, start, stop, with_grad, G, sums, e):
+    """Adds rows start .. stop - 1 to G (sum e z) and sums ([sum e, sum e^2]), e as scratch.
+
+    A function of its own, called from the ``prange`` loop instead of written inside it: the
+    parallel build compiled the same loops about 1.5x slower (100,000 x 50, S = 8, one thread:
+    11.2 ms against 7.2 ms for the serial build).
+    """
+    S = B.shape[0]
+    block = block_rows_for(Z, S)
+    for b0 in range(start, stop, block):
+        nb = min(stop, b0 + block) - b0
+        linear_predictors(Z, b0, nb, B, a, e)
+        prefetch_next_block(Z, b0, block, S)
+        for r in range(nb):
+            yr = y[b0 + r]
+            for s in range(S):
+                e[r * S + s] = yr - e[r * S + s]
+        for s in range(S):
+            s1 = 0.0
+            s2 = 0.0
+            for r in range(nb):
+                er = e[r * S + s]
+                s1 += er
+                s2 += er * er
+            sums[0, s] += s1
+            sums[1, s] += s2
+        if with_grad:
+            accumulate_gradient(Z, b0, nb, e, G)
 
 
 def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
@@ -312,33 +364,12 @@ def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
     n_chunks = (N + chunk_rows - 1) // chunk_rows
     grad_part = np.zeros((n_chunks, S, D))  # sum_i e_is z_ij over chunk c
     sum_part = np.zeros((n_chunks, 2, S))  # [sum_i e_is, sum_i e_is^2] over chunk c
-    block = block_rows_for(Z, S)
-    work = np.empty((n_chunks, block * S))  # eta, then e, for one block
+    work = np.empty((n_chunks, block_rows_for(Z, S) * S))  # eta, then e, for one block
     a, B = _split_draws(U, has_intercept, D)
     for c in prange(n_chunks):
         start = c * chunk_rows
-        stop = min(N, start + chunk_rows)
-        G = grad_part[c]
-        sums = sum_part[c]
-        e = work[c]
-        for b0 in range(start, stop, block):
-            nb = min(stop, b0 + block) - b0
-            linear_predictors(Z, b0, nb, B, a, e)
-            for r in range(nb):
-                yr = y[b0 + r]
-                for s in range(S):
-                    e[r * S + s] = yr - e[r * S + s]
-            for s in range(S):
-                s1 = 0.0
-                s2 = 0.0
-                for r in range(nb):
-                    er = e[r * S + s]
-                    s1 += er
-                    s2 += er * er
-                sums[0, s] += s1
-                sums[1, s] += s2
-            if with_grad:
-                accumulate_gradient(Z, b0, nb, e, G)
+        _gaussian_chunk(Z, y, a, B, start, min(N, start + chunk_rows), with_grad, grad_part[c],
+                        sum_part[c], work[c])
     G_sum, sums = _reduce_chunks(grad_part, sum_part)
     G = np.zeros((S, P))
     ll = np.empty(S)
@@ -352,6 +383,43 @@ def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
         G[s, P - 1] = -N + w * sums[1, s]
         ll[s] = -N * (HALF_LOG_2PI + t) - 0.5 * w * sums[1, s]
     return G, ll
+
+
+@njit(**JIT_OPTIONS)
+def _bernoulli_chunk(Z, y, a, B, start, stop, with_grad, G, sums, work):
+    """Adds rows start .. stop - 1 to G (sum r z) and sums ([sum r, ll]); work holds the scratch
+    rows (eta then r, y, ll) of one block. Its own function for the reason in ``_gaussian_chunk``.
+    """
+    S = B.shape[0]
+    block = block_rows_for(Z, S)
+    q = work[0]
+    yb = work[1]
+    llb = work[2]
+    for b0 in range(start, stop, block):
+        nb = min(stop, b0 + block) - b0
+        linear_predictors(Z, b0, nb, B, a, q)
+        prefetch_next_block(Z, b0, block, S)
+        for r in range(nb):
+            for s in range(S):
+                yb[r * S + s] = y[b0 + r]
+        # One flat loop over rows x draws, so that it vectorises whatever S is.
+        for k in range(nb * S):
+            lin = q[k]
+            e = exp_nonpositive(-abs(lin))
+            inv = 1.0 / (1.0 + e)
+            sig = inv if lin >= 0.0 else e * inv
+            llb[k] = yb[k] * lin - (max(lin, 0.0) + log1p_unit(e))
+            q[k] = yb[k] - sig
+        for s in range(S):
+            s1 = 0.0
+            s2 = 0.0
+            for r in range(nb):
+                s1 += q[r * S + s]
+                s2 += llb[r * S + s]
+            sums[0, s] += s1
+            sums[1, s] += s2
+        if with_grad:
+            accumulate_gradient(Z, b0, nb, q, G)
 
 
 def _bernoulli_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
@@ -376,41 +444,12 @@ def _bernoulli_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
     grad_part = np.zeros((n_chunks, S, D))  # sum_i r_is z_ij over chunk c
     sum_part = np.zeros((n_chunks, 2, S))  # [sum_i r_is, ll_s] over chunk c
     # Per-chunk scratch, allocated once outside the parallel loop: eta then r, y, and ll.
-    block = block_rows_for(Z, S)
-    work = np.empty((n_chunks, 3, block * S))
+    work = np.empty((n_chunks, 3, block_rows_for(Z, S) * S))
     a, B = _split_draws(U, has_intercept, D)
     for c in prange(n_chunks):
         start = c * chunk_rows
-        stop = min(N, start + chunk_rows)
-        G = grad_part[c]
-        sums = sum_part[c]
-        q = work[c, 0]
-        yb = work[c, 1]
-        llb = work[c, 2]
-        for b0 in range(start, stop, block):
-            nb = min(stop, b0 + block) - b0
-            linear_predictors(Z, b0, nb, B, a, q)
-            for r in range(nb):
-                for s in range(S):
-                    yb[r * S + s] = y[b0 + r]
-            # One flat loop over rows x draws, so that it vectorises whatever S is.
-            for k in range(nb * S):
-                lin = q[k]
-                e = exp_nonpositive(-abs(lin))
-                inv = 1.0 / (1.0 + e)
-                sig = inv if lin >= 0.0 else e * inv
-                llb[k] = yb[k] * lin - (max(lin, 0.0) + log1p_unit(e))
-                q[k] = yb[k] - sig
-            for s in range(S):
-                s1 = 0.0
-                s2 = 0.0
-                for r in range(nb):
-                    s1 += q[r * S + s]
-                    s2 += llb[r * S + s]
-                sums[0, s] += s1
-                sums[1, s] += s2
-            if with_grad:
-                accumulate_gradient(Z, b0, nb, q, G)
+        _bernoulli_chunk(Z, y, a, B, start, min(N, start + chunk_rows), with_grad, grad_part[c],
+                         sum_part[c], work[c])
     G_sum, sums = _reduce_chunks(grad_part, sum_part)
     G = np.zeros((S, P))
     ll = np.empty(S)
@@ -423,7 +462,24 @@ def _bernoulli_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
     return G, ll
 
 
+def _renamed(fn, suffix: str):
+    """A copy of ``fn`` under another name, for its second build.
+
+    Numba names a function's cache files after its qualified name, and the cache's index key holds
+    the signature and the CPU but not the compiler flags, so a ``parallel=True`` and a serial
+    build of one function overwrite and load each other: whichever was compiled first served
+    both (found when the "serial" kernel ran on two threads and the "parallel" one on one).
+    """
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__,
+                              fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + suffix
+    copy.__doc__ = fn.__doc__
+    return copy
+
+
 gaussian_loglik_grad = njit(parallel=True, **JIT_OPTIONS)(_gaussian_loglik_grad)
-gaussian_loglik_grad_serial = njit(parallel=False, **JIT_OPTIONS)(_gaussian_loglik_grad)
+gaussian_loglik_grad_serial = njit(parallel=False, **JIT_OPTIONS)(
+    _renamed(_gaussian_loglik_grad, "_serial"))
 bernoulli_loglik_grad = njit(parallel=True, **JIT_OPTIONS)(_bernoulli_loglik_grad)
-bernoulli_loglik_grad_serial = njit(parallel=False, **JIT_OPTIONS)(_bernoulli_loglik_grad)
+bernoulli_loglik_grad_serial = njit(parallel=False, **JIT_OPTIONS)(
+    _renamed(_bernoulli_loglik_grad, "_serial"))
