@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 from vireg.cli import app
 
 KEYS = {"ms_per_step", "numpy_ms_per_step", "speedup_vs_numpy", "bandwidth_gb_s",
-        "roofline_ms_per_step", "efficiency", "compile_s", "threads"}
+        "roofline_ms_per_step", "efficiency", "compile_s", "threads",
+        "compute_roofline_ms_per_step", "compute_efficiency", "bound"}
 
 
 def test_bench_json_reports_every_measure_and_the_kernel_agrees_with_numpy():
@@ -19,6 +20,7 @@ def test_bench_json_reports_every_measure_and_the_kernel_agrees_with_numpy():
         assert set(out) >= KEYS
         assert out["kernel_matches_numpy"] is True
         assert out["ms_per_step"] > 0 and out["bandwidth_gb_s"] > 0
+        assert out["bound"] in ("memory", "compute") and out["compute_efficiency"] > 0
 
 
 def test_bench_rejects_bad_options_in_one_line():

@@ -59,6 +59,22 @@ def numpy_step(model, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return G, ll
 
 
+def matmul_gflop_s(size: int = 1024, repeats: int = 5) -> float:
+    """Float64 flop rate of a square matrix product in NumPy's BLAS (its own threads, all cores):
+    the arithmetic ceiling that the data kernel's multiply-adds are compared with."""
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((size, size)), rng.standard_normal((size, size))
+    A @ B
+    seconds = min(median_ms(lambda: A @ B, 1) for _ in range(repeats)) * 1e-3
+    return 2.0 * size**3 / seconds / 1e9
+
+
+def kernel_flops(n: int, d: int, samples: int) -> float:
+    """Multiply-add flops of one pass of the data kernel: n x d x samples multiply-adds for the
+    linear predictors and as many for the gradient sums (2 flops each)."""
+    return 4.0 * n * d * samples
+
+
 def median_ms(fn, repeats: int) -> float:
     """Median wall time of ``repeats`` calls of ``fn``, in milliseconds."""
     times = []
@@ -125,11 +141,17 @@ def run_bench(model: str = "logistic", family: str = "meanfield", n: int = 100_0
     x_bytes = m.rows.Z.nbytes
     bandwidth = x_bytes / (read_ms * 1e-3) / 1e9
     roofline_ms = read_ms
+    gflop_s = matmul_gflop_s()
+    compute_roofline_ms = kernel_flops(n, d, samples) / (gflop_s * 1e9) * 1e3
     return {
         "model": model, "family": family, "estimator": estimator, "n": n, "d": d,
         "samples": samples, "dtype": dtype, "threads": threads, "steps": steps,
         "ms_per_step": ms, "numpy_ms_per_step": numpy_ms, "speedup_vs_numpy": numpy_ms / ms,
         "bandwidth_gb_s": bandwidth, "x_bytes": x_bytes, "roofline_ms_per_step": roofline_ms,
-        "efficiency": roofline_ms / ms, "compile_s": compile_s, "kernel_matches_numpy": agree,
+        "efficiency": roofline_ms / ms, "matmul_gflop_s": gflop_s,
+        "compute_roofline_ms_per_step": compute_roofline_ms,
+        "compute_efficiency": compute_roofline_ms / ms,
+        "bound": "memory" if roofline_ms >= compute_roofline_ms else "compute",
+        "compile_s": compile_s, "kernel_matches_numpy": agree,
         "parallel_kernel": m.rows.parallel,
     }

@@ -127,6 +127,11 @@ def bench_table(r: dict) -> None:
         ("read bandwidth GB/s", f"{r['bandwidth_gb_s']:.1f}"),
         ("roofline ms per step (one read of X)", f"{r['roofline_ms_per_step']:.2f}"),
         ("efficiency (roofline / step)", f"{r['efficiency']:.2f}"),
+        ("float64 matmul GFLOP/s (NumPy BLAS)", f"{r['matmul_gflop_s']:.0f}"),
+        ("compute roofline ms (4 N S D flops at that rate)",
+         f"{r['compute_roofline_ms_per_step']:.2f}"),
+        ("compute efficiency (compute roofline / step)", f"{r['compute_efficiency']:.2f}"),
+        ("bound by", r["bound"]),
         ("compile or cache load s", f"{r['compile_s']:.2f}"),
         ("kernel agrees with NumPy", "yes" if r["kernel_matches_numpy"] else "NO"),
     ]
