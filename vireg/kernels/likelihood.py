@@ -282,7 +282,7 @@ def _grad_4rows_4draws(z0, z1, z2, z3, q, k, S, g0, g1, g2, g3):
 @njit(**JIT_OPTIONS)
 def accumulate_gradient(Z, b0, nb, q, G):
     """G[s, j] += sum_r q[r S + s] z_(b0+r)j over the nb rows of a block, for all S draws
-    (blocked four rows by four draws when S >= ROW_BLOCK_MIN_DRAWS)."""
+    (blocked four rows by four draws when S >= ROW_BLOCK_MIN_DRAWS, else two rows at a time)."""
     S = G.shape[0]
     r = 0
     if S >= ROW_BLOCK_MIN_DRAWS:
@@ -305,6 +305,18 @@ def accumulate_gradient(Z, b0, nb, q, G):
                     g[j] = g[j] + p0 * z0[j] + p1 * z1[j] + p2 * z2[j] + p3 * z3[j]
                 s += 1
             r += 4
+    # Rows in pairs (each load and store of a gradient sum serves two rows): float32 1,000,000 x
+    # 100, S = 1: 16.1 -> 14.1 ms; float64 25.3 -> 25.1 ms (bound by the read of X).
+    while r + 2 <= nb:
+        z0 = Z[b0 + r]
+        z1 = Z[b0 + r + 1]
+        for s in range(S):
+            p0 = q[r * S + s]
+            p1 = q[r * S + S + s]
+            g = G[s]
+            for j in range(g.shape[0]):
+                g[j] = g[j] + p0 * z0[j] + p1 * z1[j]
+        r += 2
     while r < nb:
         zi = Z[b0 + r]
         for s in range(S):
