@@ -12,7 +12,7 @@ def test_defaults_and_family_aliases():
     cfg = config_from_dict(BASE)
     assert cfg.model.family == "bernoulli" and cfg.model.intercept is True
     assert cfg.inference.family == "meanfield" and cfg.inference.estimator == "reparam"
-    assert cfg.inference.samples >= 1 and cfg.inference.max_steps > 0
+    assert cfg.inference.samples == "auto" and cfg.inference.max_steps > 0
     assert config_from_dict({**BASE, "model": {"family": "linear"}}).model.family == "gaussian"
 
 
@@ -27,7 +27,8 @@ def test_dotted_overrides_are_typed_by_yaml():
     ({"inference": {"sampels": 3}}, ["inference.sampels", "samples"]),
     ({"model": {"family": "logistic", "priors": {}}}, ["model.priors", "prior"]),
     ({"inference": {"samples": 0}}, ["inference.samples", "at least 1"]),
-    ({"inference": {"samples": 2.5}}, ["inference.samples", "integer"]),
+    ({"inference": {"samples": 2.5}}, ["inference.samples", "integer or auto"]),
+    ({"inference": {"samples": "many"}}, ["inference.samples", "integer or auto"]),
     ({"inference": {"learning_rate": -1}}, ["learning_rate", "positive"]),
     ({"model": {"family": "logistic", "intercept": "yes"}}, ["model.intercept", "true or false"]),
     ({"model": {"family": "logistic", "prior": {"sigma": "half_normal(1)"}}},

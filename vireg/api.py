@@ -127,8 +127,13 @@ def _model_of(cfg: Config, design, intercept: bool, source):
         if reserved.get(name):
             raise InputError(f"covariate '{name}' has the name of vireg's own parameter "
                              f"'{name}': rename the column")
+    from vireg.engine import DEFAULT_SAMPLES
+
+    # With samples: auto the draws per step are settled once the model is known
+    # (engine.draws_per_step); the rows' serial-or-parallel choice takes the larger default.
+    samples = DEFAULT_SAMPLES if cfg.inference.samples == "auto" else cfg.inference.samples
     model = Model(design, cfg.model.family, intercept, priors, cfg.model.sigma,
-                  draws_per_step=cfg.inference.samples, dtype=cfg.inference.dtype, source=source)
+                  draws_per_step=samples, dtype=cfg.inference.dtype, source=source)
     check_posterior_exists(model)
     # The kernel reads the standardised copy; the raw covariates were needed only up to here.
     model.design = replace(model.design, X=np.empty((0, model.n_cov)))
@@ -315,6 +320,9 @@ def _fit_model(cfg: Config, model) -> Iterator[object]:
     from vireg import engine
     from vireg.families import make_family
 
+    cfg = replace(cfg, inference=replace(cfg.inference,
+                                         samples=engine.draws_per_step(model, cfg.inference)))
+
     family = make_family(cfg.inference.family, model.n_params)
     opt_seq, draw_seq, block_seq = np.random.SeedSequence(cfg.inference.seed).spawn(3)
     minibatch = None
@@ -470,7 +478,7 @@ def gradvar(config: Config | dict | str | Path, at: str = "init", draws: int = 1
 def _gradvar_study(cfg: Config, model, at: str, draws: int, fits: bool, fit_steps: int,
                    doc: dict | None) -> dict:
     from vireg.diagnostics import ESTIMATOR_NAMES, gradient_variance
-    from vireg.engine import initial_phi
+    from vireg.engine import draws_per_step, initial_phi
     from vireg.errors import FitError
     from vireg.families import make_family
 
@@ -487,7 +495,7 @@ def _gradvar_study(cfg: Config, model, at: str, draws: int, fits: bool, fit_step
         t0 = time.perf_counter()
         rng = np.random.default_rng(np.random.SeedSequence([cfg.inference.seed, 7]))
         study = gradient_variance(model, family, phi, draws, rng,
-                                  batch=max(2, cfg.inference.samples))
+                                  batch=max(2, draws_per_step(model, cfg.inference)))
         study["seconds"] = time.perf_counter() - t0
     study.update({"at": at, "family": family.name, "labels": family.labels(u_names(model)),
                   "fits": []})

@@ -57,7 +57,7 @@ class ModelConfig:
 class InferenceConfig:
     family: str = "meanfield"
     estimator: str | None = None  # None: the family's default (DEFAULT_ESTIMATOR)
-    samples: int = 8
+    samples: int | str = "auto"  # draws per step; auto: engine.draws_per_step
     max_steps: int = 20000
     learning_rate: float = 0.05
     init_scale: float = 0.1
@@ -134,7 +134,7 @@ SCHEMA: dict[str, Any] = {
                   "overrides": (dict, False)},
     },
     "inference": {
-        "family": (str, False), "estimator": ((str, type(None)), False), "samples": (int, False),
+        "family": (str, False), "estimator": ((str, type(None)), False), "samples": ((int, str), False),
         "max_steps": (int, False), "learning_rate": (float, False), "init_scale": (float, False),
         "tolerance": (float, False), "window": (int, False), "seed": (int, False),
         "dtype": (str, False), "batch_size": ((int, type(None)), False),
@@ -156,6 +156,8 @@ def _type_name(t: Any) -> str:
     ts = t if isinstance(t, tuple) else (t,)
     if ts == (bool, str):  # the one key of that type, inference.quadratic_cv
         return "true, false or auto"
+    if ts == (int, str):  # the one key of that type, inference.samples
+        return "an integer or auto"
     return " or ".join(names[x] for x in ts)
 
 
@@ -244,12 +246,16 @@ def _check_values(d: dict[str, Any]) -> None:
         raise InputError(f"inference.quadratic_cv applies to the reparam estimator, not {est} "
                          "(stl already cancels the same noise for full-rank; score uses no "
                          "gradient): set inference.estimator: reparam or remove quadratic_cv")
-    if est == "score" and inf.get("samples", 8) < 2:
+    samples = inf.get("samples", "auto")
+    if isinstance(samples, str) and samples != "auto":
+        raise InputError(f"config key 'inference.samples' must be an integer or auto, got "
+                         f"{samples!r}")
+    if est == "score" and samples != "auto" and samples < 2:
         raise InputError("inference.estimator 'score' needs inference.samples of at least 2 (its "
                          "leave-one-out baseline uses the other draws)")
     positive = {"samples": 1, "max_steps": 1, "window": 10, "batch_size": 1}
     for key, lo in positive.items():
-        if inf.get(key) is not None and inf[key] < lo:
+        if inf.get(key) is not None and inf[key] != "auto" and inf[key] < lo:
             raise InputError(f"inference.{key} must be at least {lo}, got {inf[key]}")
     for key in ("learning_rate", "init_scale", "tolerance"):
         if key in inf and not inf[key] > 0:

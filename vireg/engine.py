@@ -58,6 +58,9 @@ MAX_CONSECUTIVE_BACKOFFS = 8
 N_BATCHES = 10
 QCV_AUTO_ROWS_PER_PARAM = 100
 QCV_REFRESH_SD = 0.25
+# inference.samples: auto (draws_per_step).
+DEFAULT_SAMPLES = 8
+QCV_SAMPLES = 2
 QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
 
 
@@ -262,6 +265,18 @@ def optimise(model, family, icfg, rng: np.random.Generator,
                   backoffs=backoffs, curvature_passes=qcv_passes)
 
 
+def draws_per_step(model, icfg) -> int:
+    """Monte Carlo draws per step: as configured, or for "auto" QCV_SAMPLES when the fit uses the
+    quadratic control variate (which leaves little noise for more draws to average out) and
+    DEFAULT_SAMPLES otherwise. Measured on a 100,000 x 50 logistic fit against a reference at
+    tolerance 0.002 (two seeds each): 8 draws 600 steps, fit 3.8-4.4 s, means within 0.0003 sd;
+    2 draws 700 steps, 2.1-2.2 s, within 0.0003-0.0004 sd; 1 draw 600-700 steps, 1.1-1.3 s, within
+    0.0005-0.0016 sd."""
+    if icfg.samples != "auto":
+        return icfg.samples
+    return QCV_SAMPLES if uses_quadratic_cv(model, icfg) else DEFAULT_SAMPLES
+
+
 def uses_quadratic_cv(model, icfg) -> bool:
     """Whether a fit uses the quadratic control variate: as configured, or for "auto" with the
     reparam estimator (mean-field's default) when there are at least QCV_AUTO_ROWS_PER_PARAM rows
@@ -282,8 +297,9 @@ def uses_quadratic_cv(model, icfg) -> bool:
     # 2,400 steps and 21 s without; 100,000 x 50 with batch 10,000, 1.0 s against 1.9 s.
     minibatch = icfg.batch_size is not None and icfg.batch_size < model.n_rows
     if minibatch and not model.likelihood.HAS_SCALE:
+        samples = QCV_SAMPLES if icfg.samples == "auto" else icfg.samples
         return (model.n_rows * model.n_cov
-                <= icfg.window * icfg.batch_size * (icfg.samples + 1))
+                <= icfg.window * icfg.batch_size * (samples + 1))
     return True
 
 

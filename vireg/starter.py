@@ -78,7 +78,7 @@ model:
     coefficients: flat      # with few rows or separated classes, use e.g. normal(0, 2.5)
 {sigma}inference:
   family: meanfield         # fullrank for trustworthy sds and correlations (costs O(P^2) per draw)
-  samples: 8                # Monte Carlo draws per step
+  samples: auto             # Monte Carlo draws per step (auto: 2 with the curvature control variate, else 8)
   max_steps: 20000
   seed: 0
 output:
