@@ -36,3 +36,19 @@ def test_a_bad_cell_still_gets_its_row_named(tmp_path):
     fast, _ = tables(path)
     with pytest.raises(data.InputError, match="'abc' at data row 2"):
         data.numeric_column(fast, "x")
+
+
+def test_a_text_cell_far_down_a_numeric_file_falls_back_to_inference(tmp_path):
+    """pyarrow reads every column as float64 first; a text cell in a later block of a large file
+    must send it back to type inference, with the same cells and messages as the text reader."""
+    pytest.importorskip("pyarrow")
+    n = 300_000  # several of pyarrow's 1 MB blocks
+    rows = [f"{i % 2},{i * 0.5},{i % 7}" for i in range(n)]
+    rows[-2] = "1,oops,3"
+    path = tmp_path / "t.csv"
+    path.write_text("y,x,k\n" + "\n".join(rows) + "\n")
+    fast = data._read_csv(path)
+    assert isinstance(fast.columns["k"], np.ndarray) and fast.columns["k"][-1] == (n - 1) % 7
+    assert fast.columns["x"][-2] == "oops" and fast.columns["x"][3] == "1.5"
+    with pytest.raises(data.InputError, match=f"'oops' at data row {n - 1}"):
+        data.numeric_column(fast, "x")
