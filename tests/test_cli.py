@@ -411,3 +411,24 @@ def test_interrupt_leaves_earlier_results_intact_and_says_where_it_stopped(tmp_p
     assert "interrupted at step" in err and "Traceback" not in err
     after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     assert after == before
+
+
+def test_the_diagnostic_draws_report_progress_between_the_fit_and_the_result(tmp_path):
+    """After the optimisation the ELBO and k-hat draws (a pass over all rows per 32 draws) send
+    progress events, so a long diagnostic phase on big data is neither silent nor uninterruptible."""
+    from vireg import api
+    from vireg.engine import Progress
+
+    config = make_project(tmp_path)
+    kinds, draws = [], []
+    for event in api.iter_fit(config, ["output.psis_draws=300", "output.draws=100"]):
+        kinds.append(type(event).__name__)
+        if isinstance(event, api.Diagnosing):
+            draws.append((event.done, event.total))
+    assert kinds[0] == "Started" and kinds[-1] == "Finished" and Progress.__name__ in kinds
+    first = kinds.index("Diagnosing")
+    assert set(kinds[first:-1]) == {"Diagnosing"}  # after the last step, before the result
+    assert [d for d, _ in draws] == sorted(d for d, _ in draws) and draws[-1] == (300, 300)
+    assert len(draws) == -(-300 // 32)
+    res = run("fit", config, "--out", str(tmp_path / "out"))  # the bars render without error
+    assert res.exit_code == 0, res.stderr

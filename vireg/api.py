@@ -88,6 +88,15 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Diagnosing:
+    """The optimisation has ended; ``done`` of ``total`` draws from q have had their log joint
+    evaluated over the full data (for the ELBO, k-hat and the output draws)."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class Finished:
     result: FitResult
 
@@ -279,15 +288,19 @@ class PosteriorDraws:
 
 
 def draw_posterior(model, family, phi: np.ndarray, n_draws: int, psis_draws: int,
-                   rng: np.random.Generator) -> PosteriorDraws:
+                   rng: np.random.Generator) -> Iterator[Diagnosing]:
     """Draw max(n_draws, psis_draws, 256) from q, evaluate the log joint over the full data for
-    each (one kernel pass per batch of draws), and compute the ELBO and k-hat from them."""
+    each (one kernel pass per batch of draws, a ``Diagnosing`` event after each), and compute the
+    ELBO and k-hat from them: ``post = yield from draw_posterior(...)``."""
     from vireg.diagnostics import psis, relative_ess
 
     M = max(n_draws, psis_draws, 256)
     eps = rng.standard_normal((M, model.n_params))
     U = family.sample(phi, eps)
-    log_p = model.log_joint(U)
+    log_p = np.empty(M)
+    for start, values in model.log_joint_batches(U):
+        log_p[start:start + values.size] = values
+        yield Diagnosing(start + values.size, M)
     log_q = family.log_q(phi, eps) - model.log_det_T  # density of q over theta
     finite = log_p[np.isfinite(log_p)]
     elbo = float(finite.mean()) + family.entropy(phi) + model.log_det_T
@@ -353,8 +366,8 @@ def _fit_model(cfg: Config, model) -> Iterator[object]:
                 yield event
         fit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        post = draw_posterior(model, family, outcome.phi, cfg.output.draws,
-                              cfg.output.psis_draws, np.random.default_rng(draw_seq))
+        post = yield from draw_posterior(model, family, outcome.phi, cfg.output.draws,
+                                         cfg.output.psis_draws, np.random.default_rng(draw_seq))
         diagnostics_seconds = time.perf_counter() - t0
 
     mean_u, cov_u = family.mean_cov(outcome.phi)

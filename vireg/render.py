@@ -37,6 +37,7 @@ class FitDisplay:
         self.console = Console(stderr=True)
         self._bar: Progress | None = None
         self._task = None
+        self._draws_task = None
         self._last = 0.0
         self._t0 = 0.0
 
@@ -72,6 +73,26 @@ class FitDisplay:
         rate = event.step / max(now - self._t0, 1e-9)
         self._bar.update(self._task, completed=event.step, elbo=f"{event.elbo_smooth:,.2f}",
                          rate=f"{rate:,.0f}")
+
+    def diagnosing(self, event) -> None:
+        """After the optimisation: a bar for the draws whose log joint is evaluated over all rows
+        (the ELBO, k-hat and output draws), which take a while on big data."""
+        if not self.enabled:
+            return
+        if self._task is not None:  # the fit's bar gives way to this one
+            self.stop()
+            self._task = None
+            self._bar = Progress(
+                TextColumn("ELBO and k-hat draws {task.completed:>5.0f}/{task.total:.0f}"),
+                BarColumn(), TimeRemainingColumn(), console=self.console, transient=True)
+            self._bar.start()
+            self._draws_task = self._bar.add_task("draws", total=event.total)
+            self._last = 0.0
+        now = time.perf_counter()
+        if self._bar is None or (now - self._last < REFRESH_SECONDS and event.done < event.total):
+            return
+        self._last = now
+        self._bar.update(self._draws_task, completed=event.done)
 
     def stop(self) -> None:
         if self._bar is not None:

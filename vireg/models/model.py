@@ -17,6 +17,7 @@ carried into the reported ELBO so that it is the ELBO of the model as stated.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import ModuleType
 
 import numpy as np
@@ -292,18 +293,25 @@ class Model:
         return lp, grad
 
     def log_joint(self, U: np.ndarray, batch: int | None = None) -> np.ndarray:
-        """log p(y, theta(u)) for many draws, ``batch`` draws per pass over the data (more when
-        the rows are streamed, where a pass costs a read of the whole cache). The data kernel
-        runs without its gradient sums (half the arithmetic of a gradient pass)."""
-        batch = batch or (32 if self.in_memory else 256)
+        """log p(y, theta(u)) for many draws (see ``log_joint_batches``)."""
         out = np.empty(U.shape[0])
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            for start in range(0, U.shape[0], batch):
-                Ub = U[start:start + batch]
-                lp, _ = self.log_prior_grad(self.to_theta(Ub))
-                out[start:start + batch] = self.rows.loglik(self.kernel_draws(Ub)) \
-                    + self.loglik_const + lp
+        for start, values in self.log_joint_batches(U, batch):
+            out[start:start + values.size] = values
         return out
+
+    def log_joint_batches(self, U: np.ndarray, batch: int | None = None
+                          ) -> Iterator[tuple[int, np.ndarray]]:
+        """(first draw, log p(y, theta(u)) of a batch of draws), ``batch`` draws per pass over
+        the data (more when the rows are streamed, where a pass costs a read of the whole cache),
+        so that a caller can report progress. The data kernel runs without its gradient sums
+        (half the arithmetic of a gradient pass)."""
+        batch = batch or (32 if self.in_memory else 256)
+        for start in range(0, U.shape[0], batch):
+            Ub = U[start:start + batch]
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                lp, _ = self.log_prior_grad(self.to_theta(Ub))
+                values = self.rows.loglik(self.kernel_draws(Ub)) + self.loglik_const + lp
+            yield start, values
 
     def warm_up(self) -> None:
         """Compile the data kernels (or load them from Numba's cache) on a one-row slice."""
