@@ -76,6 +76,14 @@ class FitResult:
 
 
 @dataclass(frozen=True)
+class Preparing:
+    """What the fit is doing before its first step: "reading the data" (and setting up the
+    model), then "loading the kernels" (compiling them on a machine's first run)."""
+
+    phase: str
+
+
+@dataclass(frozen=True)
 class Started:
     """The fit has compiled its kernels and starts optimising."""
 
@@ -318,8 +326,10 @@ def draw_posterior(model, family, phi: np.ndarray, n_draws: int, psis_draws: int
 
 def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = None
              ) -> Iterator[object]:
-    """Fit a config, yielding ``Started``, then ``engine.Progress`` events, then ``Finished``."""
+    """Fit a config, yielding ``Preparing`` events, ``Started``, ``engine.Progress`` events,
+    ``Diagnosing`` events, then ``Finished``."""
     cfg = _as_config(config, overrides)
+    yield Preparing("reading the data")
     model = build_model(cfg)
     try:
         yield from _fit_model(cfg, model)
@@ -347,6 +357,8 @@ def _fit_model(cfg: Config, model) -> Iterator[object]:
                                       np.random.default_rng(block_seq),
                                       cfg.inference.control_variate)
     with compute_threads(threads):
+        yield Preparing("loading the kernels (the first run on a machine compiles them, "
+                        "about 15 s)")
         t0 = time.perf_counter()
         model.warm_up()
         compile_seconds = time.perf_counter() - t0

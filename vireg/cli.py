@@ -112,6 +112,8 @@ def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bo
                     display.progress(event)
                 elif isinstance(event, api.Diagnosing):
                     display.diagnosing(event)
+                elif isinstance(event, api.Preparing):
+                    display.preparing(event)
                 elif isinstance(event, api.Started):
                     display.start(event)
                 elif isinstance(event, api.Finished):

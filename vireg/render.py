@@ -38,12 +38,26 @@ class FitDisplay:
         self._bar: Progress | None = None
         self._task = None
         self._draws_task = None
+        self._status = None
         self._last = 0.0
         self._t0 = 0.0
+
+    def preparing(self, event) -> None:
+        """A spinner naming the phase before the first step (reading, compiling)."""
+        if not self.enabled:
+            return
+        if self._status is None:
+            self._status = self.console.status(event.phase)
+            self._status.start()
+        else:
+            self._status.update(event.phase)
 
     def start(self, started) -> None:
         if not self.enabled:
             return
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
         if started.dropped_rows:
             self.console.print(f"left out {started.dropped_rows} row(s) with missing values "
                                "(data.missing: drop)")
@@ -95,6 +109,9 @@ class FitDisplay:
         self._bar.update(self._draws_task, completed=event.done)
 
     def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
