@@ -113,7 +113,9 @@ def _read_csv_arrow(path: Path, header: list[str]) -> Table | None:
         import pyarrow.csv as pcsv
     except ImportError:
         return None
-    read_options = pcsv.ReadOptions(encoding="utf8")
+    # 4 MB blocks instead of pyarrow's 1 MB: a quarter of the chunks per column to stitch
+    # together (0.94 GB: 225 instead of 898), and the parse measured no slower.
+    read_options = pcsv.ReadOptions(encoding="utf8", block_size=4 << 20)
     try:
         try:
             # Every column as float64 first: skipping pyarrow's type inference parses a 0.94 GB
@@ -215,6 +217,8 @@ def _arrow_column(column) -> list[str] | np.ndarray:
     import pyarrow as pa
 
     t = column.type
+    if pa.types.is_float64(t):  # nulls become NaN; a cast first cost 2.2 s for 1M x 100
+        return np.ascontiguousarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) \
             or pa.types.is_null(t):
         return np.ascontiguousarray(
