@@ -271,7 +271,9 @@ def draws_per_step(model, icfg) -> int:
     DEFAULT_SAMPLES otherwise. Measured on a 100,000 x 50 logistic fit against a reference at
     tolerance 0.002 (two seeds each): 8 draws 600 steps, fit 3.8-4.4 s, means within 0.0003 sd;
     2 draws 700 steps, 2.1-2.2 s, within 0.0003-0.0004 sd; 1 draw 600-700 steps, 1.1-1.3 s, within
-    0.0005-0.0016 sd."""
+    0.0005-0.0016 sd. Over the 38 reference posteriors (bench/accuracy.py) 2 draws left the worst
+    mean-field error at 0.037 sd; 1 draw raised some smaller ones (kidiq-kidscore_momiq, 434 rows:
+    0.016 -> 0.028 sd), so the default stays at 2."""
     if icfg.samples != "auto":
         return icfg.samples
     return QCV_SAMPLES if uses_quadratic_cv(model, icfg) else DEFAULT_SAMPLES
