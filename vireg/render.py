@@ -43,8 +43,9 @@ class FitDisplay:
         self._t0 = 0.0
 
     def preparing(self, event) -> None:
-        """A spinner naming the phase before the first step (reading, compiling)."""
-        if not self.enabled:
+        """A spinner naming the phase before the first step (reading, compiling); on a terminal
+        only (in a log it would say nothing)."""
+        if not (self.enabled and self.console.is_terminal):
             return
         if self._status is None:
             self._status = self.console.status(event.phase)
@@ -90,8 +91,8 @@ class FitDisplay:
 
     def diagnosing(self, event) -> None:
         """After the optimisation: a bar for the draws whose log joint is evaluated over all rows
-        (the ELBO, k-hat and output draws), which take a while on big data."""
-        if not self.enabled:
+        (the ELBO, k-hat and output draws), which take a while on big data; on a terminal only."""
+        if not (self.enabled and self.console.is_terminal):
             return
         if self._task is not None:  # the fit's bar gives way to this one
             self.stop()
