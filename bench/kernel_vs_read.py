@@ -18,31 +18,19 @@ import json
 
 import numpy as np
 
-from vireg.bench import median_ms, synthetic_data
+from vireg.bench import add_kernel_problem_args, kernel_problem, median_ms
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=1_000_000)
-    p.add_argument("--d", type=int, default=100)
-    p.add_argument("--samples", type=int, default=1)
-    p.add_argument("--model", choices=["logistic", "linear"], default="logistic")
-    p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--calls", type=int, default=7)
+    add_kernel_problem_args(p)
     args = p.parse_args()
 
+    from vireg.kernels import likelihood
     from vireg.kernels.bandwidth import streaming_sum
-    from vireg.kernels.flags import chunk_rows_for
-    from vireg.kernels.likelihood import bernoulli_loglik_grad, gaussian_loglik_grad
 
-    X, y = synthetic_data(args.model, args.n, args.d)
-    Z = np.ascontiguousarray(X, dtype=args.dtype)
-    y = y.astype(args.dtype)
-    P = args.d + 1 + (args.model == "linear")
-    U = np.random.default_rng(0).standard_normal((args.samples, P)) * 0.05
-    chunk = chunk_rows_for(args.n, args.d)
-    kernel = bernoulli_loglik_grad if args.model == "logistic" else gaussian_loglik_grad
+    Z, y, U, chunk, name = kernel_problem(args.model, args.n, args.d, args.samples, args.dtype)
+    kernel = getattr(likelihood, name)
 
     def run_kernel():
         kernel(Z, y, U, True, chunk, True)

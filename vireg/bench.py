@@ -25,6 +25,30 @@ def synthetic_data(model: str, n: int, d: int, seed: int = 0) -> tuple[np.ndarra
     return X, eta + rng.standard_normal(n)
 
 
+def add_kernel_problem_args(parser, samples: int = 1) -> None:
+    """The options of the kernel-only scripts in bench/: the problem, and how often to time it."""
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--d", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=samples)
+    parser.add_argument("--model", choices=["logistic", "linear"], default="logistic")
+    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=7)
+
+
+def kernel_problem(model: str, n: int, d: int, samples: int, dtype: str = "float64"):
+    """(Z, y, U, chunk_rows, kernel name) for timing the data kernel alone: synthetic rows in the
+    kernel's dtype and S draws near 0 in its layout."""
+    from vireg.kernels.flags import chunk_rows_for
+
+    X, y = synthetic_data(model, n, d)
+    Z = np.ascontiguousarray(X, dtype=dtype)
+    P = d + 1 + (model == "linear")
+    U = np.random.default_rng(0).standard_normal((samples, P)) * 0.05
+    name = "bernoulli_loglik_grad" if model == "logistic" else "gaussian_loglik_grad"
+    return Z, y.astype(dtype), U, chunk_rows_for(n, d), name
+
+
 def synthetic_model(model: str, family: str, n: int, d: int, samples: int, seed: int = 0,
                     dtype: str = "float64"):
     from vireg.models.model import Model
