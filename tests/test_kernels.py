@@ -33,10 +33,12 @@ def make_problem(rng, family, N, D, S, intercept, scale=1.0):
 @pytest.mark.parametrize("intercept", [True, False])
 # S = 5, 6, 9 and row counts that are not multiples of four reach every remainder path of the
 # four-rows-by-four-draws blocking; D = 100 and 40 with S < 4 the byte-sized blocks (8 and 20 rows)
-# with a last, partial block.
+# with a last, partial block; S = 9, 13 and 16 the four-rows-by-eight-draws microkernel (one or two
+# groups of eight, then the four-draw and one-draw paths).
 @pytest.mark.parametrize(("N", "D", "S"), [(1, 1, 1), (7, 3, 2), (300, 10, 8), (5001, 4, 3),
                                             (2000, 0, 2), (203, 6, 5), (97, 5, 9), (4099, 7, 6),
-                                            (1003, 100, 1), (517, 40, 2)])
+                                            (1003, 100, 1), (517, 40, 2), (301, 13, 16),
+                                            (150, 7, 13)])
 @pytest.mark.parametrize("build", ["parallel", "serial"])
 def test_kernel_matches_numpy_reference(rng, family, intercept, N, D, S, build):
     kernel, ref = KERNELS[family]
@@ -121,10 +123,11 @@ def test_vectorisable_exp_and_log1p_match_libm_over_their_ranges():
 
 
 @pytest.mark.parametrize("family", list(KERNELS))
-def test_float32_data_are_summed_in_float64(rng, family):
+@pytest.mark.parametrize("S", [4, 11])  # 11: the eight-draw microkernel widens float32 rows
+def test_float32_data_are_summed_in_float64(rng, family, S):
     """With float32 X and y the kernel's sums are those of the rounded data, in float64."""
     kernel, ref = KERNELS[family]
-    Z, y, U = make_problem(rng, family, 3000, 7, 4, True)
+    Z, y, U = make_problem(rng, family, 3000, 7, S, True)
     Z32, y32 = Z.astype(np.float32), y.astype(np.float32)
     G, ll = kernel(Z32, y32, U, True, chunk_rows_for(3000, 7), True)
     G_ref, ll_ref = ref(Z32.astype(np.float64), y32.astype(np.float64), U, True)
