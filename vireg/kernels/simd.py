@@ -87,3 +87,59 @@ def eta_4rows_8draws(typingctx, Z, i, Bt, g, a, s0, eta, k, S):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def grad_4rows_8draws(typingctx, Z, i, q, k, S, Gt, g):
+    """Gt[g, j, t] += sum_m q[k + m S + t] Z[i + m, j] for rows m = 0..3, draws t = 0..7 and
+    every column j: the gradient sums of a group of eight draws, kept transposed (D x 8) so that
+    the eight draws fill one vector; each load and store of it serves four rows. Z as in
+    ``eta_4rows_8draws``; q: 1-d contiguous float64; Gt: (groups, D, 8) C-contiguous float64."""
+    ok = (isinstance(Z, types.Array) and Z.ndim == 2 and Z.layout == "C"
+          and Z.dtype in (types.float32, types.float64)
+          and isinstance(q, types.Array) and q.ndim == 1 and q.dtype == types.float64
+          and isinstance(Gt, types.Array) and Gt.ndim == 3 and Gt.layout == "C"
+          and Gt.dtype == types.float64)
+    if not ok:
+        return None
+    sig = types.void(Z, types.int64, q, types.int64, types.int64, Gt, types.int64)
+
+    def codegen(context, builder, signature, args):
+        zty, _, qty, _, _, gty, _ = signature.args
+        z_arr = context.make_array(zty)(context, builder, args[0])
+        q_arr = context.make_array(qty)(context, builder, args[2])
+        g_arr = context.make_array(gty)(context, builder, args[5])
+        i, k, S, g = args[1], args[3], args[4], args[6]
+        z_elem = context.get_data_type(zty.dtype)
+        D = builder.extract_value(z_arr.shape, 1)
+        z_stride = builder.extract_value(z_arr.strides, 0)
+        rows = [_row_pointer(builder, z_arr.data, z_stride,
+                             builder.add(i, ir.Constant(_I64, m)), z_elem.as_pointer())
+                for m in range(4)]
+        q_vecs = []
+        for m in range(4):
+            offset = builder.add(k, builder.mul(S, ir.Constant(_I64, m)))
+            q_ptr = builder.bitcast(builder.gep(q_arr.data, [offset]), _V8.as_pointer())
+            q_vecs.append(builder.load(q_ptr, align=8))
+        g_group = _row_pointer(builder, g_arr.data, builder.extract_value(g_arr.strides, 0), g,
+                               _F64.as_pointer())
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V8, [_V8, _V8, _V8]), "llvm.fma.v8f64")
+        lane0 = ir.Constant(_I32, 0)
+        splat = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
+        with cgutils.for_range(builder, D) as loop:
+            j = loop.index
+            g_ptr = builder.bitcast(builder.gep(g_group, [builder.mul(j, ir.Constant(_I64, 8))]),
+                                    _V8.as_pointer())
+            acc = builder.load(g_ptr, align=8)
+            for m in range(4):
+                z = builder.load(builder.gep(rows[m], [j]))
+                if zty.dtype == types.float32:
+                    z = builder.fpext(z, _F64)
+                z_vec = builder.insert_element(ir.Constant(_V8, ir.Undefined), z, lane0)
+                z_vec = builder.shuffle_vector(z_vec, ir.Constant(_V8, ir.Undefined), splat)
+                acc = builder.call(fma, [z_vec, q_vecs[m], acc])
+            builder.store(acc, g_ptr, align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
