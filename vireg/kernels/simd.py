@@ -1,4 +1,4 @@
-"""A register-blocked microkernel written as LLVM IR, for what Numba cannot express in Python.
+"""Register-blocked microkernels written as LLVM IR, for what Numba cannot express in Python.
 
 ``eta_4rows_8draws`` computes linear predictors for four rows and eight draws with the draws in
 the lanes of four <8 x double> accumulators: for each column j, one vector load of the eight
@@ -7,7 +7,8 @@ horizontal reduction and no tail loop, whatever D is. The same loops written in 
 scalar running sums, ``likelihood._eta_4rows_4draws``) vectorise over j instead, and then need
 sixteen horizontal sums per block and scalar tails for D mod 8; scalar accumulators for eight draws
 were not packed into vectors by LLVM (measured 3x slower). One thread, rows in L2, S = 8: 24.7 ->
-13.9 ns per row at D = 50, 44.6 -> 28.3 at D = 100.
+13.9 ns per row at D = 50, 44.6 -> 28.3 at D = 100. ``grad_4rows_8draws`` is its counterpart for
+the gradient sums, with the group's eight sums per column kept transposed (D x 8).
 
 The rows may be float32 or float64 (float32 values are widened; all arithmetic is float64). The
 sum over j runs in order for each (row, draw), as a fused multiply-add chain starting at the
