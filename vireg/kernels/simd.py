@@ -32,6 +32,30 @@ def _row_pointer(builder, data, stride, row, elem_ptr):
     return builder.bitcast(builder.gep(base, [builder.mul(row, stride)]), elem_ptr)
 
 
+def _four_rows(context, builder, zty, z_value, i):
+    """(D, pointers to rows i .. i + 3 of Z, a function widening and broadcasting one of their
+    elements to <8 x double>, llvm.fma.v8f64)."""
+    z_arr = context.make_array(zty)(context, builder, z_value)
+    z_elem = context.get_data_type(zty.dtype)
+    stride = builder.extract_value(z_arr.strides, 0)
+    rows = [_row_pointer(builder, z_arr.data, stride, builder.add(i, ir.Constant(_I64, m)),
+                         z_elem.as_pointer())
+            for m in range(4)]
+    lane0 = ir.Constant(_I32, 0)
+    splat = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
+
+    def broadcast(row, j):
+        z = builder.load(builder.gep(row, [j]))
+        if zty.dtype == types.float32:
+            z = builder.fpext(z, _F64)
+        z_vec = builder.insert_element(ir.Constant(_V8, ir.Undefined), z, lane0)
+        return builder.shuffle_vector(z_vec, ir.Constant(_V8, ir.Undefined), splat)
+
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_V8, [_V8, _V8, _V8]), "llvm.fma.v8f64")
+    return builder.extract_value(z_arr.shape, 1), rows, broadcast, fma
+
+
 @intrinsic
 def eta_4rows_8draws(typingctx, Z, i, Bt, g, a, s0, eta, k, S):
     """eta[k + m S + t] = a[s0 + t] + sum_j Z[i + m, j] Bt[g, j, t] for rows m = 0..3 and draws
@@ -50,37 +74,23 @@ def eta_4rows_8draws(typingctx, Z, i, Bt, g, a, s0, eta, k, S):
 
     def codegen(context, builder, signature, args):
         zty, _, bty, _, aty, _, ety, _, _ = signature.args
-        z_arr = context.make_array(zty)(context, builder, args[0])
         b_arr = context.make_array(bty)(context, builder, args[2])
         a_arr = context.make_array(aty)(context, builder, args[4])
         e_arr = context.make_array(ety)(context, builder, args[6])
         i, g, s0, k, S = args[1], args[3], args[5], args[7], args[8]
-        z_elem = context.get_data_type(zty.dtype)
-        D = builder.extract_value(z_arr.shape, 1)
-        z_stride = builder.extract_value(z_arr.strides, 0)
-        rows = [_row_pointer(builder, z_arr.data, z_stride,
-                             builder.add(i, ir.Constant(_I64, m)), z_elem.as_pointer())
-                for m in range(4)]
+        D, rows, broadcast, fma = _four_rows(context, builder, zty, args[0], i)
         b_group = _row_pointer(builder, b_arr.data, builder.extract_value(b_arr.strides, 0), g,
                                _F64.as_pointer())
         a_ptr = builder.bitcast(builder.gep(a_arr.data, [s0]), _V8.as_pointer())
         start = builder.load(a_ptr, align=8)
         accs = [cgutils.alloca_once_value(builder, start) for _ in range(4)]
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_V8, [_V8, _V8, _V8]), "llvm.fma.v8f64")
-        lane0 = ir.Constant(_I32, 0)
-        splat = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
         with cgutils.for_range(builder, D) as loop:
             j = loop.index
             b_ptr = builder.gep(b_group, [builder.mul(j, ir.Constant(_I64, 8))])
             b_vec = builder.load(builder.bitcast(b_ptr, _V8.as_pointer()), align=8)
             for m in range(4):
-                z = builder.load(builder.gep(rows[m], [j]))
-                if zty.dtype == types.float32:
-                    z = builder.fpext(z, _F64)
-                z_vec = builder.insert_element(ir.Constant(_V8, ir.Undefined), z, lane0)
-                z_vec = builder.shuffle_vector(z_vec, ir.Constant(_V8, ir.Undefined), splat)
-                builder.store(builder.call(fma, [z_vec, b_vec, builder.load(accs[m])]), accs[m])
+                acc = builder.call(fma, [broadcast(rows[m], j), b_vec, builder.load(accs[m])])
+                builder.store(acc, accs[m])
         for m in range(4):
             offset = builder.add(k, builder.mul(S, ir.Constant(_I64, m)))
             out = builder.bitcast(builder.gep(e_arr.data, [offset]), _V8.as_pointer())
@@ -107,16 +117,10 @@ def grad_4rows_8draws(typingctx, Z, i, q, k, S, Gt, g):
 
     def codegen(context, builder, signature, args):
         zty, _, qty, _, _, gty, _ = signature.args
-        z_arr = context.make_array(zty)(context, builder, args[0])
         q_arr = context.make_array(qty)(context, builder, args[2])
         g_arr = context.make_array(gty)(context, builder, args[5])
         i, k, S, g = args[1], args[3], args[4], args[6]
-        z_elem = context.get_data_type(zty.dtype)
-        D = builder.extract_value(z_arr.shape, 1)
-        z_stride = builder.extract_value(z_arr.strides, 0)
-        rows = [_row_pointer(builder, z_arr.data, z_stride,
-                             builder.add(i, ir.Constant(_I64, m)), z_elem.as_pointer())
-                for m in range(4)]
+        D, rows, broadcast, fma = _four_rows(context, builder, zty, args[0], i)
         q_vecs = []
         for m in range(4):
             offset = builder.add(k, builder.mul(S, ir.Constant(_I64, m)))
@@ -124,22 +128,13 @@ def grad_4rows_8draws(typingctx, Z, i, q, k, S, Gt, g):
             q_vecs.append(builder.load(q_ptr, align=8))
         g_group = _row_pointer(builder, g_arr.data, builder.extract_value(g_arr.strides, 0), g,
                                _F64.as_pointer())
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_V8, [_V8, _V8, _V8]), "llvm.fma.v8f64")
-        lane0 = ir.Constant(_I32, 0)
-        splat = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
         with cgutils.for_range(builder, D) as loop:
             j = loop.index
             g_ptr = builder.bitcast(builder.gep(g_group, [builder.mul(j, ir.Constant(_I64, 8))]),
                                     _V8.as_pointer())
             acc = builder.load(g_ptr, align=8)
             for m in range(4):
-                z = builder.load(builder.gep(rows[m], [j]))
-                if zty.dtype == types.float32:
-                    z = builder.fpext(z, _F64)
-                z_vec = builder.insert_element(ir.Constant(_V8, ir.Undefined), z, lane0)
-                z_vec = builder.shuffle_vector(z_vec, ir.Constant(_V8, ir.Undefined), splat)
-                acc = builder.call(fma, [z_vec, q_vecs[m], acc])
+                acc = builder.call(fma, [broadcast(rows[m], j), q_vecs[m], acc])
             builder.store(acc, g_ptr, align=8)
         return context.get_dummy_value()
 
