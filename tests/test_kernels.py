@@ -122,8 +122,24 @@ def test_vectorisable_exp_and_log1p_match_libm_over_their_ranges():
     assert apply(log1p_unit, np.zeros(1))[0] == 0.0
 
 
+def test_eight_draw_logistic_terms_match_libm_to_a_few_ulp():
+    """One row, no covariates, eta = the intercept of each of 80,000 draws (a multiple of eight,
+    so every draw goes through the vector exp and log1p of ``simd``): ll = -softplus(eta) and
+    G = -sigmoid(eta) against NumPy's libm over [-40, 40] (below -40 both saturate by design)."""
+    g = np.geomspace(1e-14, 40.0, 40000)
+    eta = np.r_[-g, g, np.linspace(-40.0, 40.0, 8000)]
+    G, ll = bernoulli_loglik_grad_serial(np.zeros((1, 0)), np.zeros(1), eta[:, None].copy(), True,
+                                         256, True)
+    softplus = np.logaddexp(0.0, eta)
+    e = np.exp(-np.abs(eta))
+    sigmoid = np.where(eta >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    assert np.max(np.abs(-ll / softplus - 1)) < 1e-15
+    assert np.max(np.abs(-G[:, 0] / sigmoid - 1)) < 1e-15
+
+
 @pytest.mark.parametrize("family", list(KERNELS))
-@pytest.mark.parametrize("S", [4, 11])  # 11: the eight-draw microkernel widens float32 rows
+# 8: the eight-draw elementwise step widens float32 y; 11: the eight-draw microkernel float32 rows
+@pytest.mark.parametrize("S", [4, 8, 11])
 def test_float32_data_are_summed_in_float64(rng, family, S):
     """With float32 X and y the kernel's sums are those of the rounded data, in float64."""
     kernel, ref = KERNELS[family]

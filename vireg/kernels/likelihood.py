@@ -26,7 +26,14 @@ Within a chunk, rows go in blocks (``block_rows_for``), in three steps while the
    (``bench/kernel_ab.py``), 100,000 x 50, S = 8: 4.75 -> 4.34 ms per kernel pass; D = 100: 11.1
    -> 10.0 ms; the 32-draw pass of the ELBO and k-hat draws at 1,000,000 x 100: 179 -> 153 ms.
 2. the likelihood's elementwise work on the contiguous rows x draws buffer (residuals; for the
-   logistic model the sigmoid and softplus in one flat, branch-free loop that vectorises).
+   logistic model the sigmoid and softplus) and the block's per-draw sums. When S is a multiple
+   of eight, ``simd.bernoulli_rows_8draws`` (and its Gaussian and no-gradient versions) does both
+   with the draws in vector lanes: an exp from the exponent bits and a degree-12 polynomial, a
+   log1p on a reduced range, one division for both quotients, and the sums kept in registers
+   (before: a strided loop over each draw's column of the block, 6% of a step): 100,000 x 50,
+   S = 8: 3.65 -> 3.31 ms per pass (float32 rows 5.04 -> 4.25; linear 2.55 -> 2.39); the 32-draw
+   pass without gradient at 1,000,000 x 100: 154 -> 129 ms. Otherwise one flat, branch-free loop
+   over the buffer, which LLVM vectorises (``elementary``).
 3. ``accumulate_gradient``: G (draws x D) += Q_block^T Z_block, blocked the same way, so each
    load and store of a gradient sum serves four rows; each whole group of eight draws goes
    through ``simd.grad_4rows_8draws`` into a transposed D x 8 accumulator, added into G at the
@@ -69,7 +76,13 @@ from numba import njit, prange
 from vireg.kernels.elementary import exp_nonpositive, log1p_unit
 from vireg.kernels.flags import JIT_OPTIONS
 from vireg.kernels.prefetch import prefetch
-from vireg.kernels.simd import eta_4rows_8draws, grad_4rows_8draws
+from vireg.kernels.simd import (
+    bernoulli_ll_rows_8draws,
+    bernoulli_rows_8draws,
+    eta_4rows_8draws,
+    gaussian_rows_8draws,
+    grad_4rows_8draws,
+)
 
 BLOCK_ROWS = 32
 # Register blocking pays off from four draws per row on (S = 8, 100,000 x 50: see module doc).
@@ -374,6 +387,12 @@ def _gaussian_chunk(Z, y, a, B, Bt, start, stop, with_grad, G, Gt, sums, e):
         nb = min(stop, b0 + block) - b0
         linear_predictors(Z, b0, nb, B, Bt, a, e)
         prefetch_next_block(Z, b0, block, S)
+        if S % 8 == 0:
+            for s in range(0, S, 8):
+                gaussian_rows_8draws(e, y, b0, nb, S, s, sums)
+            if with_grad:
+                accumulate_gradient(Z, b0, nb, e, G, Gt)
+            continue
         for r in range(nb):
             yr = y[b0 + r]
             for s in range(S):
@@ -447,6 +466,15 @@ def _bernoulli_chunk(Z, y, a, B, Bt, start, stop, with_grad, G, Gt, sums, work):
         nb = min(stop, b0 + block) - b0
         linear_predictors(Z, b0, nb, B, Bt, a, q)
         prefetch_next_block(Z, b0, block, S)
+        if S % 8 == 0:
+            for s in range(0, S, 8):
+                if with_grad:
+                    bernoulli_rows_8draws(q, y, b0, nb, S, s, sums)
+                else:
+                    bernoulli_ll_rows_8draws(q, y, b0, nb, S, s, sums)
+            if with_grad:
+                accumulate_gradient(Z, b0, nb, q, G, Gt)
+            continue
         for r in range(nb):
             for s in range(S):
                 yb[r * S + s] = y[b0 + r]
