@@ -55,6 +55,16 @@ block's lines after each block's linear predictors (``prefetch_next_block``): 10
 same hints with fewer draws (gains and losses of 10% by shape), and computing the next block's
 linear predictors before this block's sums so that the CPU overlaps them with the sigmoid's
 dependency chains (30.7 -> 40.2 ms).
+Tried in session 5 and not kept, each against the kept kernel alternated in one process: rows in
+tiles of eight below four draws (columns in vector lanes, one transposing sum per tile, written in
+IR): 15% less arithmetic with the rows in cache, but reading eight rows side by side defeated the
+hardware prefetcher (one thread from memory, 1,000,000 x 100, S = 1: 55 -> 109 ns per row; 61
+with the prefetch hint; two threads 29.7 -> 30.7 ms); two or four rows side by side in the linear
+predictors below four draws (float64 28.8 -> 53.8 and 54.5 ms, for the same reason); the vector
+elementwise step with eight consecutive buffer elements in the lanes for S = 1, 2, 4 (float32 S
+= 1: 15.4 -> 15.1 ms, S = 2: 33.7 -> 32.9 ms, within the noise); widening float32 rows below four
+draws (2.5x slower); copying float64 blocks at S = 8 (2.9 -> 3.4 ms); 64-byte alignment of the
+vector buffers (no change).
 Earlier, on the development machine (2 threads, float64, fastest of 5 x 7 calls in one run), against
 the previous kernel (blocked four rows by one draw): logistic 1,000,000 x 100, S = 1: 37.0 -> 31.0
 ms (a streaming read of X: 22.5 ms); 100,000 x 50, S = 8: 6.5 -> 5.3 ms; linear 29.6 -> 29.9 ms
