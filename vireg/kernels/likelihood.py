@@ -80,7 +80,6 @@ renamed copy (``_renamed``), so that the two are cached apart.
 import math
 from types import FunctionType
 
-import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
@@ -179,36 +178,28 @@ def _block_rows(Z, b0, nb, wide):
     return widen
 
 
-@njit(inline="always", **JIT_OPTIONS)
-def padded_to_lines(n):
-    """n float64 rounded up to whole 64-byte cache lines, plus one line: consecutive rows of a
-    per-thread scratch array then never share a cache line, whatever the array's alignment (two
-    threads writing one line made the scratch 4-5% slower at S = 1 and S = 8)."""
-    return (n + 7) // 8 * 8 + 8
+def widening_marker(Z):
+    """What a kernel passes to its chunks to have float32 rows widened (``block_rows``): an empty
+    float64 array when Z is float32, None when it is float64, so that a float64 kernel compiles
+    its chunk function once."""
 
 
-def widening_scratch(Z, n_threads, rows):
-    """Per-thread room for ``rows`` widened rows of Z (n_threads x rows x D float64) when Z is
-    float32; None when Z is float64, so that a float64 kernel compiles its chunk function once."""
-
-
-@overload(widening_scratch, jit_options=JIT_OPTIONS)
-def _widening_scratch(Z, n_threads, rows):
+@overload(widening_marker, jit_options=JIT_OPTIONS)
+def _widening_marker(Z):
     if Z.dtype == types.float64:
-        return lambda Z, n_threads, rows: None
-    # eight rows more per thread: no cache line shared between threads (``padded_to_lines``)
-    return lambda Z, n_threads, rows: np.empty((n_threads, rows + 8, Z.shape[1]))
+        return lambda Z: None
+    return lambda Z: np.empty((0, 0))
 
 
-def thread_scratch(wide, thread):
-    """wide[thread], or None when wide is None (``widening_scratch``)."""
+def widening_rows(marker, rows, D):
+    """Room for ``rows`` widened rows (rows x D float64) when marker is an array, else None."""
 
 
-@overload(thread_scratch, jit_options=JIT_OPTIONS)
-def _thread_scratch(wide, thread):
-    if isinstance(wide, types.NoneType):
-        return lambda wide, thread: None
-    return lambda wide, thread: wide[thread]
+@overload(widening_rows, jit_options=JIT_OPTIONS)
+def _widening_rows(marker, rows, D):
+    if isinstance(marker, types.NoneType):
+        return lambda marker, rows, D: None
+    return lambda marker, rows, D: np.empty((rows, D))
 
 
 @njit(**JIT_OPTIONS)
@@ -444,8 +435,9 @@ def add_transposed(G, Gt):
 
 
 @njit(**JIT_OPTIONS)
-def _gaussian_chunk(Z, y, a, B, Bt, start, stop, with_grad, G, Gt, sums, e, wide):
-    """Adds rows start .. stop - 1 to G (sum e z) and sums ([sum e, sum e^2]), e as scratch.
+def _gaussian_chunk(Z, y, a, B, Bt, start, stop, with_grad, G, Gt, sums, widen):
+    """Adds rows start .. stop - 1 to G (sum e z) and sums ([sum e, sum e^2]); widen is
+    ``widening_marker(Z)`` or None.
 
     A function of its own, called from the ``prange`` loop instead of written inside it, so that
     the parallel and the serial build share one compiled body (a serial build then compiles in
@@ -454,6 +446,8 @@ def _gaussian_chunk(Z, y, a, B, Bt, start, stop, with_grad, G, Gt, sums, e, wide
     """
     S = B.shape[0]
     block = block_rows_for(Z, S)
+    e = np.empty(block * S)  # eta, then e, for one block (``_bernoulli_chunk``)
+    wide = widening_rows(widen, block, Z.shape[1])
     for b0 in range(start, stop, block):
         nb = min(stop, b0 + block) - b0
         rows, first = block_rows(Z, b0, nb, wide)
@@ -503,22 +497,18 @@ def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
     grad_part = np.zeros((n_chunks, S, D if with_grad else 0))  # sum_i e_is z_ij over chunk c
     group_part = np.zeros((n_chunks, S // 8, D if with_grad else 0, 8))  # the same, groups of 8
     sum_part = np.zeros((n_chunks, 2, S))  # [sum_i e_is, sum_i e_is^2] over chunk c
-    # Scratch for one block (eta, then e) per thread, not per chunk (``_bernoulli_loglik_grad``).
-    n_threads = numba.get_num_threads()
-    work = np.empty((n_threads, padded_to_lines(block_rows_for(Z, S) * S)))
     widen = Z.itemsize < 8 and S >= ROW_BLOCK_MIN_DRAWS  # float32 rows (``block_rows``)
-    wide = widening_scratch(Z, n_threads, BLOCK_ROWS if widen else 0)
+    marker = widening_marker(Z)
     a, B, Bt = _split_draws(U, has_intercept, D)
     for c in prange(n_chunks):
         start = c * chunk_rows
         stop = min(N, start + chunk_rows)
-        t = numba.get_thread_id()
         if widen:
             _gaussian_chunk(Z, y, a, B, Bt, start, stop, with_grad, grad_part[c], group_part[c],
-                            sum_part[c], work[t], thread_scratch(wide, t))
+                            sum_part[c], marker)
         else:
             _gaussian_chunk(Z, y, a, B, Bt, start, stop, with_grad, grad_part[c], group_part[c],
-                            sum_part[c], work[t], None)
+                            sum_part[c], None)
     G_sum, sums = _reduce_chunks(grad_part, sum_part)
     G = np.zeros((S, P))
     ll = np.empty(S)
@@ -535,15 +525,20 @@ def _gaussian_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
 
 
 @njit(**JIT_OPTIONS)
-def _bernoulli_chunk(Z, y, a, B, Bt, start, stop, with_grad, G, Gt, sums, work, wide):
-    """Adds rows start .. stop - 1 to G (sum r z) and sums ([sum r, ll]); work holds the scratch
-    rows (eta then r, y, ll) of one block. Its own function for the reason in ``_gaussian_chunk``.
+def _bernoulli_chunk(Z, y, a, B, Bt, start, stop, with_grad, G, Gt, sums, widen):
+    """Adds rows start .. stop - 1 to G (sum r z) and sums ([sum r, ll]); widen as in
+    ``_gaussian_chunk``. Its own function for the reason given there.
     """
     S = B.shape[0]
     block = block_rows_for(Z, S)
-    q = work[0]
+    # Scratch for one block, allocated here rather than per chunk in the kernel, where it took
+    # 75 MB at 1,000,000 x 100 and 32 draws, fresh pages at every call: the 32-draw pass without
+    # gradient 124 -> 113 ms.
+    work = np.empty((3, block * S))
+    q = work[0]  # eta, then r
     yb = work[1]
     llb = work[2]
+    wide = widening_rows(widen, block, Z.shape[1])
     for b0 in range(start, stop, block):
         nb = min(stop, b0 + block) - b0
         rows, first = block_rows(Z, b0, nb, wide)
@@ -613,25 +608,18 @@ def _bernoulli_loglik_grad(Z, y, U, has_intercept, chunk_rows, with_grad):
     grad_part = np.zeros((n_chunks, S, D if with_grad else 0))
     group_part = np.zeros((n_chunks, S // 8, D if with_grad else 0, 8))  # the same, groups of 8
     sum_part = np.zeros((n_chunks, 2, S))  # [sum_i r_is, ll_s] over chunk c
-    # Scratch for one block (eta then r, y, and ll) per thread, not per chunk: per chunk it took
-    # 75 MB at 1,000,000 x 100 and 32 draws, fresh pages at every call; per thread, the 32-draw
-    # pass without gradient measured 124.9 -> 113.9 ms. A chunk writes its scratch before reading
-    # it, so which thread runs which chunk does not change a result.
-    n_threads = numba.get_num_threads()
-    work = np.empty((n_threads, 3, padded_to_lines(block_rows_for(Z, S) * S)))
     widen = Z.itemsize < 8 and S >= ROW_BLOCK_MIN_DRAWS  # float32 rows (``block_rows``)
-    wide = widening_scratch(Z, n_threads, BLOCK_ROWS if widen else 0)
+    marker = widening_marker(Z)
     a, B, Bt = _split_draws(U, has_intercept, D)
     for c in prange(n_chunks):
         start = c * chunk_rows
         stop = min(N, start + chunk_rows)
-        t = numba.get_thread_id()
         if widen:
             _bernoulli_chunk(Z, y, a, B, Bt, start, stop, with_grad, grad_part[c], group_part[c],
-                             sum_part[c], work[t], thread_scratch(wide, t))
+                             sum_part[c], marker)
         else:
             _bernoulli_chunk(Z, y, a, B, Bt, start, stop, with_grad, grad_part[c], group_part[c],
-                             sum_part[c], work[t], None)
+                             sum_part[c], None)
     G_sum, sums = _reduce_chunks(grad_part, sum_part)
     G = np.zeros((S, P))
     ll = np.empty(S)
