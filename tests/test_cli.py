@@ -414,10 +414,11 @@ def test_interrupt_leaves_earlier_results_intact_and_says_where_it_stopped(tmp_p
 
 
 def test_the_diagnostic_draws_report_progress_between_the_fit_and_the_result(tmp_path):
-    """After the optimisation the ELBO and k-hat draws (a pass over all rows per 32 draws) send
+    """After the optimisation the ELBO and k-hat draws (a pass over all rows per 64 draws) send
     progress events, so a long diagnostic phase on big data is neither silent nor uninterruptible."""
     from vireg import api
     from vireg.engine import Progress
+    from vireg.models.model import DRAWS_PER_PASS
 
     config = make_project(tmp_path)
     kinds, draws = [], []
@@ -430,6 +431,6 @@ def test_the_diagnostic_draws_report_progress_between_the_fit_and_the_result(tmp
     first = kinds.index("Diagnosing")
     assert set(kinds[first:-1]) == {"Diagnosing"}  # after the last step, before the result
     assert [d for d, _ in draws] == sorted(d for d, _ in draws) and draws[-1] == (300, 300)
-    assert len(draws) == -(-300 // 32)
+    assert len(draws) == -(-300 // DRAWS_PER_PASS)
     res = run("fit", config, "--out", str(tmp_path / "out"))  # the bars render without error
     assert res.exit_code == 0, res.stderr

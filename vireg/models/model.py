@@ -32,6 +32,12 @@ from vireg.rows import MemoryRows, standardized_gram_f64
 LIKELIHOODS: dict[str, ModuleType] = {"gaussian": gaussian, "bernoulli": bernoulli}
 
 
+# Draws per pass over in-memory rows for the ELBO and k-hat draws: the pass is bound by arithmetic,
+# but each pass also pays a read of X; 1,000,000 x 100, logistic, per draw: 3.6 ms with 32 draws
+# per pass, 3.1 ms with 64 (2,000 k-hat draws: 7.2 -> 6.2 s).
+DRAWS_PER_PASS = 64
+
+
 class Model:
     """A Bayesian regression ready to fit: standardised data, priors and the map back."""
 
@@ -305,7 +311,7 @@ class Model:
         the data (more when the rows are streamed, where a pass costs a read of the whole cache),
         so that a caller can report progress. The data kernel runs without its gradient sums
         (half the arithmetic of a gradient pass)."""
-        batch = batch or (32 if self.in_memory else 256)
+        batch = batch or (DRAWS_PER_PASS if self.in_memory else 256)
         for start in range(0, U.shape[0], batch):
             Ub = U[start:start + batch]
             with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
