@@ -25,6 +25,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from vireg.kernels.elementary import EXP_FLOOR
+
 _F64 = ir.DoubleType()
 _V8 = ir.VectorType(_F64, 8)
 _I64 = ir.IntType(64)
@@ -149,7 +151,6 @@ def grad_4rows_8draws(typingctx, Z, i, q, k, S, Gt, g):
 
 # The likelihoods' elementwise work for whole groups of eight draws, the draws in the lanes.
 
-EXP_FLOOR = -40.0  # exp(-40) = 4e-18: below this the sigmoid and softplus terms are saturated
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471805599453  # ln 2 rounded to double, and the rest (Cody and Waite)
 _LN2_LO = 2.3190468138462996e-17
