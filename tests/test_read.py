@@ -52,3 +52,23 @@ def test_a_text_cell_far_down_a_numeric_file_falls_back_to_inference(tmp_path):
     assert fast.columns["x"][-2] == "oops" and fast.columns["x"][3] == "1.5"
     with pytest.raises(data.InputError, match=f"'oops' at data row {n - 1}"):
         data.numeric_column(fast, "x")
+
+
+def test_parquet_columns_of_many_chunks_and_types_read_as_written(tmp_path):
+    """Numeric columns are copied chunk by chunk into one block (``_arrow_columns``): every
+    chunk, integer casts, nulls as NaN and text columns must come out as written."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    n = 10_000
+    k = [None if i % 997 == 0 else i % 13 for i in range(n)]
+    x = np.arange(n) * 0.25
+    g = [f"g{i % 3}" for i in range(n)]
+    pq.write_table(pa.table({"k": pa.array(k, pa.int32()), "x": x, "g": g}),
+                   tmp_path / "t.parquet", row_group_size=1_500)
+    table = data.read_table(tmp_path / "t.parquet")
+    assert list(table.columns) == ["k", "x", "g"] and table.n_rows == n
+    expected_k = np.array([np.nan if v is None else v for v in k])
+    np.testing.assert_array_equal(table.columns["k"], expected_k)
+    np.testing.assert_array_equal(table.columns["x"], x)
+    assert table.columns["g"] == g
