@@ -641,7 +641,7 @@ def _renamed(fn, suffix: str):
     both (found when the "serial" kernel ran on two threads and the "parallel" one on one).
     """
     copy = FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__,
-                              fn.__closure__)
+                        fn.__closure__)
     copy.__qualname__ = fn.__qualname__ + suffix
     copy.__doc__ = fn.__doc__
     return copy

@@ -223,7 +223,7 @@ def vector_log1p_and_reciprocal(builder, e):
     return builder.call(fma, [builder.fmul(two, t), p, k]), builder.fmul(v, R)
 
 
-def _float_vector_arrays_ok(q, y, sums):
+def _terms_arrays_ok(q, y, sums):
     return (isinstance(q, types.Array) and q.ndim == 1 and q.layout == "C"
             and q.dtype == types.float64
             and isinstance(y, types.Array) and y.ndim == 1
@@ -234,11 +234,15 @@ def _float_vector_arrays_ok(q, y, sums):
 
 def _rows_of_eight_draws(kind):
     """An intrinsic applying the likelihood's elementwise step to rows r < nb of a block for the
-    draws s0 .. s0 + 7 (lanes), in place in q (eta in, the residual out), and adding the block's
-    per-draw sums to sums[0, s0 + t] and sums[1, s0 + t] (``kind`` in ``TERMS``)."""
+    draws s = s0 .. s0 + 7 (lanes), in place: with (out, a, b) = TERMS[kind](eta_rs, y_(b0+r)),
+
+        q[r S + s] = out (eta in, the residual out; unchanged without the gradient)
+        sums[0, s] += sum_r a,   sums[1, s] += sum_r b
+
+    the sums over the block's rows taken in order in each lane, then added once."""
     @intrinsic
     def rows_of_eight_draws(typingctx, q, y, b0, nb, S, s0, sums):
-        if not _float_vector_arrays_ok(q, y, sums):
+        if not _terms_arrays_ok(q, y, sums):
             return None
         sig = types.void(q, y, types.int64, types.int64, types.int64, types.int64, sums)
 
