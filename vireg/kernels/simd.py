@@ -40,6 +40,22 @@ def _row_pointer(builder, data, stride, row, elem_ptr):
     return builder.bitcast(builder.gep(base, [builder.mul(row, stride)]), elem_ptr)
 
 
+def _splat(builder, value, vty):
+    """value in every lane of a vector of type vty."""
+    first = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(first, ir.Constant(vty, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+
+
+def _const(value):
+    return ir.Constant(_V8, [value] * 8)
+
+
+def _vector_fn(builder, name, n_args):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * n_args),
+                                          name)
+
+
 def _four_rows(context, builder, zty, z_value, i):
     """(D, pointers to rows i .. i + 3 of Z, a function widening and broadcasting one of their
     elements to <8 x double>, llvm.fma.v8f64)."""
@@ -49,18 +65,14 @@ def _four_rows(context, builder, zty, z_value, i):
     rows = [_row_pointer(builder, z_arr.data, stride, builder.add(i, ir.Constant(_I64, m)),
                          z_elem.as_pointer())
             for m in range(4)]
-    lane0 = ir.Constant(_I32, 0)
-    splat = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
 
     def broadcast(row, j):
         z = builder.load(builder.gep(row, [j]))
         if zty.dtype == types.float32:
             z = builder.fpext(z, _F64)
-        z_vec = builder.insert_element(ir.Constant(_V8, ir.Undefined), z, lane0)
-        return builder.shuffle_vector(z_vec, ir.Constant(_V8, ir.Undefined), splat)
+        return _splat(builder, z, _V8)
 
-    fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(_V8, [_V8, _V8, _V8]), "llvm.fma.v8f64")
+    fma = _vector_fn(builder, "llvm.fma.v8f64", 3)
     return builder.extract_value(z_arr.shape, 1), rows, broadcast, fma
 
 
@@ -155,22 +167,6 @@ _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471805599453  # ln 2 rounded to double, and the rest (Cody and Waite)
 _LN2_LO = 2.3190468138462996e-17
 _SQRT2_M1 = 0.41421356237309503
-
-
-def _splat(builder, value, vty):
-    """value in every lane of a vector of type vty."""
-    first = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(first, ir.Constant(vty, ir.Undefined),
-                                  ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
-
-
-def _const(value):
-    return ir.Constant(_V8, [value] * 8)
-
-
-def _vector_fn(builder, name, n_args):
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * n_args),
-                                          name)
 
 
 def _horner(builder, x, coefficients):
