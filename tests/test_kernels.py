@@ -33,7 +33,8 @@ def make_problem(rng, family, N, D, S, intercept, scale=1.0):
 @pytest.mark.parametrize("intercept", [True, False])
 # S = 5, 6, 9 and row counts that are not multiples of four reach every remainder path of the
 # four-rows-by-four-draws blocking; D = 100 and 40 with S < 4 the byte-sized blocks (8 and 20 rows)
-# with a last, partial block; S = 9, 13 and 16 the four-rows-by-eight-draws microkernel (one or two
+# with a last, partial block (517 rows: an odd last block, for the rows-in-pairs gradient loops,
+# S = 2 both draws in one loop); S = 9, 13 and 16 the four-rows-by-eight-draws microkernel (one or two
 # groups of eight, then the four-draw and one-draw paths).
 @pytest.mark.parametrize(("N", "D", "S"), [(1, 1, 1), (7, 3, 2), (300, 10, 8), (5001, 4, 3),
                                             (2000, 0, 2), (203, 6, 5), (97, 5, 9), (4099, 7, 6),
@@ -138,8 +139,9 @@ def test_eight_draw_logistic_terms_match_libm_to_a_few_ulp():
 
 
 @pytest.mark.parametrize("family", list(KERNELS))
-# 8: the eight-draw elementwise step widens float32 y; 11: the eight-draw microkernel float32 rows
-@pytest.mark.parametrize("S", [4, 8, 11])
+# 2: the two-draw loops convert each float32 element once for both draws; 8: the eight-draw
+# elementwise step widens float32 y; 11: the eight-draw microkernel float32 rows
+@pytest.mark.parametrize("S", [2, 4, 8, 11])
 def test_float32_data_are_summed_in_float64(rng, family, S):
     """With float32 X and y the kernel's sums are those of the rounded data, in float64."""
     kernel, ref = KERNELS[family]

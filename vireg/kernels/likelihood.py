@@ -47,7 +47,12 @@ L1 while the rows after it stream in, and a 25.6 KB block of 32 rows of 100 doub
 of the 32 KB L1 for both. Measured with the two block sizes alternated in one process (fastest of 5
 x 7 calls, S = 1, 2 threads): 1,000,000 x 100 logistic 31.1 -> 25.8 ms (float32 21.8 -> 18.1),
 linear 31.8 -> 27.8, S = 2 46.0 -> 40.3; 1,000,000 x 50 19.7 -> 14.9; 4,000,000 x 10 unchanged
-(27.6, 32-row blocks either way). With four or more draws a block takes microseconds of arithmetic
+(27.6, 32-row blocks either way). With two draws (the default with the quadratic control
+variate) both draws share each pass over a row, in the linear predictors and the gradient sums:
+100,000 x 50: 2.30 -> 2.04 and 2.17 -> 1.92 ms per pass (two runs); 1,000,000 x 100 float32
+24.2 -> 20.5 ms, float64 33.8 -> 33.3 ms (bound by the read of X); S = 1 unchanged (a general
+pairs-of-draws loop for any S < 4 measured 4-9% slower at S = 1, float32, from its code shape
+alone, so the paths are for S = 2 only). With four or more draws a block takes microseconds of arithmetic
 while the hardware prefetcher idles, so the next block arrives at the memory latency (one thread,
 100,000 x 50, S = 8: 111 ns per row from memory against 79 from L2): the kernels hint the next
 block's lines after each block's linear predictors (``prefetch_next_block``): 100,000 x 50, S = 8:
@@ -314,7 +319,7 @@ def _eta_4rows_4draws(Z, i, B, a, s, eta, k, S):
 def linear_predictors(Z, b0, nb, B, Bt, a, eta):
     """eta[r S + s] = a_s + z_(b0+r) . b_s for the nb rows of a block and all S draws
     (register-blocked four rows by eight draws (``simd.eta_4rows_8draws``), then four rows by
-    four draws, when S >= ROW_BLOCK_MIN_DRAWS)."""
+    four draws, when S >= ROW_BLOCK_MIN_DRAWS; one row and both draws at a time when S = 2)."""
     S = B.shape[0]
     r = 0
     if S >= ROW_BLOCK_MIN_DRAWS:
@@ -330,6 +335,22 @@ def linear_predictors(Z, b0, nb, B, Bt, a, eta):
                 _eta_4rows(Z, b0 + r, B[s], a[s], eta, r * S + s, S)
                 s += 1
             r += 4
+    if S == 2:
+        # Both draws in one pass over the row: each load (and, for float32 rows, conversion) of
+        # z serves two draws (module doc).
+        u = B[0]
+        v = B[1]
+        while r < nb:
+            zi = Z[b0 + r]
+            lu = a[0]
+            lv = a[1]
+            for j in range(u.shape[0]):
+                x = zi[j]
+                lu += x * u[j]
+                lv += x * v[j]
+            eta[2 * r] = lu
+            eta[2 * r + 1] = lv
+            r += 1
     while r < nb:
         zi = Z[b0 + r]
         for s in range(S):
@@ -375,7 +396,8 @@ def _grad_4rows_4draws(z0, z1, z2, z3, q, k, S, g0, g1, g2, g3):
 @njit(**JIT_OPTIONS)
 def accumulate_gradient(Z, b0, nb, q, G, Gt):
     """G[s, j] += sum_r q[r S + s] z_(b0+r)j over the nb rows of a block, for all S draws
-    (blocked four rows by four draws when S >= ROW_BLOCK_MIN_DRAWS, else two rows at a time).
+    (blocked four rows by four draws when S >= ROW_BLOCK_MIN_DRAWS, else two rows at a time, and
+    both draws at once when S = 2).
     With S >= 8, four rows at a time of each whole group of eight draws go to Gt (groups, D, 8)
     instead (``simd.grad_4rows_8draws``); the caller adds Gt into G (``add_transposed``)."""
     S = G.shape[0]
@@ -405,6 +427,22 @@ def accumulate_gradient(Z, b0, nb, q, G, Gt):
             r += 4
     # Rows in pairs (each load and store of a gradient sum serves two rows): float32 1,000,000 x
     # 100, S = 1: 16.1 -> 14.1 ms; float64 25.3 -> 25.1 ms (bound by the read of X).
+    if S == 2:  # each load of z0, z1 serves both draws, as in ``linear_predictors``
+        g = G[0]
+        h = G[1]
+        while r + 2 <= nb:
+            z0 = Z[b0 + r]
+            z1 = Z[b0 + r + 1]
+            p0 = q[2 * r]
+            u0 = q[2 * r + 1]
+            p1 = q[2 * r + 2]
+            u1 = q[2 * r + 3]
+            for j in range(g.shape[0]):
+                x0 = z0[j]
+                x1 = z1[j]
+                g[j] = g[j] + p0 * x0 + p1 * x1
+                h[j] = h[j] + u0 * x0 + u1 * x1
+            r += 2
     while r + 2 <= nb:
         z0 = Z[b0 + r]
         z1 = Z[b0 + r + 1]
