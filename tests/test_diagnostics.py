@@ -8,7 +8,7 @@ from posteriordb import config_for, load_reference
 from test_accuracy import conjugate_problem
 
 import vireg
-from vireg.diagnostics import psis
+from vireg.diagnostics import khat_message, psis
 
 arviz = pytest.importorskip("arviz")
 
@@ -66,3 +66,16 @@ def test_psis_summaries_are_marked_and_close_to_q_when_q_is_good(tmp_path, rng):
     assert not np.array_equal(plain.summary.mean, weighted.summary.mean)
     # 4000 draws: Monte Carlo error of a mean is about sd / 63.
     assert np.max(np.abs(plain.summary.mean - weighted.summary.mean) / plain.summary.sd) < 0.1
+
+
+@pytest.mark.parametrize(("k", "shown"), [(0.7004, "0.7004 > 0.7"), (0.7049, "0.705 > 0.7"),
+                                          (0.73, "0.73 > 0.7")])
+def test_khat_warning_never_prints_k_equal_to_its_threshold(k, shown):
+    assert f"k-hat {shown}:" in khat_message(k)
+
+
+def test_khat_just_under_a_threshold_prints_under_it():
+    assert khat_message(0.49999).startswith("Pareto k-hat 0.49999 (<= 0.5)")
+    assert khat_message(0.69996).startswith("Pareto k-hat 0.69996 (between 0.5 and 0.7)")
+    assert khat_message(0.5003).startswith("Pareto k-hat 0.5003 (between")
+    assert khat_message(0.7).startswith("Pareto k-hat 0.70 (between")
