@@ -34,8 +34,8 @@ def make_problem(rng, family, N, D, S, intercept, scale=1.0):
 # S = 5, 6, 9 and row counts that are not multiples of four reach every remainder path of the
 # four-rows-by-four-draws blocking; D = 100 and 40 with S < 4 the byte-sized blocks (8 and 20 rows)
 # with a last, partial block (517 rows: an odd last block, for the rows-in-pairs gradient loops,
-# S = 2 both draws in one loop); S = 9, 13 and 16 the four-rows-by-eight-draws microkernel (one or two
-# groups of eight, then the four-draw and one-draw paths).
+# S = 2 both draws in one loop); S = 9, 13 and 16 the four-rows-by-eight-draws microkernel (one or
+# two groups of eight, then the four-draw and one-draw paths).
 @pytest.mark.parametrize(("N", "D", "S"), [(1, 1, 1), (7, 3, 2), (300, 10, 8), (5001, 4, 3),
                                             (2000, 0, 2), (203, 6, 5), (97, 5, 9), (4099, 7, 6),
                                             (1003, 100, 1), (517, 40, 2), (301, 13, 16),

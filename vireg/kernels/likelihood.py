@@ -52,10 +52,10 @@ variate) both draws share each pass over a row, in the linear predictors and the
 100,000 x 50: 2.30 -> 2.04 and 2.17 -> 1.92 ms per pass (two runs); 1,000,000 x 100 float32
 24.2 -> 20.5 ms, float64 33.8 -> 33.3 ms (bound by the read of X); S = 1 unchanged (a general
 pairs-of-draws loop for any S < 4 measured 4-9% slower at S = 1, float32, from its code shape
-alone, so the paths are for S = 2 only). With four or more draws a block takes microseconds of arithmetic
-while the hardware prefetcher idles, so the next block arrives at the memory latency (one thread,
-100,000 x 50, S = 8: 111 ns per row from memory against 79 from L2): the kernels hint the next
-block's lines after each block's linear predictors (``prefetch_next_block``): 100,000 x 50, S = 8:
+alone, so the paths are for S = 2 only). With four or more draws a block takes microseconds of
+arithmetic while the hardware prefetcher idles, so the next block arrives at the memory latency
+(one thread, 100,000 x 50, S = 8: 111 ns per row from memory against 79 from L2): the kernels hint
+the next block's lines after each block's linear predictors (``prefetch_next_block``): 100,000 x 50, S = 8:
 5.4 -> 4.9 ms (linear 4.4 -> 4.0), 1,000,000 x 100, S = 8: 109 -> 94 ms. Tried and not kept: the
 same hints with fewer draws (gains and losses of 10% by shape), and computing the next block's
 linear predictors before this block's sums so that the CPU overlaps them with the sigmoid's
