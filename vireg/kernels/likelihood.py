@@ -55,11 +55,11 @@ pairs-of-draws loop for any S < 4 measured 4-9% slower at S = 1, float32, from i
 alone, so the paths are for S = 2 only). With four or more draws a block takes microseconds of
 arithmetic while the hardware prefetcher idles, so the next block arrives at the memory latency
 (one thread, 100,000 x 50, S = 8: 111 ns per row from memory against 79 from L2): the kernels hint
-the next block's lines after each block's linear predictors (``prefetch_next_block``): 100,000 x 50, S = 8:
-5.4 -> 4.9 ms (linear 4.4 -> 4.0), 1,000,000 x 100, S = 8: 109 -> 94 ms. Tried and not kept: the
-same hints with fewer draws (gains and losses of 10% by shape), and computing the next block's
-linear predictors before this block's sums so that the CPU overlaps them with the sigmoid's
-dependency chains (30.7 -> 40.2 ms).
+the next block's lines after each block's linear predictors (``prefetch_next_block``): 100,000 x
+50, S = 8: 5.4 -> 4.9 ms (linear 4.4 -> 4.0), 1,000,000 x 100, S = 8: 109 -> 94 ms. Tried and not
+kept: the same hints with fewer draws (gains and losses of 10% by shape), and computing the next
+block's linear predictors before this block's sums so that the CPU overlaps them with the
+sigmoid's dependency chains (30.7 -> 40.2 ms).
 Tried in session 5 and not kept, each against the kept kernel alternated in one process: rows in
 tiles of eight below four draws (columns in vector lanes, one transposing sum per tile, written in
 IR): 15% less arithmetic with the rows in cache, but reading eight rows side by side defeated the
