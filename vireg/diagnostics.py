@@ -79,12 +79,12 @@ def relative_ess(log_weights: np.ndarray) -> float:
     return float(1.0 / np.sum(w * w) / w.size)
 
 
-def _shown_against(k: float, bound: float) -> str:
-    """k with two decimals, or as many more as it takes not to print as ``bound`` itself (a
-    warning that read "k-hat 0.70 > 0.7" contradicted itself)."""
+def _shown(k: float) -> str:
+    """k with two decimals, or as many more as it takes not to print as a threshold it is not
+    (a warning that read "k-hat 0.70 > 0.7" contradicted itself)."""
     for digits in range(2, 7):
         text = f"{k:.{digits}f}"
-        if k == bound or float(text) != bound:
+        if float(text) not in (KHAT_GOOD, KHAT_BAD) or k in (KHAT_GOOD, KHAT_BAD):
             return text
     return text
 
@@ -94,15 +94,12 @@ def khat_message(k: float, log_ratio_sd: float | None = None, ess: float | None 
     if not np.isfinite(k):
         return "k-hat could not be computed (non-finite importance ratios)"
     if k <= KHAT_GOOD:
-        return (f"Pareto k-hat {_shown_against(k, KHAT_GOOD)} (<= {KHAT_GOOD}): q is a good "
-                "approximation of the posterior")
+        return f"Pareto k-hat {_shown(k)} (<= {KHAT_GOOD}): q is a good approximation of the posterior"
     if k <= KHAT_BAD:
-        shown = _shown_against(k, KHAT_BAD if k > (KHAT_GOOD + KHAT_BAD) / 2 else KHAT_GOOD)
-        return (f"Pareto k-hat {shown} (between {KHAT_GOOD} and {KHAT_BAD}): the approximation is "
+        return (f"Pareto k-hat {_shown(k)} (between {KHAT_GOOD} and {KHAT_BAD}): the approximation is "
                 "usable, but check the results with more draws or family: fullrank")
-    text = (f"warning: Pareto k-hat {_shown_against(k, KHAT_BAD)} > {KHAT_BAD}: the ratios p/q "
-            "have a heavy right tail, so "
-            "the Gaussian approximation is unreliable in the tails and importance sampling cannot "
+    text = (f"warning: Pareto k-hat {_shown(k)} > {KHAT_BAD}: the ratios p/q have a heavy right "
+            "tail, so the Gaussian approximation is unreliable in the tails and importance sampling cannot "
             "repair it")
     if log_ratio_sd is not None and ess is not None and log_ratio_sd < SMALL_LOG_RATIO_SD:
         return (text + f"; the ratios vary little where q puts its mass (sd of log ratios "
