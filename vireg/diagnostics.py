@@ -94,13 +94,14 @@ def khat_message(k: float, log_ratio_sd: float | None = None, ess: float | None 
     if not np.isfinite(k):
         return "k-hat could not be computed (non-finite importance ratios)"
     if k <= KHAT_GOOD:
-        return f"Pareto k-hat {_shown(k)} (<= {KHAT_GOOD}): q is a good approximation of the posterior"
+        return (f"Pareto k-hat {_shown(k)} (<= {KHAT_GOOD}): q is a good approximation of the "
+                "posterior")
     if k <= KHAT_BAD:
-        return (f"Pareto k-hat {_shown(k)} (between {KHAT_GOOD} and {KHAT_BAD}): the approximation is "
-                "usable, but check the results with more draws or family: fullrank")
+        return (f"Pareto k-hat {_shown(k)} (between {KHAT_GOOD} and {KHAT_BAD}): the approximation "
+                "is usable, but check the results with more draws or family: fullrank")
     text = (f"warning: Pareto k-hat {_shown(k)} > {KHAT_BAD}: the ratios p/q have a heavy right "
-            "tail, so the Gaussian approximation is unreliable in the tails and importance sampling cannot "
-            "repair it")
+            "tail, so the Gaussian approximation is unreliable in the tails and importance "
+            "sampling cannot repair it")
     if log_ratio_sd is not None and ess is not None and log_ratio_sd < SMALL_LOG_RATIO_SD:
         return (text + f"; the ratios vary little where q puts its mass (sd of log ratios "
                 f"{log_ratio_sd:.2g}, importance ESS {100 * ess:.0f}%), so means and sds are "
