@@ -45,6 +45,31 @@ def test_separation_by_a_flat_prior_covariate_is_refused_even_with_a_proper_inte
     build(tmp_path, columns, "bernoulli", prior={"coefficients": "normal(0, 2.5)"})
 
 
+@pytest.mark.parametrize(("intercept_prior", "offset"), [(None, 1.0), ("normal(0, 2.5)", 0.0)])
+def test_separation_by_a_combination_of_flat_prior_covariates_is_refused(tmp_path, rng,
+                                                                          intercept_prior, offset):
+    """y = 1 exactly when x1 + x2 > offset, while each column alone overlaps between the
+    classes. With a flat intercept any line separates; with a proper one only a line through the
+    origin lets the flat coefficients run off to infinity."""
+    x1, x2 = rng.standard_normal(200), rng.standard_normal(200)
+    y = (x1 + x2 > offset).astype(int)
+    assert x1[y == 1].min() < x1[y == 0].max() and x2[y == 1].min() < x2[y == 0].max()
+    columns = {"y": y, "x1": x1, "x2": x2}
+    prior = {} if intercept_prior is None else {"prior": {"intercept": intercept_prior}}
+    with pytest.raises(InputError, match="a combination of the flat-prior covariates separates"):
+        build(tmp_path, columns, "bernoulli", **prior)
+    flip = rng.random(200) < 0.1  # a few rows on the wrong side: the MLE exists
+    build(tmp_path, {**columns, "y": np.where(flip, 1 - y, y)}, "bernoulli", **prior)
+
+
+def test_a_line_off_the_origin_with_a_proper_intercept_prior_leaves_the_posterior_proper(tmp_path,
+                                                                                         rng):
+    """The coefficients could only run off along with the intercept, which its prior holds."""
+    x1, x2 = rng.standard_normal(200), rng.standard_normal(200)
+    build(tmp_path, {"y": (x1 + x2 > 1).astype(int), "x1": x1, "x2": x2}, "bernoulli",
+          prior={"intercept": "normal(0, 2.5)"})
+
+
 def test_overlapping_classes_are_accepted(tmp_path, x, rng):
     y = (rng.random(60) < 1 / (1 + np.exp(-x))).astype(int)
     build(tmp_path, {"y": y, "x": x}, "bernoulli")
