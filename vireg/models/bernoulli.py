@@ -46,8 +46,10 @@ def separation(Z1: np.ndarray, y: np.ndarray, max_iter: int = 50) -> str | None:
     for _ in range(max_iter):
         eta = Z1 @ w
         p = 0.5 * (1.0 + np.tanh(0.5 * eta))  # sigmoid without overflow
-        weight = p * (1.0 - p)
-        H = (Z1 * weight[:, None]).T @ Z1 + 1e-10 * np.eye(k)
+        # B^T B with B = sqrt(weight) Z1: BLAS's symmetric product, half the flops of
+        # (weight Z1)^T Z1 (100,000 x 51: 21 ms against 34-134 ms).
+        B = Z1 * np.sqrt(p * (1.0 - p))[:, None]
+        H = B.T @ B + 1e-10 * np.eye(k)
         step = np.linalg.solve(H, Z1.T @ (y - p))
         w = w + step
         if np.max(np.abs(step)) < 1e-8 * (1.0 + np.max(np.abs(w))):

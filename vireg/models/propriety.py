@@ -79,6 +79,21 @@ def _check_gaussian(model, flat: list[int]) -> None:
                          "'half_normal(10)' or use more rows")
 
 
+def _flat_columns_by_rms(model, flat: list[int]) -> np.ndarray:
+    """The design's columns of the flat-prior parameters ``flat`` (ascending; a column of ones
+    for the intercept), each divided by its root mean square, written once (n x len(flat))."""
+    off = int(model.intercept)
+    cov = [i - off for i in flat if i >= off]
+    rms = np.array([np.hypot(*model.column_stats[1 + j][1:3]) for j in cov])
+    X = model.design.X
+    out = np.empty((model.n_rows, len(flat)))
+    k = len(flat) - len(cov)  # 1 when the intercept is among them, first
+    out[:, :k] = 1.0
+    np.divide(X if len(cov) == X.shape[1] else X[:, cov], np.where(rms > 0, rms, 1.0),
+              out=out[:, k:])
+    return out
+
+
 def _check_bernoulli(model, flat: list[int], names: list[str]) -> None:
     response = model.design.response
     _, y_mean, _, y_min, y_max = model.column_stats[0]
@@ -103,10 +118,7 @@ def _check_bernoulli(model, flat: list[int], names: list[str]) -> None:
     # columns only, as above).
     if (not separated and model.in_memory
             and model.n_rows * len(flat) ** 2 <= SEPARATION_MAX_WORK):
-        X1 = (np.hstack([np.ones((model.n_rows, 1)), model.design.X]) if model.intercept
-              else model.design.X)
-        cols = X1[:, flat]
-        separated = bernoulli.separation(cols / np.sqrt(np.mean(cols**2, axis=0)), model.design.y)
+        separated = bernoulli.separation(_flat_columns_by_rms(model, flat), model.design.y)
     if separated:
         which = f"'{col}' separates the 0s from the 1s" if col else (
             "a combination of the flat-prior covariates separates the 0s from the 1s")
