@@ -149,8 +149,11 @@ def _model_of(cfg: Config, design, intercept: bool, source):
     # With samples: auto the draws per step are settled once the model is known
     # (engine.draws_per_step); the rows' serial-or-parallel choice takes the larger default.
     samples = DEFAULT_SAMPLES if cfg.inference.samples == "auto" else cfg.inference.samples
+    # A full-rank q is the same family in any affine coordinates, so its kernel can read the
+    # columns orthogonalised; mean-field is defined on the standardised columns themselves.
     model = Model(design, cfg.model.family, intercept, priors, cfg.model.sigma,
-                  draws_per_step=samples, dtype=cfg.inference.dtype, source=source)
+                  draws_per_step=samples, dtype=cfg.inference.dtype, source=source,
+                  orthogonalize=cfg.inference.family == "fullrank")
     check_posterior_exists(model)
     # The kernel reads the standardised copy; the raw covariates were needed only up to here.
     model.design = replace(model.design, X=np.empty((0, model.n_cov)))
@@ -346,7 +349,6 @@ def _fit_model(cfg: Config, model) -> Iterator[object]:
     cfg = replace(cfg, inference=replace(cfg.inference,
                                          samples=engine.draws_per_step(model, cfg.inference)))
 
-    family = make_family(cfg.inference.family, model.n_params)
     opt_seq, draw_seq, block_seq = np.random.SeedSequence(cfg.inference.seed).spawn(3)
     minibatch = None
     batch = cfg.inference.batch_size
@@ -366,12 +368,18 @@ def _fit_model(cfg: Config, model) -> Iterator[object]:
                       cfg.inference.max_steps, model.design.dropped_rows)
 
         t0 = time.perf_counter()
+        laplace = None
+        if cfg.inference.start == "laplace":
+            from vireg.laplace import find_mode
+
+            laplace = find_mode(model)
+        family = make_family(cfg.inference.family, model.n_params, laplace)
         outcome = None
         # Without the control variate, minibatch noise dwarfs the posterior sd: levels lengthen
         # as the step size falls (Robbins-Monro), or the averages freeze before they arrive.
         growth = 2 if minibatch is not None and not cfg.inference.control_variate else 1
         for event in engine.optimise(model, family, cfg.inference, np.random.default_rng(opt_seq),
-                                     minibatch, growth):
+                                     minibatch, growth, laplace):
             if isinstance(event, engine.Outcome):
                 outcome = event
             else:
@@ -412,6 +420,13 @@ def _fit_model(cfg: Config, model) -> Iterator[object]:
                 "dropped_rows": model.design.dropped_rows,
                 "data_passes": (outcome.steps if minibatch is None
                                 else round(minibatch.epochs_read, 2)),
+                "passes": round((outcome.steps if minibatch is None else minibatch.epochs_read)
+                                + outcome.curvature_passes + outcome.guard_passes
+                                + (laplace.passes if laplace else 0), 2),
+                "laplace": None if laplace is None else {
+                    "newton_steps": laplace.newton_steps, "passes": laplace.passes,
+                    "log_p": laplace.log_p},
+                "restarts": outcome.restarts,
                 "data_source": model.rows.describe(),
                 "quadratic_cv": engine.uses_quadratic_cv(model, cfg.inference),
                 "curvature_passes": outcome.curvature_passes,

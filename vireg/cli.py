@@ -140,7 +140,8 @@ def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bo
     from vireg.diagnostics import KHAT_BAD, khat_message
 
     if result.khat is not None and (result.khat > KHAT_BAD or not np.isfinite(result.khat)):
-        print(khat_message(result.khat, result.log_ratio_sd, result.psis_ess), file=sys.stderr)
+        print(khat_message(result.khat, result.log_ratio_sd, result.psis_ess,
+                           result.config.inference.family), file=sys.stderr)
     if not result.converged:
         print(f"warning: {result.reason}", file=sys.stderr)
         return 1

@@ -60,7 +60,10 @@ class InferenceConfig:
     samples: int | str = "auto"  # draws per step; auto: engine.draws_per_step
     max_steps: int = 20000
     learning_rate: float = 0.05
-    init_scale: float = 0.1
+    init_scale: float = 0.1  # start: zero only, the cap on q's initial sds
+    # laplace: q starts at the posterior mode with the curvature there (full-rank in the whitened
+    # frame); zero: at m = 0 with sds capped at init_scale
+    start: str = "laplace"
     tolerance: float = 0.02
     window: int = 100
     seed: int = 0
@@ -136,6 +139,7 @@ SCHEMA: dict[str, Any] = {
     "inference": {
         "family": (str, False), "estimator": ((str, type(None)), False), "samples": ((int, str), False),
         "max_steps": (int, False), "learning_rate": (float, False), "init_scale": (float, False),
+        "start": (str, False),
         "tolerance": (float, False), "window": (int, False), "seed": (int, False),
         "dtype": (str, False), "batch_size": ((int, type(None)), False),
         "control_variate": (bool, False), "quadratic_cv": ((bool, str), False),
@@ -237,6 +241,8 @@ def _check_values(d: dict[str, Any]) -> None:
     est = inf.get("estimator") or DEFAULT_ESTIMATOR[vf]
     if est not in ESTIMATORS:
         raise InputError(f"inference.estimator '{est}' is not known: use one of {', '.join(ESTIMATORS)}")
+    if inf.get("start", "laplace") not in ("laplace", "zero"):
+        raise InputError(f"inference.start '{inf['start']}' is not known: use laplace or zero")
     if inf.get("dtype", "float64") not in ("float64", "float32"):
         raise InputError(f"inference.dtype '{inf['dtype']}' is not known: use float64 or float32")
     qcv = inf.get("quadratic_cv", "auto")

@@ -28,9 +28,12 @@ def gpd_fit(x: np.ndarray) -> tuple[float, float]:
     ArviZ and loo use."""
     n = x.size
     prior_bs, prior_k = 3.0, 10.0
+    quartile = x[int(n / 4 + 0.5) - 1]
+    if not (quartile > 0 and np.isfinite(x[-1])):  # most exceedances 0: a tail beyond any k
+        return float("inf"), float("nan")
     m_est = 30 + int(math.sqrt(n))
     b = 1.0 - np.sqrt(m_est / (np.arange(1, m_est + 1) - 0.5))
-    b /= prior_bs * x[int(n / 4 + 0.5) - 1]
+    b /= prior_bs * quartile
     b += 1.0 / x[-1]
     k = np.log1p(-b[:, None] * x).mean(axis=1)
     len_scale = n * (np.log(-(b / k)) - k - 1.0)
@@ -39,6 +42,8 @@ def gpd_fit(x: np.ndarray) -> tuple[float, float]:
     weights, b = weights[keep], b[keep]
     weights /= weights.sum()
     b_post = float(np.sum(b * weights))
+    if not (np.isfinite(b_post) and b_post != 0.0):
+        return float("inf"), float("nan")
     k_post = float(np.log1p(-b_post * x).mean())
     sigma = -k_post / b_post  # from the unadjusted k, as in loo and ArviZ
     k_post = (n * k_post + prior_k * 0.5) / (n + prior_k)
@@ -52,11 +57,20 @@ def _gpd_quantiles(p: np.ndarray, k: float, sigma: float) -> np.ndarray:
 
 
 def psis(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
-    """Pareto-smoothed log weights (normalised) and k-hat for one set of log importance ratios."""
+    """Pareto-smoothed log weights (normalised) and k-hat for one set of log importance ratios.
+
+    Degenerate tails never raise: non-finite ratios (a draw where log p is not finite), fewer
+    than 10 draws, or a tail in which one ratio dominates (the others' exceedances round to 0)
+    give k-hat = inf; ratios all equal (q proportional to the posterior) give k-hat = 0 and
+    equal weights."""
     lw = np.asarray(log_ratios, dtype=float).copy()
     n = lw.size
     if n < 10 or not np.all(np.isfinite(lw)):
-        return lw - np.logaddexp.reduce(lw), float("inf")
+        with np.errstate(invalid="ignore"):
+            total = np.logaddexp.reduce(lw) if n else 0.0
+        return lw - total, float("inf")
+    if lw.max() - lw.min() <= 1e-12 * max(1.0, abs(lw.max())):
+        return np.full(n, -math.log(n)), 0.0
     lw -= lw.max()
     tail_len = int(math.ceil(min(0.2 * n, 3.0 * math.sqrt(n))))
     order = np.argsort(lw)
@@ -89,16 +103,33 @@ def _shown(k: float) -> str:
     return text
 
 
-def khat_message(k: float, log_ratio_sd: float | None = None, ess: float | None = None) -> str:
-    """A plain-words verdict on k-hat, with the spread of the log ratios when it explains it."""
-    if not np.isfinite(k):
+def _advice(family: str | None) -> str:
+    """What is left to try after a bad k-hat, for the run's variational family."""
+    if family == "fullrank":
+        return ("; q is already full-rank, so what is left is the model: proper priors on weakly "
+                "identified parameters, more data, or output.psis: true for importance-weighted "
+                "summaries")
+    return ("; try inference.family: fullrank, more inference.samples, or check the model (flat "
+            "priors, heavy tails, few rows)")
+
+
+def khat_message(k: float, log_ratio_sd: float | None = None, ess: float | None = None,
+                 family: str | None = None) -> str:
+    """A plain-words verdict on k-hat, with the spread of the log ratios when it explains it and
+    advice that fits the run's variational family."""
+    if np.isnan(k):
         return "k-hat could not be computed (non-finite importance ratios)"
+    if not np.isfinite(k):
+        return ("warning: Pareto k-hat is infinite: one draw's ratio p/q dominates all others (or "
+                "some ratios are not finite), so q misses where the posterior puts its mass"
+                + _advice(family))
     if k <= KHAT_GOOD:
         return (f"Pareto k-hat {_shown(k)} (<= {KHAT_GOOD}): q is a good approximation of the "
                 "posterior")
     if k <= KHAT_BAD:
+        check = "more draws" if family == "fullrank" else "more draws or family: fullrank"
         return (f"Pareto k-hat {_shown(k)} (between {KHAT_GOOD} and {KHAT_BAD}): the approximation "
-                "is usable, but check the results with more draws or family: fullrank")
+                f"is usable, but check the results with {check}")
     text = (f"warning: Pareto k-hat {_shown(k)} > {KHAT_BAD}: the ratios p/q have a heavy right "
             "tail, so the Gaussian approximation is unreliable in the tails and importance "
             "sampling cannot repair it")
@@ -106,8 +137,7 @@ def khat_message(k: float, log_ratio_sd: float | None = None, ess: float | None 
         return (text + f"; the ratios vary little where q puts its mass (sd of log ratios "
                 f"{log_ratio_sd:.2g}, importance ESS {100 * ess:.0f}%), so means and sds are "
                 "likely close, but check tail quantities")
-    return text + ("; try inference.family: fullrank, more inference.samples, or check the model "
-                   "(flat priors, heavy tails, few rows)")
+    return text + _advice(family)
 
 
 def weighted_summary(values: np.ndarray, log_w: np.ndarray) -> dict[str, np.ndarray]:

@@ -33,3 +33,23 @@ class Adam:
         mhat = self.m / (1.0 - b1**self.t)
         vhat = self.v / (1.0 - b2**self.t)
         return params + self.lr * mhat / (np.sqrt(vhat) + self.eps)
+
+
+class ScaledSGD:
+    """theta <- theta + lr * grad: plain stochastic gradient ascent with a per-coordinate step.
+
+    In a whitened frame, where the ELBO's curvature in each coordinate is known near the optimum
+    (``FullRank.frame_curvature``), lr = rate / curvature makes every step a damped Newton step:
+    it contracts towards the optimum at the rate ``rate`` per step, and its jitter there is in
+    proportion to the gradient noise (Adam's normalised steps keep a size of about lr however
+    small the noise). Same interface as ``Adam``; ``reset`` has no state to forget.
+    """
+
+    def __init__(self, size: int, lr: np.ndarray | float):
+        self.lr = np.broadcast_to(np.asarray(lr, dtype=float), (size,)).copy()
+
+    def reset(self) -> None:
+        """Nothing to forget."""
+
+    def step(self, params: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        return params + self.lr * grad

@@ -139,8 +139,9 @@ class FitDisplay:
 
             if result.khat <= KHAT_BAD:  # above, the CLI prints the warning itself
                 style = "green" if result.khat <= KHAT_GOOD else "yellow"
-                self.console.print(f"[{style}]{khat_message(result.khat)}[/{style}]")
-            self.console.print(f"[dim]importance ESS {100 * result.psis_ess:.0f}% of "
+                message = khat_message(result.khat, family=result.config.inference.family)
+                self.console.print(f"[{style}]{message}[/{style}]")
+            self.console.print(f"[dim]importance ESS {100 * (result.psis_ess or 0):.0f}% of "
                                f"{result.config.output.psis_draws} draws; sd of log p/q "
                                f"{result.log_ratio_sd:.2g}[/dim]")
         if result.summary_original is not None:

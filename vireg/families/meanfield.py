@@ -53,9 +53,12 @@ class MeanField:
         self.P = n_params
         self.size = 2 * n_params
 
-    def init(self, sd: np.ndarray, cov: np.ndarray | None = None) -> np.ndarray:
-        """m = 0 (the null model on standardised data), s = the given per-coordinate sd."""
-        return np.concatenate([np.zeros(self.P), np.log(sd)])
+    def init(self, sd: np.ndarray, cov: np.ndarray | None = None,
+             mean: np.ndarray | None = None) -> np.ndarray:
+        """m = ``mean`` (default 0, the null model on standardised data), s = the given
+        per-coordinate sd."""
+        m = np.zeros(self.P) if mean is None else np.asarray(mean, float)
+        return np.concatenate([m, np.log(sd)])
 
     def split(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return phi[: self.P], phi[self.P:]

@@ -36,6 +36,11 @@ LIKELIHOODS: dict[str, ModuleType] = {"gaussian": gaussian, "bernoulli": bernoul
 # but each pass also pays a read of X; 1,000,000 x 100, logistic, per draw: 3.6 ms with 32 draws
 # per pass, 3.1 ms with 64 (2,000 k-hat draws: 7.2 -> 6.2 s).
 DRAWS_PER_PASS = 64
+# Orthogonalising the design: through the Cholesky factor of the Gram matrix while its eigenvalues
+# (unit diagonal) are no further apart than this (condition number of the columns below 1e4, so Q
+# is orthonormal to about 1e-8), else by Householder QR; the product Z R^-1 a piece of rows at a time.
+GRAM_ORTHOGONALIZE_RTOL = 1e-8
+ORTHOGONALIZE_ROWS = 65536
 
 
 class Model:
@@ -43,10 +48,11 @@ class Model:
 
     def __init__(self, design: Design, family: str, intercept: bool, priors: list[Prior],
                  fixed_sigma: float | None = None, draws_per_step: int = 8,
-                 dtype: str = "float64", source=None):
+                 dtype: str = "float64", source=None, orthogonalize: bool = False):
         """``design`` holds the data in memory, or with ``source`` (rows that live elsewhere: a
         disk cache or Dask workers) only the names, and ``source`` supplies the moments and the
-        standardised rows."""
+        standardised rows. ``orthogonalize`` (rows in memory only) makes the kernel read the
+        standardised columns orthogonalised (``_orthogonalize``)."""
         self.family = family
         self.fixed_sigma = fixed_sigma
         self.likelihood = LIKELIHOODS[family]
@@ -55,8 +61,12 @@ class Model:
         self.dtype = dtype
         self._gram = None
         self._class_extremes = None
+        # R with u_coef = R (standardised coefficients) when the columns are orthogonalised.
+        self.design_map: np.ndarray | None = None
         if source is None:
             self._standardize_in_memory(design, draws_per_step)
+            if orthogonalize and self.n_cov > 0 and self.n_rows > self.n_cov:
+                self._orthogonalize()
         else:
             self._standardize_source(source, draws_per_step)
         self.T, self.c = self.affine_map()
@@ -95,6 +105,40 @@ class Model:
         self.y = np.ascontiguousarray((y - self.y_centre) / self.y_scale)
         yk = self.y if self.dtype == "float64" else self.y.astype(np.float32)
         self.rows = MemoryRows(self.Z, yk, self.likelihood, self.intercept, draws_per_step)
+
+    def _orthogonalize(self) -> None:
+        """Replace the standardised columns Z by Q = Z R^-1 with Q^T Q = N I (``design_map`` = R,
+        upper triangular), and the coefficients b by R b, so that Z b = Q (R b): the same model,
+        whose curvature is no longer ill-conditioned by correlated columns (a polynomial's
+        powers, repeated measurements). With an intercept Z is centred, and so is Q.
+
+        R is the Cholesky factor of Z^T Z / N when that is well conditioned; otherwise it comes
+        from a Householder QR of Z, whose Q is orthonormal to rounding whatever the condition
+        number (the Gram matrix squares it, which float64 cannot hold past about 1e8)."""
+        N = self.n_rows
+        Z64 = np.asarray(self.Z, dtype=np.float64)
+        gram = Z64.T @ Z64 / N
+        d = np.sqrt(np.diag(gram))
+        d = np.where(d > 0, d, 1.0)
+        eig = np.linalg.eigvalsh(gram / np.outer(d, d))
+        R = None
+        if eig[0] > GRAM_ORTHOGONALIZE_RTOL * eig[-1]:
+            try:
+                R = np.linalg.cholesky(gram).T
+            except np.linalg.LinAlgError:
+                R = None
+        if R is not None:
+            R_inv = np.linalg.inv(R)
+            for lo in range(0, N, ORTHOGONALIZE_ROWS):
+                self.Z[lo:lo + ORTHOGONALIZE_ROWS] = Z64[lo:lo + ORTHOGONALIZE_ROWS] @ R_inv
+        else:
+            Q, R = np.linalg.qr(Z64)
+            sign = np.where(np.diag(R) < 0, -1.0, 1.0)
+            R = sign[:, None] * R / np.sqrt(N)
+            self.Z[...] = Q * (sign * np.sqrt(N))
+            if np.any(np.diag(R) == 0):  # exactly dependent columns: refused by the checks
+                R[np.diag_indices_from(R)] = np.where(np.diag(R) == 0, 1.0, np.diag(R))
+        self.design_map = R  # self.rows reads self.Z, written in place
 
     def _standardize_source(self, source, draws_per_step: int) -> None:
         """The same standardisation from streamed moments; the source writes the standardised
@@ -165,6 +209,9 @@ class Model:
         if self.has_scale:
             T[P - 1, P - 1] = 1.0
             c[P - 1] = np.log(self.y_scale)
+        if self.design_map is not None:  # b = R^-1 u_coef: T's coefficient columns times R^-1
+            cols = slice(off, off + self.n_cov)
+            T[:, cols] = np.linalg.solve(self.design_map.T, T[:, cols].T).T
         return T, c
 
     @property
@@ -211,16 +258,34 @@ class Model:
         return H + (1e-8 * mean_diag if mean_diag > 0 else 1.0) * np.eye(k)
 
     def curvature_at(self, m: np.ndarray) -> np.ndarray:
-        """C = -d2 log p(y, u) / du2 at u = m (P x P; the quadratic control variate's matrix):
+        """C = -d2 log p(y, u) / du2 at u = m with the location priors' curvature taken at their
+        modes (the quadratic control variate's matrix; any fixed C keeps its estimate unbiased):
+        ``likelihood_curvature(m)`` plus T^T diag(prior curvature) T in the location block."""
+        k = self.n_location
+        C = self.likelihood_curvature(m)
+        C[:k, :k] += self._prior_curvature()
+        return C
 
-            C_loc = Z1^T diag(w) Z1 + T^T diag(prior curvature) T    (location block)
+    def hessian_at(self, m: np.ndarray) -> np.ndarray:
+        """The exact -d2 log p(y, u) / du2 at u = m: ``likelihood_curvature(m)`` plus
+        T^T diag(-d2 log prior / dtheta2 at theta = T m + c) T (every prior, sigma's included;
+        the priors are independent, so their Hessian is diagonal in theta)."""
+        theta = self.to_theta(m[None, :])[0]
+        h = np.zeros(self.n_params)
+        for prior, idx in self._prior_groups:
+            h[idx] = -prior.hess(theta[idx])
+        return self.likelihood_curvature(m) + self.T.T @ (h[:, None] * self.T)
+
+    def likelihood_curvature(self, m: np.ndarray) -> np.ndarray:
+        """-d2/du2 of the log likelihood at u = m (P x P):
+
+            location block Z1^T diag(w) Z1
 
         with w_i the likelihood's curvature in eta at eta_i = z1_i . m: sigmoid(eta)(1 -
         sigmoid(eta)) for logistic (one pass over the rows, wherever the row source keeps them,
         in float64 a piece at a time); w = exp(-2 t) for gaussian, whose log sigma t adds the
         row and column -d2/dt2 = 2 w e^T e and -d2/db dt = 2 w Z1^T e (e = y - Z1 m; no pass
-        over the data). The prior of sigma is left out (any fixed C keeps the estimate
-        unbiased).
+        over the data).
         """
         k, P = self.n_location, self.n_params
         C = np.zeros((P, P))
@@ -230,7 +295,7 @@ class Model:
             gram, zty, yty = self.gram()
             t = self.fixed_t if self.fixed_t is not None else m[P - 1]
             w = np.exp(-2.0 * t)
-            C_loc = w * gram
+            C[:k, :k] = w * gram
             if self.fixed_t is None:  # the log sigma row and column
                 ml = m[:k]
                 C[:k, P - 1] = C[P - 1, :k] = 2.0 * w * (zty - gram @ ml)
@@ -239,10 +304,9 @@ class Model:
             a = m[0] if self.intercept else 0.0
             w_sum, zw, ztwz = self.rows.logistic_curvature(a, m[int(self.intercept):k])
             if self.intercept:
-                C_loc = np.block([[np.array([[w_sum]]), zw[None, :]], [zw[:, None], ztwz]])
+                C[:k, :k] = np.block([[np.array([[w_sum]]), zw[None, :]], [zw[:, None], ztwz]])
             else:
-                C_loc = ztwz
-        C[:k, :k] = C_loc + self._prior_curvature()
+                C[:k, :k] = ztwz
         return C
 
     def _prior_curvature(self) -> np.ndarray:

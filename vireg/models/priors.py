@@ -51,6 +51,10 @@ class Prior:
         """d/dx of :meth:`logpdf`."""
         return _GRAD[self.name](x, *self.args)
 
+    def hess(self, x: np.ndarray) -> np.ndarray:
+        """d2/dx2 of :meth:`logpdf` (0 at the kink of laplace, where it is not defined)."""
+        return _HESS[self.name](x, *self.args)
+
     def curvature(self) -> float:
         """-d2/dx2 log p at the mode of a location prior (0 where there is none): used only to
         precondition the optimiser, never in the model."""
@@ -173,6 +177,49 @@ _GRAD = {
     "sigma_flat": _sigma_flat_grad, "half_normal": _half_normal_grad,
     "half_cauchy": _half_cauchy_grad, "half_student_t": _half_student_t_grad,
     "exponential": _exponential_grad,
+}
+
+
+def _zero_hess(x, *args):
+    return np.zeros_like(x)
+
+
+def _normal_hess(x, mu, s):
+    return np.full_like(x, -1.0 / (s * s))
+
+
+def _student_t_hess(x, nu, mu, s):
+    d2, a = (x - mu) ** 2, nu * s * s
+    return -(nu + 1.0) * (a - d2) / (a + d2) ** 2
+
+
+def _cauchy_hess(x, mu, s):
+    return _student_t_hess(x, 1.0, mu, s)
+
+
+def _half_normal_hess(tau, s):
+    return -2.0 * np.exp(2.0 * tau) / (s * s)
+
+
+def _half_student_t_hess(tau, nu, s):
+    sigma2, a = np.exp(2.0 * tau), nu * s * s
+    return -2.0 * (nu + 1.0) * a * sigma2 / (a + sigma2) ** 2
+
+
+def _half_cauchy_hess(tau, s):
+    return _half_student_t_hess(tau, 1.0, s)
+
+
+def _exponential_hess(tau, rate):
+    return -rate * np.exp(tau)
+
+
+_HESS = {
+    "flat": _zero_hess, "normal": _normal_hess, "student_t": _student_t_hess,
+    "cauchy": _cauchy_hess, "laplace": _zero_hess,
+    "sigma_flat": _zero_hess, "half_normal": _half_normal_hess,
+    "half_cauchy": _half_cauchy_hess, "half_student_t": _half_student_t_hess,
+    "exponential": _exponential_hess,
 }
 
 # name -> (argument names, indices of arguments that must be > 0)

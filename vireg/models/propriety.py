@@ -16,6 +16,10 @@ from vireg.models import bernoulli
 # Eigenvalue ratio of the unit-diagonal Gram matrix below which columns count as collinear
 # (singular values 1e-6 apart: exact dependence gives about 1e-16).
 COLLINEAR_EIG_RTOL = 1e-12
+# The same limit on the singular values of unit-norm columns, when the design was orthogonalised
+# by QR (no Gram matrix, so no squaring): a condition number of 1e11 still leaves the least-squares
+# solution about 1e-5 relative accuracy.
+COLLINEAR_SV_RTOL = 1e-11
 # The test for separation by a combination of columns runs Newton's method on the likelihood,
 # O(N k^2) per iteration; above this much work only single-column separation is checked.
 SEPARATION_MAX_WORK = 2e9
@@ -43,25 +47,46 @@ def _check_design_rank(model, flat: list[int], names: list[str]) -> None:
                          "priors: give them proper priors (e.g. coefficients: 'normal(0, 10)') or "
                          "use more rows")
     off = int(model.intercept)
-    for i in flat[off:] if model.intercept else flat:
+    for i in (i for i in flat if i >= off):
         _, _, sd, lo, hi = model.column_stats[1 + i - off]  # (name, mean, sd, min, max)
         if lo == hi and (model.intercept or lo == 0):
             what = "is constant" if model.intercept else "is all zeros"
             raise InputError(f"column '{names[i]}' {what}, so its coefficient is not identified "
                              "under a flat prior: drop it from data.covariates or give it a proper "
                              "prior")
-    # Rank from the Gram matrix of the flat-prior columns (one k x k eigenproblem, no pass over
-    # the data): scaled to unit diagonal, its smallest eigenvalue is 0 up to rounding exactly when
-    # the columns are linearly dependent.
+    involved = _dependent_columns(model, flat)
+    if involved:
+        raise InputError(f"columns {_quoted([names[i] for i in involved])} are collinear (one is "
+                         "a linear combination of the others), so with flat priors the posterior "
+                         "does not exist: drop one of them or give the coefficients proper priors")
+
+
+def _dependent_columns(model, flat: list[int]) -> list[int]:
+    """The flat-prior parameters whose columns are linearly dependent, to float64's resolution
+    (empty if none). With an orthogonalised design, from the singular values of R[:, flat]
+    (Z^T Z = N R^T R; the intercept is orthogonal to the centred columns, and a constant column
+    was refused before); else from the eigenvalues of the Gram matrix of the flat-prior columns
+    (one k x k eigenproblem, no pass over the data), which squares the condition number."""
+    off = int(model.intercept)
+    R = model.design_map
+    if R is not None:
+        cols = [i for i in flat if i >= off]
+        if not cols:
+            return []
+        A = R[:, [i - off for i in cols]]
+        A = A / np.linalg.norm(A, axis=0)
+        _, sv, vt = np.linalg.svd(A, full_matrices=False)
+        if sv[-1] >= COLLINEAR_SV_RTOL * sv[0]:
+            return []
+        v = np.abs(vt[-1])
+        return [cols[k] for k in np.flatnonzero(v > 0.1 * v.max())]
     gram = model.gram()[0][np.ix_(flat, flat)]
     d = np.sqrt(np.diag(gram))
     eig, vec = np.linalg.eigh(gram / np.outer(d, d))
-    if eig[0] < COLLINEAR_EIG_RTOL * eig[-1]:
-        v = np.abs(vec[:, 0])
-        involved = [names[flat[k]] for k in np.flatnonzero(v > 0.1 * v.max())]
-        raise InputError(f"columns {_quoted(involved)} are collinear (one is a linear combination "
-                         "of the others), so with flat priors the posterior does not exist: drop "
-                         "one of them or give the coefficients proper priors")
+    if eig[0] >= COLLINEAR_EIG_RTOL * eig[-1]:
+        return []
+    v = np.abs(vec[:, 0])
+    return [flat[k] for k in np.flatnonzero(v > 0.1 * v.max())]
 
 
 def _check_gaussian(model, flat: list[int]) -> None:
