@@ -79,3 +79,29 @@ def test_khat_just_under_a_threshold_prints_under_it():
     assert khat_message(0.69996).startswith("Pareto k-hat 0.69996 (between 0.5 and 0.7)")
     assert khat_message(0.5003).startswith("Pareto k-hat 0.5003 (between")
     assert khat_message(0.7).startswith("Pareto k-hat 0.70 (between")
+
+
+def test_psis_degenerate_tails_never_raise():
+    from vireg.diagnostics import khat_message, psis
+
+    one_dominates = np.full(2000, -1e4)
+    one_dominates[7] = 0.0
+    lw, k = psis(one_dominates)
+    assert k == float("inf") and np.isclose(np.logaddexp.reduce(lw), 0.0)
+    assert "infinite" in khat_message(k, family="fullrank")
+    lw, k = psis(np.full(2000, -3.5))
+    assert k == 0.0 and np.allclose(lw, -np.log(2000))
+    bad = np.zeros(2000)
+    bad[3] = np.nan
+    assert psis(bad)[1] == float("inf")
+    bad[3] = np.inf
+    assert psis(bad)[1] == float("inf")
+
+
+def test_khat_advice_fits_the_variational_family():
+    from vireg.diagnostics import khat_message
+
+    assert "try inference.family: fullrank" in khat_message(1.2, family="meanfield")
+    full = khat_message(1.2, family="fullrank")
+    assert "already full-rank" in full and "try inference.family" not in full and "priors" in full
+    assert "family: fullrank" not in khat_message(0.6, family="fullrank")

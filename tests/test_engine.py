@@ -14,8 +14,8 @@ def test_transient_non_finite_steps_are_undone_and_the_fit_still_converges(tmp_p
     real = Model.log_joint_grad
     calls = {"n": 0}
 
-    def flaky(self, U):
-        calls["n"] += 1
+    def flaky(self, U):  # the optimiser's steps (several draws), not the search for the mode
+        calls["n"] += U.shape[0] > 1
         logp, g = real(self, U)
         if calls["n"] in (5, 6, 7):
             g = g * np.inf

@@ -81,6 +81,7 @@ WHITENED_STEP_WORK = 1 << 20
 # step goes (ScaledSGD's rate; stable while the true curvature is under 2 / WHITENED_STEP times
 # the frame's).
 WHITENED_STEP = 0.5
+WHITENED_SETTLE = 0.4
 # The runaway guard: a mean this many Laplace sds from the mode, or a window's ELBO this far below
 # the start's (RUNAWAY_NATS + the number of parameters), is a fit that has run away.
 RUNAWAY_SD = 10.0
@@ -196,7 +197,7 @@ def optimise(model, family, icfg, rng: np.random.Generator,
     # spares a pass over the rows per window).
     C, m_C = None, None
     if uses_quadratic_cv(model, icfg):
-        m_C = phi[mean_block].copy()
+        m_C = family.mean(phi)
         C = _curvature(model, m_C)
     qcv_passes = int(C is not None)
     adam = (ScaledSGD(family.size, WHITENED_STEP / curvature) if whitened
@@ -227,13 +228,16 @@ def optimise(model, family, icfg, rng: np.random.Generator,
     for step in range(1, icfg.max_steps + 1):
         eps = rng.standard_normal((S, P))
         with np.errstate(**QUIET):
-            U = family.sample(phi, eps)
-            logp, g = log_joint_grad(U)
-            if C is not None:  # g_s + C (u_s - m) has the same mean, far less noise near q
-                g = g + (U - phi[mean_block]) @ C
-            elbo, grad = family.elbo_grad(phi, eps, logp, g, icfg.estimator)
-            if C is not None:
-                grad = grad - family.quadratic_cv_mean(phi, C)
+            try:
+                U = family.sample(phi, eps)
+                logp, g = log_joint_grad(U)
+                if C is not None:  # g_s + C (u_s - m) has the same mean, far less noise near q
+                    g = g + (U - family.mean(phi)) @ C
+                elbo, grad = family.elbo_grad(phi, eps, logp, g, icfg.estimator)
+                if C is not None:
+                    grad = grad - family.quadratic_cv_mean(phi, C)
+            except np.linalg.LinAlgError:  # a scale of q underflowed to 0: as a non-finite step
+                elbo = float("nan")
         if not (np.isfinite(elbo) and np.all(np.isfinite(grad))):
             backoffs += 1
             failures += 1
@@ -284,7 +288,7 @@ def optimise(model, family, icfg, rng: np.random.Generator,
             adam.reset()
             prev_window = None
             continue
-        if whitened and not drifting:
+        if whitened and not drifting and prev_window is not None:
             bound = float(np.max((np.abs(g_mean) + 2.0 * g_se) / curvature))
             if bound < icfg.tolerance:
                 converged, final_phi = True, avg
@@ -294,8 +298,8 @@ def optimise(model, family, icfg, rng: np.random.Generator,
                 break
         if C is not None:
             sd = np.sqrt(np.diag(family.mean_cov(avg)[1]))
-            if np.max(np.abs(avg[mean_block] - m_C) / sd) > QCV_REFRESH_SD:
-                m_C = avg[mean_block].copy()
+            if np.max(np.abs(family.mean(avg) - m_C) / sd) > QCV_REFRESH_SD:
+                m_C = family.mean(avg)
                 C = _curvature(model, m_C)
                 qcv_passes += 1
         failures = 0
@@ -334,6 +338,11 @@ def optimise(model, family, icfg, rng: np.random.Generator,
                 adam.reset()
                 prev_window = None
                 continue
+        if whitened and prev_window is None and level_estimate is None:
+            # The first window brought q to its optimum; the next average with shorter steps,
+            # whose jitter (and the bias it brings where the ELBO is not quadratic) is smaller.
+            nominal_lr *= WHITENED_SETTLE
+            adam.lr = np.minimum(adam.lr, nominal_lr)
         prev_window = (mean, se, avg)
 
     if runaway is not None:
@@ -441,8 +450,7 @@ def initial_phi(model, family, init_scale: float, H: np.ndarray | None = None,
     if laplace is not None:
         if getattr(family, "whitened", False):
             return np.zeros(family.size)
-        return family.init(1.0 / np.sqrt(np.diag(laplace.hessian)), laplace.cov,
-                           mean=laplace.mode)
+        return family.init(laplace.meanfield_sd, laplace.cov, mean=laplace.mode)
     H = model.location_curvature() if H is None else H
     sd0 = np.minimum(init_scale, model.initial_sd(H))
     cov0 = model.initial_cov(H)

@@ -57,6 +57,13 @@ class Laplace:
         """Marginal sds of the Laplace approximation."""
         return np.sqrt(np.diag(self.cov))
 
+    @property
+    def meanfield_sd(self) -> np.ndarray:
+        """1/sqrt(diag H): the mean-field optimum for a Gaussian with precision H (a coordinate
+        with no curvature at all gets the unit sd of the standardised scale)."""
+        d = np.diag(self.hessian)
+        return 1.0 / np.sqrt(np.where(d > 0, d, 1.0))
+
 
 def whitening(H: np.ndarray) -> tuple[np.ndarray, float]:
     """W with W^T H W = I and log |det W|: W = L^-T for the Cholesky factor H = L L^T, or, where
@@ -78,6 +85,10 @@ def find_mode(model) -> Laplace:
     u = _start(model)
     lp, g = _log_joint_grad(model, u)
     passes = 1
+    if not (np.isfinite(lp) and np.all(np.isfinite(g))):
+        raise FitError("the log joint is non-finite where the fit starts (the least-squares or "
+                       "null-model point): check the data for extreme values, or give proper "
+                       "priors")
     curvature_pass = int(not model.likelihood.HAS_SCALE)
     steps = 0
     while steps <= MAX_NEWTON_STEPS:
@@ -91,7 +102,8 @@ def find_mode(model) -> Laplace:
             u_new = u + t * direction
             lp_new, g_new = _log_joint_grad(model, u_new)
             passes += 1
-            if np.isfinite(lp_new) and lp_new >= lp + ARMIJO * t * decrement:
+            finite = np.isfinite(lp_new) and np.all(np.isfinite(g_new))
+            if finite and lp_new >= lp + ARMIJO * t * decrement:
                 break
             t *= 0.5
             if t < MIN_STEP_FRACTION:

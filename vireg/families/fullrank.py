@@ -127,6 +127,10 @@ class FullRank:
         elbo = float(np.mean(logp)) + self.entropy(phi)
         return elbo, self.draw_grads(phi, eps, logp, g, estimator).mean(axis=0)
 
+    def mean(self, phi: np.ndarray) -> np.ndarray:
+        """Mean of q over u."""
+        return self.origin + self.frame @ phi[: self.P]
+
     def mean_cov(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and covariance of q over u."""
         WL = self.frame @ self.cholesky_factor(phi)

@@ -105,6 +105,10 @@ class MeanField:
         elbo = float(np.mean(logp)) + self.entropy(phi)
         return elbo, self.draw_grads(phi, eps, logp, g, estimator).mean(axis=0)
 
+    def mean(self, phi: np.ndarray) -> np.ndarray:
+        """Mean of q over u."""
+        return phi[: self.P].copy()
+
     def mean_cov(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m, omega = self.split(phi)
         return m.copy(), np.diag(np.exp(2.0 * omega))
