@@ -39,9 +39,9 @@ def test_converged_fit_states_why_and_by_how_much(tmp_path):
 
 
 def test_fit_stopped_at_max_steps_says_it_did_not_converge(tmp_path):
-    result = vireg.fit(make_project(tmp_path), overrides=["inference.max_steps=250"])
-    assert not result.converged and result.steps == 250
-    assert "did not converge" in result.reason and "max_steps=250" in result.reason
+    result = vireg.fit(make_project(tmp_path), overrides=["inference.max_steps=60"])
+    assert not result.converged and result.steps == 60
+    assert "did not converge" in result.reason and "max_steps=60" in result.reason
 
 
 def test_drift_threshold_grows_with_the_number_of_coordinates():

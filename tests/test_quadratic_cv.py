@@ -122,30 +122,42 @@ def test_auto_uses_it_for_reparam_with_many_rows_per_parameter_only(tmp_path):
     # Minibatches: off when a curvature pass (N x D) costs more than a window of steps
     # (window x batch x (S + 1)): 2000 x 5 = 10,000 against 100 x 10 x 9 = 9,000 and 100 x 20 x 9;
     # with samples: auto, S = 2 there: 100 x 40 x 3 = 12,000.
-    eight = {"estimator": "reparam", "samples": 8}
+    eight = {"estimator": "reparam", "samples": 8, "window": 100}
     assert not uses_quadratic_cv(big, InferenceConfig(**eight, batch_size=10))
     assert uses_quadratic_cv(big, InferenceConfig(**eight, batch_size=20))
-    assert not uses_quadratic_cv(big, InferenceConfig(estimator="reparam", batch_size=20))
-    assert uses_quadratic_cv(big, InferenceConfig(estimator="reparam", batch_size=40))
+    auto_s = {"estimator": "reparam", "window": 100}
+    assert not uses_quadratic_cv(big, InferenceConfig(**auto_s, batch_size=20))
+    assert uses_quadratic_cv(big, InferenceConfig(**auto_s, batch_size=40))
+    # window: auto is 50 steps from a Laplace start: 50 x 20 x 9 = 9,000.
+    assert not uses_quadratic_cv(big, InferenceConfig(estimator="reparam", samples=8,
+                                                      batch_size=20))
 
 
 def test_auto_samples_are_two_with_the_control_variate_and_eight_without(tmp_path):
     from vireg.config import InferenceConfig
-    from vireg.engine import DEFAULT_SAMPLES, QCV_SAMPLES, draws_per_step
+    from vireg.engine import DEFAULT_SAMPLES, QCV_SAMPLES, draws_per_step, whitened_samples
 
     big = synthetic_model("logistic", "meanfield", 2000, 5, 8)
     small = synthetic_model("logistic", "meanfield", 300, 5, 8)
-    auto = InferenceConfig(estimator="reparam")
+    auto = InferenceConfig(estimator="reparam", start="zero")
     assert (QCV_SAMPLES, DEFAULT_SAMPLES) == (2, 8)
     assert draws_per_step(big, auto) == 2 and draws_per_step(small, auto) == 8
-    assert draws_per_step(big, InferenceConfig(estimator="reparam", quadratic_cv=False)) == 8
-    assert draws_per_step(big, InferenceConfig(estimator="stl")) == 8
+    zero = {"start": "zero"}
+    assert draws_per_step(big, InferenceConfig(estimator="reparam", quadratic_cv=False,
+                                               **zero)) == 8
+    assert draws_per_step(big, InferenceConfig(estimator="stl", **zero)) == 8
     assert draws_per_step(big, InferenceConfig(estimator="reparam", samples=5)) == 5
+    # From a Laplace start without the control variate: more draws while a step's kernel work
+    # (rows x parameters x draws) stays under 2^20: 2000 x 6 -> 64, 300 x 6 -> 128 (the most).
+    assert draws_per_step(big, InferenceConfig(estimator="stl")) == 64 == whitened_samples(2000, 6)
+    assert draws_per_step(small, InferenceConfig(estimator="reparam")) == 128
+    assert whitened_samples(100_000, 51) == DEFAULT_SAMPLES
     # The fit records the number it used.
     config = make_project(tmp_path)
     fit = vireg.fit(config)
     assert isinstance(fit.config.inference.samples, int)
-    assert fit.config.inference.samples == (2 if fit.extras["quadratic_cv"] else 8)
+    assert fit.config.inference.samples == (2 if fit.extras["quadratic_cv"]
+                                            else whitened_samples(fit.n_rows, 3))
 
 
 def test_quadratic_cv_refuses_what_it_cannot_do(tmp_path):

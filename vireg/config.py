@@ -65,7 +65,7 @@ class InferenceConfig:
     # frame); zero: at m = 0 with sds capped at init_scale
     start: str = "laplace"
     tolerance: float = 0.02
-    window: int = 100
+    window: int | str = "auto"  # steps per window; auto: engine.window_length
     seed: int = 0
     dtype: str = "float64"  # float32: the kernel reads X in float32 (sums stay float64)
     batch_size: int | None = None  # rows per step (minibatch VI); None: all rows every step
@@ -140,7 +140,7 @@ SCHEMA: dict[str, Any] = {
         "family": (str, False), "estimator": ((str, type(None)), False), "samples": ((int, str), False),
         "max_steps": (int, False), "learning_rate": (float, False), "init_scale": (float, False),
         "start": (str, False),
-        "tolerance": (float, False), "window": (int, False), "seed": (int, False),
+        "tolerance": (float, False), "window": ((int, str), False), "seed": (int, False),
         "dtype": (str, False), "batch_size": ((int, type(None)), False),
         "control_variate": (bool, False), "quadratic_cv": ((bool, str), False),
     },
@@ -252,6 +252,10 @@ def _check_values(d: dict[str, Any]) -> None:
         raise InputError(f"inference.quadratic_cv applies to the reparam estimator, not {est} "
                          "(stl already cancels the same noise for full-rank; score uses no "
                          "gradient): set inference.estimator: reparam or remove quadratic_cv")
+    window = inf.get("window", "auto")
+    if isinstance(window, str) and window != "auto":
+        raise InputError(f"config key 'inference.window' must be an integer or auto, got "
+                         f"{window!r}")
     samples = inf.get("samples", "auto")
     if isinstance(samples, str) and samples != "auto":
         raise InputError(f"config key 'inference.samples' must be an integer or auto, got "

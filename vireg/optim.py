@@ -42,14 +42,16 @@ class ScaledSGD:
     (``FullRank.frame_curvature``), lr = rate / curvature makes every step a damped Newton step:
     it contracts towards the optimum at the rate ``rate`` per step, and its jitter there is in
     proportion to the gradient noise (Adam's normalised steps keep a size of about lr however
-    small the noise). Same interface as ``Adam``; ``reset`` has no state to forget.
+    small the noise). Each coordinate moves at most ``max_move`` per step. Same interface as
+    ``Adam``; ``reset`` has no state to forget.
     """
 
-    def __init__(self, size: int, lr: np.ndarray | float):
+    def __init__(self, size: int, lr: np.ndarray | float, max_move: float = np.inf):
         self.lr = np.broadcast_to(np.asarray(lr, dtype=float), (size,)).copy()
+        self.max_move = max_move
 
     def reset(self) -> None:
         """Nothing to forget."""
 
     def step(self, params: np.ndarray, grad: np.ndarray) -> np.ndarray:
-        return params + self.lr * grad
+        return params + np.clip(self.lr * grad, -self.max_move, self.max_move)

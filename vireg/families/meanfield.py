@@ -105,6 +105,12 @@ class MeanField:
         elbo = float(np.mean(logp)) + self.entropy(phi)
         return elbo, self.draw_grads(phi, eps, logp, g, estimator).mean(axis=0)
 
+    def frame_curvature(self) -> np.ndarray:
+        """-d2 ELBO / dphi2 (diagonal) in whitened mean coordinates at the optimum for a Gaussian
+        target: 1 for the means, 2 for the log sds (ELBO = omega - H_jj exp(2 omega) / 2 +
+        const along one, at exp(-2 omega) = H_jj)."""
+        return np.concatenate([np.ones(self.P), np.full(self.P, 2.0)])
+
     def mean(self, phi: np.ndarray) -> np.ndarray:
         """Mean of q over u."""
         return phi[: self.P].copy()
