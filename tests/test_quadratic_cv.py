@@ -128,7 +128,7 @@ def test_auto_uses_it_for_reparam_with_many_rows_per_parameter_only(tmp_path):
     auto_s = {"estimator": "reparam", "window": 100}
     assert not uses_quadratic_cv(big, InferenceConfig(**auto_s, batch_size=20))
     assert uses_quadratic_cv(big, InferenceConfig(**auto_s, batch_size=40))
-    # window: auto is 50 steps from a Laplace start: 50 x 20 x 9 = 9,000.
+    # The default window, 50 steps: 50 x 20 x 9 = 9,000.
     assert not uses_quadratic_cv(big, InferenceConfig(estimator="reparam", samples=8,
                                                       batch_size=20))
 
@@ -139,18 +139,15 @@ def test_auto_samples_are_two_with_the_control_variate_and_eight_without(tmp_pat
 
     big = synthetic_model("logistic", "meanfield", 2000, 5, 8)
     small = synthetic_model("logistic", "meanfield", 300, 5, 8)
-    auto = InferenceConfig(estimator="reparam", start="zero")
+    auto = InferenceConfig(estimator="reparam")
     assert (QCV_SAMPLES, DEFAULT_SAMPLES) == (2, 8)
-    assert draws_per_step(big, auto) == 2 and draws_per_step(small, auto) == 8
-    zero = {"start": "zero"}
-    assert draws_per_step(big, InferenceConfig(estimator="reparam", quadratic_cv=False,
-                                               **zero)) == 8
-    assert draws_per_step(big, InferenceConfig(estimator="stl", **zero)) == 8
+    assert draws_per_step(big, auto) == 2
     assert draws_per_step(big, InferenceConfig(estimator="reparam", samples=5)) == 5
-    # From a Laplace start without the control variate: more draws while a step's kernel work
-    # (rows x parameters x draws) stays under 2^20: 2000 x 6 -> 64, 300 x 6 -> 128 (the most).
+    # Without the control variate: at least eight, and more while a step's kernel work (rows x
+    # parameters x draws) stays under 2^20: 2000 x 6 -> 64, 300 x 6 -> 128 (the most).
     assert draws_per_step(big, InferenceConfig(estimator="stl")) == 64 == whitened_samples(2000, 6)
-    assert draws_per_step(small, InferenceConfig(estimator="reparam")) == 128
+    assert draws_per_step(big, InferenceConfig(estimator="reparam", quadratic_cv=False)) == 64
+    assert draws_per_step(small, auto) == 128
     assert whitened_samples(100_000, 51) == DEFAULT_SAMPLES
     # The fit records the number it used.
     config = make_project(tmp_path)

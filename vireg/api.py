@@ -368,18 +368,16 @@ def _fit_model(cfg: Config, model) -> Iterator[object]:
                       cfg.inference.max_steps, model.design.dropped_rows)
 
         t0 = time.perf_counter()
-        laplace = None
-        if cfg.inference.start == "laplace":
-            from vireg.laplace import find_mode
+        from vireg.laplace import find_mode
 
-            laplace = find_mode(model)
+        laplace = find_mode(model)
         family = make_family(cfg.inference.family, model.n_params, laplace)
         outcome = None
         # Without the control variate, minibatch noise dwarfs the posterior sd: levels lengthen
         # as the step size falls (Robbins-Monro), or the averages freeze before they arrive.
         growth = 2 if minibatch is not None and not cfg.inference.control_variate else 1
         for event in engine.optimise(model, family, cfg.inference, np.random.default_rng(opt_seq),
-                                     minibatch, growth, laplace):
+                                     laplace, minibatch, growth):
             if isinstance(event, engine.Outcome):
                 outcome = event
             else:
@@ -422,10 +420,9 @@ def _fit_model(cfg: Config, model) -> Iterator[object]:
                                 else round(minibatch.epochs_read, 2)),
                 "passes": round((outcome.steps if minibatch is None else minibatch.epochs_read)
                                 + outcome.curvature_passes + outcome.guard_passes
-                                + (laplace.passes if laplace else 0), 2),
-                "laplace": None if laplace is None else {
-                    "newton_steps": laplace.newton_steps, "passes": laplace.passes,
-                    "log_p": laplace.log_p},
+                                + laplace.passes, 2),
+                "laplace": {"newton_steps": laplace.newton_steps, "passes": laplace.passes,
+                            "log_p": laplace.log_p},
                 "restarts": outcome.restarts,
                 "data_source": model.rows.describe(),
                 "quadratic_cv": engine.uses_quadratic_cv(model, cfg.inference),
@@ -485,22 +482,30 @@ def u_names(model) -> list[str]:
     return names[:-1] + ["log_sigma"] if model.has_scale else names
 
 
-def gradvar(config: Config | dict | str | Path, at: str = "init", draws: int = 1000,
+# gradvar --at zero: the null model on the standardised scale with sds at most this (where plain
+# ADVI starts, away from the posterior).
+ZERO_START_SD = 0.1
+
+
+def gradvar(config: Config | dict | str | Path, at: str = "zero", draws: int = 1000,
             fits: bool = False, fit_steps: int = 2000, overrides: list[str] | None = None) -> dict:
     """The gradient-variance study behind ``vireg gradvar``.
 
-    ``at`` is "init" (where a fit starts), "fit" (after fitting the config) or the folder of an
+    ``at`` is "zero" (m = 0 on the standardised scale, sds min(ZERO_START_SD, 1/sqrt(diag H*)):
+    a start away from the posterior, as plain ADVI's), "init" (where a vireg fit starts: the
+    Laplace approximation), "fit" (after fitting the config) or the folder of an
     earlier run (its fit.json). With ``fits``, also short fits from the same start with each
     estimator and the same step budget.
     """
     import json
 
     doc = None
-    if at not in ("init", "fit"):
+    if at not in ("zero", "init", "fit"):
         run = Path(at)
         doc_path = run / "fit.json"
         if not doc_path.is_file():
-            raise InputError(f"--at '{at}' is neither init, fit, nor a run folder with a fit.json")
+            raise InputError(f"--at '{at}' is neither zero, init, fit, nor a run folder with "
+                             "a fit.json")
         try:
             doc = json.loads(doc_path.read_text())
             cfg = config_from_dict(doc["config"], base_dir=doc["config_dir"])
@@ -521,15 +526,22 @@ def _gradvar_study(cfg: Config, model, at: str, draws: int, fits: bool, fit_step
     from vireg.engine import draws_per_step, initial_phi
     from vireg.errors import FitError
     from vireg.families import make_family
+    from vireg.laplace import find_mode
 
+    # q over u itself (no frame), so that every estimator's gradient is in the same coordinates
     family = make_family(cfg.inference.family, model.n_params)
     threads = _thread_count(cfg.runtime.threads)
     with compute_threads(threads):
         model.warm_up()
-        if at == "init":
-            phi = initial_phi(model, family, cfg.inference.init_scale)
+        if at == "zero":
+            sd = np.minimum(ZERO_START_SD, find_mode(model).meanfield_sd)
+            phi = family.init(sd)
+        elif at == "init":
+            laplace = find_mode(model)
+            start = make_family(cfg.inference.family, model.n_params, laplace)
+            phi = family.from_dict(start.to_dict(initial_phi(start, laplace)))
         elif at == "fit":
-            phi = fit(cfg).phi
+            phi = family.from_dict(fit(cfg).variational)
         else:
             phi = family.from_dict(doc["variational"])
         t0 = time.perf_counter()

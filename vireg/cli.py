@@ -237,8 +237,10 @@ def check(
 def gradvar(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     at: Annotated[str, typer.Option(
-        "--at", help="Where to measure: init (where a fit starts), fit (after fitting), or the "
-                     "folder of an earlier run.")] = "init",
+        "--at", help="Where to measure: zero (m = 0, small sds: away from the posterior, where "
+                     "plain ADVI starts), init (where a vireg fit starts: the Laplace "
+                     "approximation), fit (after fitting), or the folder of an earlier run.")
+    ] = "zero",
     draws: Annotated[int, typer.Option("--draws", help="Single-draw gradients per estimator.")
                      ] = 1000,
     fits: Annotated[bool, typer.Option(

@@ -59,13 +59,11 @@ class InferenceConfig:
     estimator: str | None = None  # None: the family's default (DEFAULT_ESTIMATOR)
     samples: int | str = "auto"  # draws per step; auto: engine.draws_per_step
     max_steps: int = 20000
-    learning_rate: float = 0.05
-    init_scale: float = 0.1  # start: zero only, the cap on q's initial sds
-    # laplace: q starts at the posterior mode with the curvature there (full-rank in the whitened
-    # frame); zero: at m = 0 with sds capped at init_scale
-    start: str = "laplace"
+    # The fraction of the way to the local optimum that a step of q's means goes, in coordinates
+    # whitened by the curvature at the posterior mode (engine); the scales' rate is at most this
+    learning_rate: float = 0.5
     tolerance: float = 0.02
-    window: int | str = "auto"  # steps per window; auto: engine.window_length
+    window: int = 50
     seed: int = 0
     dtype: str = "float64"  # float32: the kernel reads X in float32 (sums stay float64)
     batch_size: int | None = None  # rows per step (minibatch VI); None: all rows every step
@@ -138,9 +136,8 @@ SCHEMA: dict[str, Any] = {
     },
     "inference": {
         "family": (str, False), "estimator": ((str, type(None)), False), "samples": ((int, str), False),
-        "max_steps": (int, False), "learning_rate": (float, False), "init_scale": (float, False),
-        "start": (str, False),
-        "tolerance": (float, False), "window": ((int, str), False), "seed": (int, False),
+        "max_steps": (int, False), "learning_rate": (float, False),
+        "tolerance": (float, False), "window": (int, False), "seed": (int, False),
         "dtype": (str, False), "batch_size": ((int, type(None)), False),
         "control_variate": (bool, False), "quadratic_cv": ((bool, str), False),
     },
@@ -241,8 +238,6 @@ def _check_values(d: dict[str, Any]) -> None:
     est = inf.get("estimator") or DEFAULT_ESTIMATOR[vf]
     if est not in ESTIMATORS:
         raise InputError(f"inference.estimator '{est}' is not known: use one of {', '.join(ESTIMATORS)}")
-    if inf.get("start", "laplace") not in ("laplace", "zero"):
-        raise InputError(f"inference.start '{inf['start']}' is not known: use laplace or zero")
     if inf.get("dtype", "float64") not in ("float64", "float32"):
         raise InputError(f"inference.dtype '{inf['dtype']}' is not known: use float64 or float32")
     qcv = inf.get("quadratic_cv", "auto")
@@ -252,10 +247,6 @@ def _check_values(d: dict[str, Any]) -> None:
         raise InputError(f"inference.quadratic_cv applies to the reparam estimator, not {est} "
                          "(stl already cancels the same noise for full-rank; score uses no "
                          "gradient): set inference.estimator: reparam or remove quadratic_cv")
-    window = inf.get("window", "auto")
-    if isinstance(window, str) and window != "auto":
-        raise InputError(f"config key 'inference.window' must be an integer or auto, got "
-                         f"{window!r}")
     samples = inf.get("samples", "auto")
     if isinstance(samples, str) and samples != "auto":
         raise InputError(f"config key 'inference.samples' must be an integer or auto, got "
@@ -267,7 +258,10 @@ def _check_values(d: dict[str, Any]) -> None:
     for key, lo in positive.items():
         if inf.get(key) is not None and inf[key] != "auto" and inf[key] < lo:
             raise InputError(f"inference.{key} must be at least {lo}, got {inf[key]}")
-    for key in ("learning_rate", "init_scale", "tolerance"):
+    if inf.get("learning_rate", 0.5) > 1:
+        raise InputError(f"inference.learning_rate is the fraction of the way to the optimum "
+                         f"that a step goes, at most 1, got {inf['learning_rate']}")
+    for key in ("learning_rate", "tolerance"):
         if key in inf and not inf[key] > 0:
             raise InputError(f"inference.{key} must be a positive number, got {inf[key]}")
     if inf.get("seed", 0) < 0:

@@ -1,54 +1,47 @@
-"""The optimisation loop as a generator of events, and the rule that decides it has converged.
+"""The optimisation loop as a generator of events, and the rules that decide it has converged.
 
-Stopping rule (after Dhaka et al. 2020 and Welandawe et al. 2022): the per-step ELBO is a noisy
-Monte Carlo estimate, so a relative-change test on it fires too early or never. Instead:
+Every fit starts from the Laplace approximation (``laplace.find_mode``): a full-rank q in the
+whitened frame u = u* + W z with W^T H* W = I (``FullRank``'s frame), so that q starts as
+N(u*, H*^-1); a mean-field q at the mode with sds 1/sqrt(diag H*), its means moved in the
+coordinates x_m = W^-1 m. In these coordinates x the ELBO's curvature near the optimum is known
+(the family's ``frame_curvature``: 1 for the means and the off-diagonal factor, 2 for the log
+scales), so each step is a scaled Newton step x <- x + rate * grad / curvature (``ScaledSGD``),
+with rate ``inference.learning_rate`` for the means and at most draws / parameters for the
+scales (whose gradient noise grows with the distance of q's covariance from the posterior's,
+summed over P^2 / 2 entries), and no coordinate moving more than MAX_MOVE in a step.
 
-1. Run Adam in windows of ``window`` steps. For each window keep the mean ELBO, its Monte Carlo
-   standard error (batch means over 10 sub-batches, which allows for autocorrelation) and the
-   average of the iterates phi over the window.
-2. A step-size level is *stationary* once (a) a window's mean ELBO is not significantly above the
-   previous window's (difference below two standard errors of the difference) and (b) no
-   coordinate of the window's mean gradient is significantly non-zero (|mean| / standard error
-   below a Bonferroni-corrected threshold over all coordinates). (b) catches the iterates creeping
-   towards the optimum with steps too small to change the ELBO visibly, which (a) alone, and a
-   comparison of successive averages, would take for convergence. The level's estimate is then
-   the iterate average of the last two windows (Polyak-Ruppert averaging).
-3. Compare that estimate with the previous level's, in posterior-sd units (the family's
-   ``distance``: the largest change of a mean in sds of q, or of a log sd). Below ``tolerance``
-   the fit has converged and the level's average is the answer. Otherwise halve the step size,
-   forget Adam's moment estimates (their long memory of early, large gradients would otherwise
-   keep the steps needlessly small) and start a new level.
+Stopping (after Dhaka et al. 2020 and Welandawe et al. 2022): the per-step ELBO is a noisy Monte
+Carlo estimate, so a relative-change test on it fires too early or never. The steps run in windows
+of ``window`` steps; each window keeps its mean ELBO, the Monte Carlo standard errors (batch means
+over 10 sub-batches, which allow for autocorrelation) and the average of the iterates. After the
+first window the rate is cut by SETTLE (the first window brings q to its optimum; shorter steps
+then average with less jitter). Two tests end a fit as converged:
 
-The optimiser moves phi in preconditioned coordinates: the mean block m is replaced by
-m' = R^-1 m with R from ``model.location_preconditioner`` (R^T H R ~ I for the curvature H of the
-log joint), so Adam's per-coordinate steps are not slowed by correlated coefficients. This changes
-only the path, not the fixed point: q's family and the ELBO are those stated.
+1. The gradient test: near the optimum a window average lies about g / curvature from it, g the
+   window's mean gradient. When no coordinate drifts (|g| / se below a Bonferroni bound over all
+   coordinates) and (|g| + 2 se) / curvature is below ``tolerance`` everywhere, q is at its
+   family's optimum to within its Monte Carlo error.
+2. The level test: a window whose mean ELBO is not significantly above the previous one's, with
+   no coordinate drifting, ends a level; its estimate is the average of the two windows (Polyak-
+   Ruppert). When successive levels' estimates agree within ``tolerance`` (the family's
+   ``distance``, in posterior sds) the fit has converged; otherwise the rate halves and a new
+   level starts. Where the gradient noise is large (small or skewed posteriors) this is the test
+   that ends the fit.
+
+A ``RunawayGuard`` watches every window: a window whose averaged mean is RUNAWAY_SD Laplace sds
+from the mode, or whose ELBO is far below the start's, has left the region where the answer can
+be; the fit goes back to its last good state with a quarter of the rate, and after MAX_RESTARTS
+such returns it stops as not converged, saying so (never "converged").
 
 With the quadratic control variate (``uses_quadratic_cv``; docs/derivations.md) every draw's
 gradient of log p gets C (u_s - m) added, C the log joint's curvature at q's mean, and the family
 subtracts the exact expectation of what that adds (``quadratic_cv_mean``): the same mean, far
-less noise near q, and so iterate averages that agree after fewer levels (the 100,000 x 50
-logistic fit: 600 steps instead of 2,000). C is recomputed at a window's end once q's mean has
-moved QCV_REFRESH_SD posterior sds from where C was computed.
-
-In a whitened frame a window may also end the fit on its own: near the optimum the ELBO is about
-quadratic in phi with known curvature (1 for the means and the off-diagonal factor, 2 for the log
-scales), so a window average with mean gradient g (standard error se, batch means) lies about
-g / curvature from the optimum; when no coordinate drifts (as in 2b) and (|g| + 2 se) / curvature
-is below ``tolerance`` everywhere, q is at its family's optimum to within its Monte Carlo error.
-
-With a Laplace start (``laplace.find_mode``) q starts at the mode with the curvature there: a
-full-rank q in the whitened frame u = u* + W z (``FullRank``'s frame), a mean-field q at the mode
-with sds 1/sqrt(diag H*), its means moved in coordinates whitened by W. A ``RunawayGuard`` then
-watches every window: a window whose averaged mean is RUNAWAY_SD Laplace sds from the mode, or
-whose ELBO is far below the start's, has left the region where the answer can be; the fit goes
-back to its last good state with a quarter of the step size, and after MAX_RESTARTS such returns
-it stops as not converged, saying so (never "converged").
+less noise near q. C is recomputed at a window's end once q's mean has moved QCV_REFRESH_SD
+posterior sds from where C was computed.
 
 A step whose ELBO or gradient is not finite is undone: the parameters go back to the last good
-window, the step size shrinks tenfold and Adam's moments are reset; each clean window after that
-doubles the step size back towards the level's. Too many failures in a row stop the fit with a
-``FitError`` (no results are written).
+window and the rate shrinks tenfold; each clean window after that doubles it back towards the
+level's. Too many failures in a row stop the fit with a ``FitError`` (no results are written).
 """
 
 from __future__ import annotations
@@ -60,13 +53,12 @@ from statistics import NormalDist
 import numpy as np
 
 from vireg.errors import FitError
-from vireg.optim import Adam, ScaledSGD
+from vireg.optim import ScaledSGD
 
 LR_DECAY = 0.5
 # After this many halvings (a 1e-12-fold smaller step) the iterates no longer move, so agreeing
 # averages would prove nothing: stop and say the fit did not converge.
 MAX_DECAYS = 40
-MEAN_STEP_SD = 0.1
 NAN_BACKOFF = 0.1
 MAX_CONSECUTIVE_BACKOFFS = 8
 N_BATCHES = 10
@@ -75,18 +67,12 @@ QCV_REFRESH_SD = 0.25
 # inference.samples: auto (draws_per_step).
 DEFAULT_SAMPLES = 8
 QCV_SAMPLES = 2
-MAX_WHITENED_SAMPLES = 128
-WHITENED_STEP_WORK = 1 << 20
-# In a whitened frame: the fraction of the way to the optimum of the local quadratic that one
-# step goes (ScaledSGD's rate; stable while the true curvature is under 2 / WHITENED_STEP times
-# the frame's).
-WHITENED_STEP = 0.5
-WHITENED_WINDOW = 50
-ADAM_WINDOW = 100
+MAX_SAMPLES = 128
+STEP_WORK = 1 << 20
 # The largest change of one coordinate in one step (posterior sds, or log sd): a draw far in a tail
 # cannot throw q out of the region the frame describes.
-WHITENED_MAX_MOVE = 0.5
-WHITENED_SETTLE = 0.4
+MAX_MOVE = 0.5
+SETTLE = 0.4
 # The runaway guard: a mean this many Laplace sds from the mode, or a window's ELBO this far below
 # the start's (RUNAWAY_NATS + the number of parameters), is a fit that has run away.
 RUNAWAY_SD = 10.0
@@ -166,10 +152,10 @@ class RunawayGuard:
         return None
 
 
-def optimise(model, family, icfg, rng: np.random.Generator,
-             log_joint_grad=None, window_growth: int = 1,
-             laplace=None) -> Iterator[Progress | Outcome]:
-    """Maximise the ELBO; yields a ``Progress`` per step and finally one ``Outcome``.
+def optimise(model, family, icfg, rng: np.random.Generator, laplace,
+             log_joint_grad=None, window_growth: int = 1) -> Iterator[Progress | Outcome]:
+    """Maximise the ELBO from the Laplace approximation ``laplace`` (``laplace.find_mode``);
+    yields a ``Progress`` per step and finally one ``Outcome``.
 
     ``log_joint_grad`` estimates (log p, grad) for draws U; by default the exact full-data sums
     (``model.log_joint_grad``), or unbiased minibatch estimates (``minibatch.MinibatchLogJoint``).
@@ -181,21 +167,17 @@ def optimise(model, family, icfg, rng: np.random.Generator,
     Floating-point warnings are silenced inside a step (``QUIET``): every step's ELBO and
     gradient are checked for finiteness explicitly, and a non-finite step is undone.
     """
-    S, P, W = icfg.samples, model.n_params, window_length(icfg)
-    # From a Laplace start the optimiser's coordinates x are whitened (a full-rank q's frame, or
-    # a mean-field q's means through W with W^T H* W = I), so the ELBO's curvature in x is known
-    # near the optimum (the family's ``frame_curvature``): the steps are scaled Newton steps
-    # (ScaledSGD), and a mean gradient g places a window's average |g| / curvature posterior sds
-    # from the optimum, a stopping test of its own (see the module docstring).
-    whitened = laplace is not None
-    curvature = family.frame_curvature() if whitened else None
+    S, P, W = icfg.samples, model.n_params, icfg.window
+    # The optimiser's coordinates x are whitened (a full-rank q's frame, or a mean-field q's means
+    # through W with W^T H* W = I), so the ELBO's curvature in x is known near the optimum (the
+    # family's ``frame_curvature``): the steps are scaled Newton steps (ScaledSGD), and a mean
+    # gradient g places a window's average |g| / curvature posterior sds from the optimum, a
+    # stopping test of its own (see the module docstring).
+    curvature = family.frame_curvature()
     log_joint_grad = log_joint_grad or model.log_joint_grad
-    k_loc = model.n_location
-    H = model.location_curvature() if laplace is None else laplace.hessian[:k_loc, :k_loc]
-    to_x, to_phi, grad_x, mean_sd_x = _preconditioned_coordinates(model, family, H, laplace)
-    mean_block = family.mean_slice
-    phi = initial_phi(model, family, icfg.init_scale, H, laplace)
-    guard = None if laplace is None else RunawayGuard(model, family, phi, laplace, rng)
+    to_x, to_phi, grad_x = whitened_coordinates(family, laplace)
+    phi = initial_phi(family, laplace)
+    guard = RunawayGuard(model, family, phi, laplace, rng)
     x = to_x(phi)
     # Quadratic control variate: C, the log joint's curvature at q's mean m_C, recomputed at a
     # window's end once the mean has moved QCV_REFRESH_SD posterior sds from m_C (a fixed C
@@ -206,9 +188,9 @@ def optimise(model, family, icfg, rng: np.random.Generator,
         m_C = family.mean(phi)
         C = _curvature(model, m_C)
     qcv_passes = int(C is not None)
-    adam = (ScaledSGD(family.size, whitened_rates(family, S) / curvature, WHITENED_MAX_MOVE)
-            if whitened else Adam(family.size, icfg.learning_rate))
-    nominal_lr = adam.lr.copy()  # the level's step size; adam.lr falls below it after a backoff
+    sgd = ScaledSGD(family.size, step_rates(family, S, icfg.learning_rate) / curvature,
+                    MAX_MOVE)
+    nominal_lr = sgd.lr.copy()  # the level's step size; sgd.lr falls below it after a backoff
     elbo_const = model.log_det_T
     trace = np.full(icfg.max_steps, np.nan)
 
@@ -252,8 +234,8 @@ def optimise(model, family, icfg, rng: np.random.Generator,
                     "'normal(0, 10)' or a smaller inference.learning_rate")
             x = snapshot.copy()
             phi = to_phi(x)
-            adam.lr *= NAN_BACKOFF
-            adam.reset()
+            sgd.lr *= NAN_BACKOFF
+            sgd.reset()
             k, win_phi[:] = 0, 0.0
             prev_window = None
             continue
@@ -261,7 +243,7 @@ def optimise(model, family, icfg, rng: np.random.Generator,
         trace[step - 1] = elbo
         smooth = elbo if np.isnan(smooth) else 0.95 * smooth + 0.05 * elbo
         with np.errstate(**QUIET):
-            x = adam.step(x, grad_x(grad))
+            x = sgd.step(x, grad_x(grad))
             phi = to_phi(x)
         win_elbo[k] = elbo
         win_grad[k] = grad_x(grad)
@@ -287,11 +269,11 @@ def optimise(model, family, icfg, rng: np.random.Generator,
             phi = to_phi(x)
             snapshot = x.copy()
             nominal_lr *= RESTART_LR
-            adam.lr = nominal_lr.copy()
-            adam.reset()
+            sgd.lr = nominal_lr.copy()
+            sgd.reset()
             prev_window = None
             continue
-        if whitened and not drifting and prev_window is not None:
+        if not drifting and prev_window is not None:
             bound = float(np.max((np.abs(g_mean) + 2.0 * g_se) / curvature))
             if bound < icfg.tolerance:
                 converged, final_phi = True, avg
@@ -307,7 +289,7 @@ def optimise(model, family, icfg, rng: np.random.Generator,
                 qcv_passes += 1
         failures = 0
         snapshot = x.copy()
-        adam.lr = np.minimum(adam.lr * 2.0, nominal_lr)  # recover from backoffs gradually
+        sgd.lr = np.minimum(sgd.lr * 2.0, nominal_lr)  # recover from backoffs gradually
         if prev_window is not None:
             p_mean, p_se, p_avg = prev_window
             if mean - p_mean <= 2.0 * np.hypot(se, p_se) and not drifting:
@@ -320,32 +302,25 @@ def optimise(model, family, icfg, rng: np.random.Generator,
                         reason = (f"converged: iterate averages at successive step sizes agree to "
                                   f"{last_distance:.3g} posterior sd (tolerance {icfg.tolerance:g})")
                         break
-                if level_estimate is None and not whitened:
-                    # The first stationary level has located q roughly: from now on a mean moves
-                    # by at most MEAN_STEP_SD of its own posterior sd per step, which skips the
-                    # levels that halving from the initial step size would need to get there.
-                    nominal_lr[mean_block] = np.minimum(nominal_lr[mean_block],
-                                                        MEAN_STEP_SD * mean_sd_x(estimate))
-                else:
-                    nominal_lr *= LR_DECAY
-                    decays += 1
-                    if decays > MAX_DECAYS:
-                        exhausted = True
-                        break
-                adam.lr = np.minimum(adam.lr, nominal_lr)
+                nominal_lr *= LR_DECAY
+                decays += 1
+                if decays > MAX_DECAYS:
+                    exhausted = True
+                    break
+                sgd.lr = np.minimum(sgd.lr, nominal_lr)
                 good_phi = estimate.copy()
                 if window_growth > 1:
                     W *= window_growth
                     win_elbo, win_grad = np.empty(W), np.empty((W, family.size))
                 level_estimate = estimate
-                adam.reset()
+                sgd.reset()
                 prev_window = None
                 continue
-        if whitened and prev_window is None and level_estimate is None:
+        if prev_window is None and level_estimate is None:
             # The first window brought q to its optimum; the next average with shorter steps,
             # whose jitter (and the bias it brings where the ELBO is not quadratic) is smaller.
-            nominal_lr *= WHITENED_SETTLE
-            adam.lr = np.minimum(adam.lr, nominal_lr)
+            nominal_lr *= SETTLE
+            sgd.lr = np.minimum(sgd.lr, nominal_lr)
         prev_window = (mean, se, avg)
 
     if runaway is not None:
@@ -379,26 +354,15 @@ def optimise(model, family, icfg, rng: np.random.Generator,
                   guard_passes=0 if guard is None else guard.passes)
 
 
-def window_length(icfg) -> int:
-    """Steps per window: as configured, or for "auto" WHITENED_WINDOW from a Laplace start
-    (scaled Newton steps settle within about ten steps, and the gradient test needs no long
-    average where the noise is small) and ADAM_WINDOW otherwise. Measured on a 100,000 x 50
-    logistic fit against a reference at tolerance 0.002 (2 draws per step): 50 steps per window,
-    100 steps, means within 0.0011-0.002 posterior sd; 100 steps per window, 200 steps."""
-    if icfg.window != "auto":
-        return icfg.window
-    return WHITENED_WINDOW if icfg.start == "laplace" else ADAM_WINDOW
-
-
-def whitened_rates(family, samples: int) -> np.ndarray:
-    """The rate of each coordinate's scaled Newton steps in a whitened frame: WHITENED_STEP for
+def step_rates(family, samples: int, rate: float) -> np.ndarray:
+    """The rate of each coordinate's scaled Newton steps: ``rate`` (inference.learning_rate) for
     the means, and for the scales (log s, or lambda and B) at most samples / P. The gradient of the
     scale factor carries noise in proportion to how far q's covariance is from the posterior's,
     summed over its P^2 / 2 entries, so larger steps feed on their own jitter: measured on a
     100,000 x 50 logistic fit with 2 draws per step and rate 0.5 for every coordinate, the
     covariance blew up within the first window and the fit never settled."""
-    rates = np.full(family.size, WHITENED_STEP)
-    rates[family.P:] = min(WHITENED_STEP, samples / family.P)
+    rates = np.full(family.size, rate)
+    rates[family.P:] = min(rate, samples / family.P)
     return rates
 
 
@@ -413,7 +377,7 @@ def draws_per_step(model, icfg) -> int:
     0.016 -> 0.028 sd), so the default stays at 2."""
     if icfg.samples != "auto":
         return icfg.samples
-    if icfg.start == "laplace" and not uses_quadratic_cv(model, icfg):
+    if not uses_quadratic_cv(model, icfg):
         return whitened_samples(model.n_rows if icfg.batch_size is None
                                 else min(icfg.batch_size, model.n_rows), model.n_params)
     return QCV_SAMPLES if uses_quadratic_cv(model, icfg) else DEFAULT_SAMPLES
@@ -421,13 +385,13 @@ def draws_per_step(model, icfg) -> int:
 
 def whitened_samples(rows: int, n_params: int) -> int:
     """Draws per step in a whitened frame: DEFAULT_SAMPLES, or more (a power of two up to
-    MAX_WHITENED_SAMPLES) while a step's kernel work, rows x parameters x draws, stays under
-    WHITENED_STEP_WORK. Scaled Newton steps settle as fast as the gradient noise lets them, and on
+    MAX_SAMPLES) while a step's kernel work, rows x parameters x draws, stays under
+    STEP_WORK. Scaled Newton steps settle as fast as the gradient noise lets them, and on
     small data more draws cost almost nothing: the NIST StRD problems (16-82 rows) took 100-2,100
     steps with 32 draws and 200 with 128, all means then within 0.01 posterior sd."""
-    budget = WHITENED_STEP_WORK // max(rows * n_params, 1)
+    budget = STEP_WORK // max(rows * n_params, 1)
     samples = DEFAULT_SAMPLES
-    while samples * 2 <= min(budget, MAX_WHITENED_SAMPLES):
+    while samples * 2 <= min(budget, MAX_SAMPLES):
         samples *= 2
     return samples
 
@@ -454,7 +418,7 @@ def uses_quadratic_cv(model, icfg) -> bool:
     if minibatch and not model.likelihood.HAS_SCALE:
         samples = QCV_SAMPLES if icfg.samples == "auto" else icfg.samples
         return (model.n_rows * model.n_cov
-                <= window_length(icfg) * icfg.batch_size * (samples + 1))
+                <= icfg.window * icfg.batch_size * (samples + 1))
     return True
 
 
@@ -466,38 +430,23 @@ def _curvature(model, m: np.ndarray) -> np.ndarray:
     return C if np.all(np.isfinite(C)) else np.zeros_like(C)
 
 
-def initial_phi(model, family, init_scale: float, H: np.ndarray | None = None,
-                laplace=None) -> np.ndarray:
-    """Where a fit starts. From a Laplace approximation: a whitened full-rank q at z = 0, L = I
+def initial_phi(family, laplace) -> np.ndarray:
+    """Where a fit starts, from the Laplace approximation: a whitened full-rank q at z = 0, L = I
     (exactly the Laplace approximation), a mean-field q at the mode with sds 1/sqrt(diag H*)
-    (the mean-field optimum for a Gaussian with that curvature). Without one: m = 0 (the null
-    model on standardised data) and the covariance of a Gaussian with the curvature H, with no
-    marginal sd above ``init_scale``."""
-    if laplace is not None:
-        if getattr(family, "whitened", False):
-            return np.zeros(family.size)
-        return family.init(laplace.meanfield_sd, laplace.cov, mean=laplace.mode)
-    H = model.location_curvature() if H is None else H
-    sd0 = np.minimum(init_scale, model.initial_sd(H))
-    cov0 = model.initial_cov(H)
-    shrink = np.minimum(1.0, init_scale / np.sqrt(np.diag(cov0)))
-    return family.init(sd0, shrink[:, None] * cov0 * shrink[None, :])
-
-
-def _preconditioned_coordinates(model, family, H, laplace=None):
-    """Maps phi -> x (the optimiser's coordinates), x -> phi, and grad_phi -> grad_x: the means
-    m = R x_m with R = I for a q in a whitened frame (isotropic already), W from the Laplace
-    approximation (W^T H* W = I) for a mean-field q, else from the location curvature H."""
-    sl, P, k = family.mean_slice, model.n_params, model.n_location
-    R = np.eye(P)
+    (the mean-field optimum for a Gaussian with that curvature)."""
     if getattr(family, "whitened", False):
-        pass
-    elif laplace is not None:
-        from vireg.laplace import whitening
+        return np.zeros(family.size)
+    return family.init(laplace.meanfield_sd, laplace.cov, mean=laplace.mode)
 
-        R = whitening(laplace.hessian)[0]
-    else:
-        R[:k, :k] = model.location_preconditioner(H)
+
+def whitened_coordinates(family, laplace):
+    """Maps phi -> x (the optimiser's coordinates), x -> phi, and grad_phi -> grad_x: the means
+    m = R x_m with R = I for a q in a whitened frame (isotropic already), and for a mean-field
+    q W from the Laplace approximation (W^T H* W = I); the scale parameters as they are."""
+    from vireg.laplace import whitening
+
+    sl = family.mean_slice
+    R = np.eye(family.P) if getattr(family, "whitened", False) else whitening(laplace.hessian)[0]
     R_inv = np.linalg.inv(R)
 
     def to_x(phi):
@@ -515,9 +464,4 @@ def _preconditioned_coordinates(model, family, H, laplace=None):
         g[sl] = R.T @ grad[sl]
         return g
 
-    def mean_sd_x(phi):
-        """sd of q along each of Adam's mean coordinates m' = R^-1 m."""
-        cov = family.mean_cov(phi)[1]
-        return np.sqrt(np.diag(R_inv @ cov @ R_inv.T))
-
-    return to_x, to_phi, grad_x, mean_sd_x
+    return to_x, to_phi, grad_x
