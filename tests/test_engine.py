@@ -1,6 +1,7 @@
 """The optimisation loop: recovery from non-finite steps and the stopping rule's verdicts."""
 
 import numpy as np
+import pytest
 from test_cli import make_project
 
 import vireg
@@ -52,3 +53,38 @@ def test_a_tolerance_too_small_to_meet_ends_unconverged_not_falsely_converged(tm
     result = vireg.fit(make_project(tmp_path), overrides=["inference.tolerance=1e-14"])
     assert not result.converged
     assert "step size shrank" in result.reason and "raise inference.tolerance" in result.reason
+
+
+@pytest.mark.parametrize("family", ["meanfield", "fullrank"])
+def test_a_fit_that_runs_away_stops_unconverged_and_says_why(tmp_path, monkeypatch, family):
+    """A gradient pushed off the posterior (a bias that no optimum can satisfy) drags q away from
+    the mode: the guard sends it back with smaller steps, and after repeated runaways the fit
+    ends "did not converge", naming the runaway, with results from the last good state."""
+    config = make_project(tmp_path)
+    real = Model.log_joint_grad
+
+    def pushed(self, U):  # the optimiser's steps only, not the search for the mode
+        logp, g = real(self, U)
+        return logp, g + (1e4 if U.shape[0] > 1 else 0.0)
+
+    monkeypatch.setattr(Model, "log_joint_grad", pushed)
+    result = vireg.fit(config, overrides=[f"inference.family={family}"])
+    assert not result.converged
+    assert result.reason.startswith("did not converge") and "ran away" in result.reason
+    assert result.extras["restarts"] == 4
+    monkeypatch.setattr(Model, "log_joint_grad", real)
+    clean = vireg.fit(config, overrides=[f"inference.family={family}"])
+    assert np.max(np.abs(result.summary.mean - clean.summary.mean) / clean.summary.sd) < 1.0
+
+
+def test_cli_exit_code_for_a_runaway_fit_is_one(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vireg.cli import app
+
+    config = make_project(tmp_path)
+    real = Model.log_joint_grad
+    monkeypatch.setattr(Model, "log_joint_grad", lambda self, U: (
+        lambda lp_g: (lp_g[0], lp_g[1] + (1e4 if U.shape[0] > 1 else 0.0)))(real(self, U)))
+    res = CliRunner().invoke(app, ["fit", str(config), "--quiet", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "ran away" in res.stderr and "Traceback" not in res.stderr
