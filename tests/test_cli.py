@@ -220,11 +220,11 @@ def test_failed_rerun_keeps_earlier_results_intact(tmp_path):
 
 def test_not_converging_within_max_steps_exits_1_and_marks_results(tmp_path):
     config = make_project(tmp_path)
-    res = run("fit", config, "--quiet", "--set", "inference.max_steps=150")
+    res = run("fit", config, "--quiet", "--set", "inference.max_steps=60")
     assert res.exit_code == 1
     assert "did not converge" in res.stderr and "max_steps" in res.stderr
     doc = json.loads((tmp_path / "out" / "fit.json").read_text())
-    assert doc["converged"] is False and doc["steps"] == 150
+    assert doc["converged"] is False and doc["steps"] == 60
 
 
 def test_version_and_help():
@@ -341,7 +341,9 @@ def test_check_prints_the_resolved_config_columns_and_priors_without_fitting(tmp
     res = run("check", config)
     assert res.exit_code == 0, res.stderr
     resolved = yaml.safe_load(res.stdout.split("\n", 1)[1].split("\n120 rows")[0])
-    assert resolved["inference"]["estimator"] == "reparam"
+    # inference.family auto, settled for 4 parameters: full-rank with its estimator, stl
+    assert resolved["inference"]["family"] == "fullrank"
+    assert resolved["inference"]["estimator"] == "stl"
     for word in ("x1", "x2", "response", "sigma", "flat", "no problems found"):
         assert word in res.stdout
     assert not (tmp_path / "out").exists()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vireg.config import config_from_dict, load_config
+from vireg.config import config_from_dict, load_config, variational_family
 from vireg.errors import InputError
 
 BASE = {"data": {"path": "d.csv", "response": "y"}, "model": {"family": "logistic"}}
@@ -11,7 +11,11 @@ BASE = {"data": {"path": "d.csv", "response": "y"}, "model": {"family": "logisti
 def test_defaults_and_family_aliases():
     cfg = config_from_dict(BASE)
     assert cfg.model.family == "bernoulli" and cfg.model.intercept is True
-    assert cfg.inference.family == "meanfield" and cfg.inference.estimator == "reparam"
+    assert cfg.inference.family == "auto" and cfg.inference.estimator is None
+    assert variational_family("auto", 200) == "fullrank" == variational_family("fullrank", 900)
+    assert variational_family("auto", 201) == "meanfield"
+    mf = config_from_dict({**BASE, "inference": {"family": "meanfield"}})
+    assert mf.inference.estimator == "reparam"
     assert cfg.inference.samples == "auto" and cfg.inference.max_steps > 0
     assert config_from_dict({**BASE, "model": {"family": "linear"}}).model.family == "gaussian"
 

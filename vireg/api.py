@@ -11,7 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vireg.config import Config, config_from_dict, load_config
+from vireg.config import (
+    Config,
+    config_from_dict,
+    load_config,
+    resolve_inference,
+    variational_family,
+)
 from vireg.errors import InputError
 from vireg.threads import compute_threads
 
@@ -151,9 +157,10 @@ def _model_of(cfg: Config, design, intercept: bool, source):
     samples = DEFAULT_SAMPLES if cfg.inference.samples == "auto" else cfg.inference.samples
     # A full-rank q is the same family in any affine coordinates, so its kernel can read the
     # columns orthogonalised; mean-field is defined on the standardised columns themselves.
+    fullrank = variational_family(cfg.inference.family, len(priors)) == "fullrank"
     model = Model(design, cfg.model.family, intercept, priors, cfg.model.sigma,
                   draws_per_step=samples, dtype=cfg.inference.dtype, source=source,
-                  orthogonalize=cfg.inference.family == "fullrank")
+                  orthogonalize=fullrank)
     check_posterior_exists(model)
     # The kernel reads the standardised copy; the raw covariates were needed only up to here.
     model.design = replace(model.design, X=np.empty((0, model.n_cov)))
@@ -346,6 +353,7 @@ def _fit_model(cfg: Config, model) -> Iterator[object]:
     from vireg import engine
     from vireg.families import make_family
 
+    cfg = resolve_inference(cfg, model.n_params)
     cfg = replace(cfg, inference=replace(cfg.inference,
                                          samples=engine.draws_per_step(model, cfg.inference)))
 
@@ -463,6 +471,7 @@ def check(config: Config | dict | str | Path, overrides: list[str] | None = None
     cfg = _as_config(config, overrides)
     model = build_model(cfg)
     model.rows.close()
+    cfg = resolve_inference(cfg, model.n_params)
     return {
         "config": cfg.to_dict(),
         "data": str(cfg.resolve_path(cfg.data.path)),
@@ -528,6 +537,7 @@ def _gradvar_study(cfg: Config, model, at: str, draws: int, fits: bool, fit_step
     from vireg.families import make_family
     from vireg.laplace import find_mode
 
+    cfg = resolve_inference(cfg, model.n_params)
     # q over u itself (no frame), so that every estimator's gradient is in the same coordinates
     family = make_family(cfg.inference.family, model.n_params)
     threads = _thread_count(cfg.runtime.threads)

@@ -12,7 +12,7 @@ import contextlib
 import difflib
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,9 @@ from vireg.errors import InputError
 FAMILY_ALIASES = {"gaussian": "gaussian", "linear": "gaussian", "bernoulli": "bernoulli",
                   "logistic": "bernoulli"}
 VARIATIONAL_FAMILIES = ("meanfield", "fullrank")
+# inference.family: auto is fullrank up to this many parameters, meanfield above (a full-rank
+# step's extra work, O(draws x parameters^2), then outweighs the pass over the rows)
+FULLRANK_MAX_PARAMS = 200
 DEFAULT_ESTIMATOR = {"meanfield": "reparam", "fullrank": "stl"}
 ESTIMATORS = ("reparam", "stl", "score")
 
@@ -55,7 +58,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    family: str = "meanfield"
+    family: str = "auto"  # meanfield, fullrank, or auto (variational_family)
     estimator: str | None = None  # None: the family's default (DEFAULT_ESTIMATOR)
     samples: int | str = "auto"  # draws per step; auto: engine.draws_per_step
     max_steps: int = 20000
@@ -231,19 +234,19 @@ def _check_values(d: dict[str, Any]) -> None:
         raise InputError("model.prior.sigma applies only to family gaussian (a bernoulli model has "
                          "no noise scale): remove it")
     inf = d.get("inference", {})
-    vf = inf.get("family", "meanfield")
-    if vf not in VARIATIONAL_FAMILIES:
+    vf = inf.get("family", "auto")
+    if vf not in (*VARIATIONAL_FAMILIES, "auto"):
         raise InputError(f"inference.family '{vf}' is not available: use one of "
-                         f"{', '.join(VARIATIONAL_FAMILIES)}")
-    est = inf.get("estimator") or DEFAULT_ESTIMATOR[vf]
-    if est not in ESTIMATORS:
+                         f"{', '.join(VARIATIONAL_FAMILIES)} or auto")
+    est = inf.get("estimator") or DEFAULT_ESTIMATOR.get(vf)
+    if est is not None and est not in ESTIMATORS:
         raise InputError(f"inference.estimator '{est}' is not known: use one of {', '.join(ESTIMATORS)}")
     if inf.get("dtype", "float64") not in ("float64", "float32"):
         raise InputError(f"inference.dtype '{inf['dtype']}' is not known: use float64 or float32")
     qcv = inf.get("quadratic_cv", "auto")
     if isinstance(qcv, str) and qcv != "auto":
         raise InputError(f"inference.quadratic_cv must be true, false or auto, got {qcv!r}")
-    if qcv is True and est != "reparam":
+    if qcv is True and est is not None and est != "reparam":
         raise InputError(f"inference.quadratic_cv applies to the reparam estimator, not {est} "
                          "(stl already cancels the same noise for full-rank; score uses no "
                          "gradient): set inference.estimator: reparam or remove quadratic_cv")
@@ -369,12 +372,33 @@ def config_from_dict(raw: Any, base_dir: str | Path = ".",
         data=DataConfig(**d["data"]),
         model=ModelConfig(**model),
         inference=InferenceConfig(**{**d.get("inference", {}), "estimator": d.get(
-            "inference", {}).get("estimator") or DEFAULT_ESTIMATOR[d.get("inference", {}).get(
-                "family", "meanfield")]}),
+            "inference", {}).get("estimator") or DEFAULT_ESTIMATOR.get(d.get("inference", {}).get(
+                "family", "auto"))}),
         output=OutputConfig(**d.get("output", {})),
         runtime=RuntimeConfig(**d.get("runtime", {})),
         base_dir=str(base_dir),
     )
+
+
+def variational_family(name: str, n_params: int) -> str:
+    """The variational family a config asks for, with "auto" resolved: fullrank up to
+    FULLRANK_MAX_PARAMS parameters, else meanfield."""
+    if name != "auto":
+        return name
+    return "fullrank" if n_params <= FULLRANK_MAX_PARAMS else "meanfield"
+
+
+def resolve_inference(cfg: Config, n_params: int) -> Config:
+    """The config with inference.family and inference.estimator settled for a model of
+    n_params parameters (what fit.json records)."""
+    inf = cfg.inference
+    family = variational_family(inf.family, n_params)
+    estimator = inf.estimator or DEFAULT_ESTIMATOR[family]
+    if inf.quadratic_cv is True and estimator != "reparam":
+        raise InputError(f"inference.quadratic_cv applies to the reparam estimator, not "
+                         f"{estimator} (inference.family {family}): set inference.estimator: "
+                         "reparam or remove quadratic_cv")
+    return replace(cfg, inference=replace(inf, family=family, estimator=estimator))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -276,7 +276,7 @@ def optimise(model, family, icfg, rng: np.random.Generator, laplace,
         if not drifting and prev_window is not None:
             bound = float(np.max((np.abs(g_mean) + 2.0 * g_se) / curvature))
             if bound < icfg.tolerance:
-                converged, final_phi = True, avg
+                converged, final_phi, last_distance = True, avg, bound
                 reason = (f"converged: the mean ELBO gradient over the last {W} steps is zero "
                           f"within its Monte Carlo error and places q within {bound:.3g} "
                           f"posterior sd of its family's optimum (tolerance {icfg.tolerance:g})")

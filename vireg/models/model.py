@@ -41,6 +41,8 @@ DRAWS_PER_PASS = 64
 # is orthonormal to about 1e-8), else by Householder QR; the product Z R^-1 a piece of rows at a time.
 GRAM_ORTHOGONALIZE_RTOL = 1e-8
 ORTHOGONALIZE_ROWS = 65536
+# A QR factor with a diagonal entry this small relative to the largest has dependent columns.
+SINGULAR_R_RTOL = 1e-14
 
 
 class Model:
@@ -133,11 +135,14 @@ class Model:
                 self.Z[lo:lo + ORTHOGONALIZE_ROWS] = Z64[lo:lo + ORTHOGONALIZE_ROWS] @ R_inv
         else:
             Q, R = np.linalg.qr(Z64)
+            diag = np.abs(np.diag(R))
+            if not diag.min() > SINGULAR_R_RTOL * diag.max():
+                # Columns dependent to rounding (an all-zero column under a proper prior, say):
+                # Q's column there is arbitrary, so Z = Q R would not hold; keep Z as it is.
+                return
             sign = np.where(np.diag(R) < 0, -1.0, 1.0)
             R = sign[:, None] * R / np.sqrt(N)
             self.Z[...] = Q * (sign * np.sqrt(N))
-            if np.any(np.diag(R) == 0):  # exactly dependent columns: refused by the checks
-                R[np.diag_indices_from(R)] = np.where(np.diag(R) == 0, 1.0, np.diag(R))
         self.design_map = R  # self.rows reads self.Z, written in place
 
     def _standardize_source(self, source, draws_per_step: int) -> None:
