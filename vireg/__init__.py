@@ -7,6 +7,10 @@
 The public names are imported lazily so that ``vireg --help`` never loads NumPy or Numba.
 """
 
+from vireg.environment import set_defaults
+
+set_defaults()  # before Numba loads: kernel cache folder, OpenMP wait policy
+
 __version__ = "0.1.0"
 __all__ = ["fit", "iter_fit", "load_config", "FitResult", "Config", "InputError", "FitError"]
 
