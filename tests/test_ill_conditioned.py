@@ -16,9 +16,6 @@ from vireg.errors import FitError, InputError
 NIST = Path(__file__).parent / "data" / "nist"
 CERTIFIED = json.loads((NIST / "certified.json").read_text())
 EXACT_FITS = {"wampler1", "wampler2"}  # residual sd 0: no flat-prior posterior
-# t posteriors with under 10 degrees of freedom: the Gaussian that minimises KL(q || p) has sds
-# below the t's (measured optimum: noint1 0.885x, longley 0.86-0.87x).
-FEW_DOF = {"noint1", "longley"}
 
 
 def nist_config(name: str, family: str) -> dict:
@@ -34,6 +31,17 @@ def exact_t_sd(c: dict) -> np.ndarray:
     return np.asarray(c["sd_of_estimate"]) * np.sqrt((n - p) / (n - p - 3))
 
 
+def gaussian_optimum_ratio(n: int, p: int) -> float:
+    """sd of the ELBO-maximising Gaussian over (beta, log sigma) over the exact posterior sd.
+
+    With v = R (beta - beta_hat) (X^T X = R^T R) and t = log sigma, flat priors on beta and sigma:
+    log p = -(n - 1) t - (RSS + |v|^2) exp(-2 t) / 2. For q = N(0, s_v^2 I) x N(mu, s_t^2)
+    (independent by the symmetry v -> -v), E_q log p + H(q) is stationary at
+    exp(-2 mu + 2 s_t^2) = (n - 1) / (RSS + p s_v^2) and s_v^2 = 1 / exp(-2 mu + 2 s_t^2), so
+    s_v^2 = RSS / (n - p - 1), against the exact E[sigma^2] = RSS / (n - p - 3)."""
+    return float(np.sqrt((n - p - 3) / (n - p - 1)))
+
+
 @pytest.mark.parametrize("name", sorted(set(CERTIFIED) - EXACT_FITS))
 def test_nist_fullrank_matches_certified_values(name):
     c = CERTIFIED[name]
@@ -43,9 +51,9 @@ def test_nist_fullrank_matches_certified_values(name):
     sd = exact_t_sd(c)
     err = np.abs(r.summary.mean[:k] - np.asarray(c["estimate"])) / sd
     assert err.max() < 0.01, f"means off by {err.max():.3g} posterior sd"
-    ratio = r.summary.sd[:k] / sd
-    low = 0.84 if name in FEW_DOF else 0.9
-    assert ratio.min() > low and ratio.max() < 1.1, f"sd ratios {ratio.min():.3f}-{ratio.max():.3f}"
+    # sds: within 1% of the full-rank Gaussian optimum, which the exact answer fixes
+    ratio = r.summary.sd[:k] / sd / gaussian_optimum_ratio(c["n"], k)
+    assert np.all(np.abs(ratio - 1) < 0.01), f"sd / optimum {ratio.min():.4f}-{ratio.max():.4f}"
     assert r.extras["passes"] < 1000
 
 
