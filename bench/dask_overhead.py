@@ -1,4 +1,4 @@
-"""Per-step cost of the Dask backend against the local one, by partition count (issue 7).
+"""Per-step cost of the Dask backend against the local one, by partition count.
 
     python bench/dask_overhead.py --n 1000000 --d 50 --samples 8 --partitions 2 4 8 16
 

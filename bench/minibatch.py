@@ -1,4 +1,4 @@
-"""Minibatch VI against the full-batch fit on a synthetic logistic problem (issue 7).
+"""Minibatch VI against the full-batch fit on a synthetic logistic problem.
 
     python bench/minibatch.py --n 10000000 --d 50 --batch 100000 [--family meanfield]
 

@@ -60,7 +60,7 @@ the next block's lines after each block's linear predictors (``prefetch_next_blo
 kept: the same hints with fewer draws (gains and losses of 10% by shape), and computing the next
 block's linear predictors before this block's sums so that the CPU overlaps them with the
 sigmoid's dependency chains (30.7 -> 40.2 ms).
-Tried in session 5 and not kept, each against the kept kernel alternated in one process: rows in
+Tried and not kept, each against the kept kernel alternated in one process: rows in
 tiles of eight below four draws (columns in vector lanes, one transposing sum per tile, written in
 IR): 15% less arithmetic with the rows in cache, but reading eight rows side by side defeated the
 hardware prefetcher (one thread from memory, 1,000,000 x 100, S = 1: 55 -> 109 ns per row; 61
