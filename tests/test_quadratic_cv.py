@@ -144,10 +144,10 @@ def test_auto_samples_are_two_with_the_control_variate_and_eight_without(tmp_pat
     assert draws_per_step(big, auto) == 2
     assert draws_per_step(big, InferenceConfig(estimator="reparam", samples=5)) == 5
     # Without the control variate: at least eight, and more while a step's kernel work (rows x
-    # parameters x draws) stays under 2^20: 2000 x 6 -> 64, 300 x 6 -> 128 (the most).
+    # parameters x draws) stays under 2^20: 2000 x 6 -> 64, 300 x 6 -> 512 (the most).
     assert draws_per_step(big, InferenceConfig(estimator="stl")) == 64 == whitened_samples(2000, 6)
     assert draws_per_step(big, InferenceConfig(estimator="reparam", quadratic_cv=False)) == 64
-    assert draws_per_step(small, auto) == 128
+    assert draws_per_step(small, auto) == 512
     assert whitened_samples(100_000, 51) == DEFAULT_SAMPLES
     # The fit records the number it used.
     config = make_project(tmp_path)
