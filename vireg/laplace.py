@@ -30,6 +30,11 @@ DECREMENT_TOL = 1e-12
 # accepted.
 ROUNDING_DECREMENT_TOL = 1e-6
 ARMIJO = 1e-4
+# Within about 0.1 posterior sd of the mode the Hessian barely changes: later steps reuse the
+# last one (chord steps, converging at the rate of that change), which spares a logistic model's
+# curvature passes. On a 100,000 x 50 logistic fit the squared decrements ran 4e4, 5e3, 5e2, 6,
+# 1e-3, 6e-11, 1e-25 with a new Hessian at every step.
+REUSE_HESSIAN_DECREMENT = 1e-2
 MIN_STEP_FRACTION = 2.0**-40
 # A parameter this many standardised units from 0 means the mode runs off to infinity.
 RUNAWAY_U = 1e8
@@ -89,11 +94,11 @@ def find_mode(model) -> Laplace:
         raise FitError("the log joint is non-finite where the fit starts (the least-squares or "
                        "null-model point): check the data for extreme values, or give proper "
                        "priors")
-    curvature_pass = int(not model.likelihood.HAS_SCALE)
-    steps = 0
+    curvature_passes = model.curvature_passes
+    steps, decrement = 0, np.inf
     while steps <= MAX_NEWTON_STEPS:
-        H = model.hessian_at(u)
-        passes += curvature_pass
+        if decrement > REUSE_HESSIAN_DECREMENT:
+            H = model.hessian_at(u)
         direction, decrement = _newton_direction(H, g)
         if decrement < DECREMENT_TOL:
             break
@@ -120,7 +125,7 @@ def find_mode(model) -> Laplace:
                                       "improper"))
     if steps > MAX_NEWTON_STEPS:
         raise FitError(_not_found(f"Newton's method did not settle in {MAX_NEWTON_STEPS} steps"))
-    return Laplace(u, H, float(lp), steps, passes)
+    return Laplace(u, H, float(lp), steps, passes + model.curvature_passes - curvature_passes)
 
 
 def _not_found(why: str) -> str:
