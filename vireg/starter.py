@@ -77,8 +77,8 @@ model:
     intercept: flat         # flat, normal(mu, s), student_t(nu, mu, s), cauchy(mu, s), laplace(mu, s)
     coefficients: flat      # with few rows or separated classes, use e.g. normal(0, 2.5)
 {sigma}inference:
-  family: meanfield         # fullrank for trustworthy sds and correlations (costs O(P^2) per draw)
-  samples: auto             # Monte Carlo draws per step (auto: 2 with the curvature control variate, else 8)
+  family: auto              # fullrank up to 200 parameters (sds and correlations to trust), else meanfield
+  samples: auto             # draws per step (auto: 2 to 512, more on small data where a step costs little)
   max_steps: 20000
   seed: 0
 output:
