@@ -268,3 +268,91 @@ def test_every_estimator_is_unbiased_for_the_exact_gradient(rng, family_cls, est
     se = grads.std(axis=0, ddof=1) / np.sqrt(grads.shape[0])
     z = np.abs(grads.mean(axis=0) - exact) / np.maximum(se, 1e-12)
     assert z.max() < 5.0, (estimator, z.round(1))
+
+
+@pytest.mark.parametrize(("text", "kind"), [(t, "location") for t in LOCATION_PRIORS]
+                         + [(t, "scale") for t in SCALE_PRIORS])
+def test_prior_second_derivative_matches_finite_differences_of_the_gradient(text, kind):
+    prior = parse_prior(text, "test", kind)
+    x = np.array([-2.0, -0.4, 0.2, 0.9, 3.0])  # away from the laplace kink at 0.3
+    fd = (prior.grad(x + FD_STEP) - prior.grad(x - FD_STEP)) / (2 * FD_STEP)
+    np.testing.assert_allclose(prior.hess(x), fd, rtol=FD_RTOL, atol=FD_ATOL)
+
+
+@pytest.mark.parametrize(("N", "D"), [(50, 3), (3000, 10)])
+@pytest.mark.parametrize("family", ["gaussian", "bernoulli"])
+@pytest.mark.parametrize("prior", LOCATION_PRIORS)
+@pytest.mark.parametrize("orthogonalize", [False, True])
+def test_model_hessian_matches_finite_differences_of_the_gradient(rng, N, D, family, prior,
+                                                                   orthogonalize):
+    """``Model.hessian_at`` (the Laplace start's exact Hessian) against central differences of
+    the kernel's gradient, with and without the orthogonalised columns."""
+    sigma_prior = SCALE_PRIORS[(LOCATION_PRIORS.index(prior) + D) % len(SCALE_PRIORS)]
+    model, _, _ = make_model(rng, family, N, D, True, prior, sigma_prior)
+    if orthogonalize:
+        model = Model(model.design, family, True, model.priors, orthogonalize=True)
+        assert model.design_map is not None
+    u = rng.standard_normal(model.n_params) * 0.3
+
+    def grad(u_):
+        return model.log_joint_grad(u_[None, :])[1][0]
+
+    fd = np.column_stack([(grad(u + e) - grad(u - e)) / (2 * FD_STEP)
+                          for e in np.eye(model.n_params) * FD_STEP])
+    H = model.hessian_at(u)
+    scale = max(1.0, np.abs(H).max())
+    np.testing.assert_allclose(-H, fd, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("family", ["gaussian", "bernoulli"])
+def test_orthogonalised_columns_describe_the_same_model(rng, family):
+    """Q = Z R^-1 with the map folded into T: log p(y, theta) at the same theta is unchanged."""
+    plain, _, _ = make_model(rng, family, 400, 4, True, "normal(0, 3)", "half_normal(5)")
+    ortho = Model(plain.design, family, True, plain.priors, orthogonalize=True)
+    Q = np.asarray(ortho.Z)
+    np.testing.assert_allclose(Q.T @ Q / Q.shape[0], np.eye(4), atol=1e-10)
+    u_plain = rng.standard_normal((3, plain.n_params)) * 0.3
+    theta = plain.to_theta(u_plain)
+    u_ortho = np.linalg.solve(ortho.T, (theta - ortho.c).T).T
+    np.testing.assert_allclose(ortho.to_theta(u_ortho), theta, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ortho.log_joint(u_ortho), plain.log_joint(u_plain), rtol=1e-10)
+    # the ELBO's constant log |det T| loses log |det R| (u_coef = R b)
+    log_det_R = np.sum(np.log(np.abs(np.diag(ortho.design_map))))
+    np.testing.assert_allclose(ortho.log_det_T, plain.log_det_T - log_det_R, rtol=1e-12)
+
+
+@pytest.mark.parametrize("family_name", ["gaussian", "bernoulli"])
+@pytest.mark.parametrize("estimator", ["reparam", "stl"])
+def test_whitened_fullrank_gradient_is_the_derivative_of_the_mc_elbo_in_its_frame(
+        rng, family_name, estimator):
+    """A full-rank q in the frame u = o + W z (the Laplace start's): the reparam gradient is the
+    derivative of the MC ELBO at fixed eps in z's parameters, the STL one its path derivative
+    (stl = reparam minus the score term's draws), and mean, covariance, log q and entropy are
+    those of the same q written over u with an identity frame."""
+    from vireg.laplace import find_mode, whitening
+
+    model, _, _ = make_model(rng, family_name, 300, 3, True, "normal(0, 5)", "half_normal(5)")
+    laplace = find_mode(model)
+    W, log_det = whitening(laplace.hessian)
+    fam = FullRank(model.n_params, laplace.mode, W, log_det)
+    phi = fullrank_phi(rng, fam, model.n_params)
+    eps = rng.standard_normal((4, model.n_params))
+    logp, g = model.log_joint_grad(fam.sample(phi, eps))
+    elbo, grad = fam.elbo_grad(phi, eps, logp, g, "reparam")
+    np.testing.assert_allclose(elbo, mc_elbo(model, fam, phi, eps), rtol=1e-12)
+    fd = central_diff(lambda p: mc_elbo(model, fam, p, eps), phi)
+    np.testing.assert_allclose(grad, fd, rtol=FD_RTOL, atol=FD_ATOL * max(1.0, np.abs(grad).max()))
+    if estimator == "stl":  # stl - reparam, draw by draw, is the entropy's score term: mean 0
+        big = rng.standard_normal((20000, model.n_params))
+        lp, gg = model.log_joint_grad(fam.sample(phi, big))
+        d = fam.draw_grads(phi, big, lp, gg, "stl") - fam.draw_grads(phi, big, lp, gg, "reparam")
+        se = d.std(axis=0) / np.sqrt(d.shape[0])
+        assert np.all(np.abs(d.mean(axis=0)) < 5 * se + 1e-12)
+    plain = FullRank(model.n_params)
+    phi_u = plain.from_dict(fam.to_dict(phi))
+    for a, b in zip(fam.mean_cov(phi), plain.mean_cov(phi_u), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fam.entropy(phi), plain.entropy(phi_u), rtol=1e-12)
+    u = fam.sample(phi, eps)
+    eps_u = np.linalg.solve(plain.cholesky_factor(phi_u), (u - phi_u[:model.n_params]).T).T
+    np.testing.assert_allclose(fam.log_q(phi, eps), plain.log_q(phi_u, eps_u), rtol=1e-10)

@@ -45,15 +45,15 @@ class Prior:
 
     def logpdf(self, x: np.ndarray) -> np.ndarray:
         """log p(x) of a location prior, or log p_tau(tau) of a scale prior at x = tau."""
-        return _LOGPDF[self.name](x, *self.args)
+        return _FUNCTIONS[self.name][0](x, *self.args)
 
     def grad(self, x: np.ndarray) -> np.ndarray:
         """d/dx of :meth:`logpdf`."""
-        return _GRAD[self.name](x, *self.args)
+        return _FUNCTIONS[self.name][1](x, *self.args)
 
     def hess(self, x: np.ndarray) -> np.ndarray:
         """d2/dx2 of :meth:`logpdf` (0 at the kink of laplace, where it is not defined)."""
-        return _HESS[self.name](x, *self.args)
+        return _FUNCTIONS[self.name][2](x, *self.args)
 
     def curvature(self) -> float:
         """-d2/dx2 log p at the mode of a location prior (0 where there is none): used only to
@@ -164,22 +164,6 @@ def _exponential_grad(tau, rate):
     return 1.0 - rate * np.exp(tau)
 
 
-_LOGPDF = {
-    "flat": _flat_logpdf, "normal": _normal_logpdf, "student_t": _student_t_logpdf,
-    "cauchy": _cauchy_logpdf, "laplace": _laplace_logpdf,
-    "sigma_flat": _sigma_flat_logpdf, "half_normal": _half_normal_logpdf,
-    "half_cauchy": _half_cauchy_logpdf, "half_student_t": _half_student_t_logpdf,
-    "exponential": _exponential_logpdf,
-}
-_GRAD = {
-    "flat": _flat_grad, "normal": _normal_grad, "student_t": _student_t_grad,
-    "cauchy": _cauchy_grad, "laplace": _laplace_grad,
-    "sigma_flat": _sigma_flat_grad, "half_normal": _half_normal_grad,
-    "half_cauchy": _half_cauchy_grad, "half_student_t": _half_student_t_grad,
-    "exponential": _exponential_grad,
-}
-
-
 def _zero_hess(x, *args):
     return np.zeros_like(x)
 
@@ -214,12 +198,18 @@ def _exponential_hess(tau, rate):
     return -rate * np.exp(tau)
 
 
-_HESS = {
-    "flat": _zero_hess, "normal": _normal_hess, "student_t": _student_t_hess,
-    "cauchy": _cauchy_hess, "laplace": _zero_hess,
-    "sigma_flat": _zero_hess, "half_normal": _half_normal_hess,
-    "half_cauchy": _half_cauchy_hess, "half_student_t": _half_student_t_hess,
-    "exponential": _exponential_hess,
+# name -> (log density, its first and its second derivative)
+_FUNCTIONS = {
+    "flat": (_flat_logpdf, _flat_grad, _zero_hess),
+    "normal": (_normal_logpdf, _normal_grad, _normal_hess),
+    "student_t": (_student_t_logpdf, _student_t_grad, _student_t_hess),
+    "cauchy": (_cauchy_logpdf, _cauchy_grad, _cauchy_hess),
+    "laplace": (_laplace_logpdf, _laplace_grad, _zero_hess),
+    "sigma_flat": (_sigma_flat_logpdf, _sigma_flat_grad, _zero_hess),
+    "half_normal": (_half_normal_logpdf, _half_normal_grad, _half_normal_hess),
+    "half_cauchy": (_half_cauchy_logpdf, _half_cauchy_grad, _half_cauchy_hess),
+    "half_student_t": (_half_student_t_logpdf, _half_student_t_grad, _half_student_t_hess),
+    "exponential": (_exponential_logpdf, _exponential_grad, _exponential_hess),
 }
 
 # name -> (argument names, indices of arguments that must be > 0)
