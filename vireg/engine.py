@@ -64,7 +64,8 @@ MAX_CONSECUTIVE_BACKOFFS = 8
 N_BATCHES = 10
 QCV_AUTO_ROWS_PER_PARAM = 100
 QCV_REFRESH_SD = 0.25
-# inference.samples: auto (draws_per_step).
+# inference.samples: auto (draws_per_step). DEFAULT_SAMPLES: what a model is built for before the
+# count is settled (the kernels' serial-or-parallel choice).
 DEFAULT_SAMPLES = 8
 QCV_SAMPLES = 2
 MIN_SAMPLES = 2
@@ -73,6 +74,7 @@ STEP_WORK = 1 << 20
 # The largest change of one coordinate in one step (posterior sds, or log sd): a draw far in a tail
 # cannot throw q out of the region the frame describes.
 MAX_MOVE = 0.5
+# The rate after the first window (a fraction of the first's; see the module docstring).
 SETTLE = 0.4
 # The runaway guard: a mean this many Laplace sds from the mode, or a window's ELBO this far below
 # the start's (RUNAWAY_NATS + the number of parameters), is a fit that has run away.
@@ -368,19 +370,16 @@ def step_rates(family, samples: int, rate: float) -> np.ndarray:
 
 def draws_per_step(model, icfg) -> int:
     """Monte Carlo draws per step: as configured, or for "auto" QCV_SAMPLES when the fit uses the
-    quadratic control variate (which leaves little noise for more draws to average out) and
-    DEFAULT_SAMPLES otherwise. Measured on a 100,000 x 50 logistic fit against a reference at
-    tolerance 0.002 (two seeds each): 8 draws 600 steps, fit 3.8-4.4 s, means within 0.0003 sd;
-    2 draws 700 steps, 2.1-2.2 s, within 0.0003-0.0004 sd; 1 draw 600-700 steps, 1.1-1.3 s, within
-    0.0005-0.0016 sd. Over the 38 reference posteriors (bench/accuracy.py) 2 draws left the worst
-    mean-field error at 0.037 sd; 1 draw raised some smaller ones (kidiq-kidscore_momiq, 434 rows:
-    0.016 -> 0.028 sd), so the default stays at 2."""
+    quadratic control variate (which leaves little noise for more draws to average out), else
+    ``whitened_samples`` of the rows a step reads. With the control variate, 1 draw per step
+    raised some mean-field errors over the 38 reference posteriors (kidiq-kidscore_momiq, 434
+    rows: 0.016 -> 0.028 sd), so it takes 2."""
     if icfg.samples != "auto":
         return icfg.samples
-    if not uses_quadratic_cv(model, icfg):
-        return whitened_samples(model.n_rows if icfg.batch_size is None
-                                else min(icfg.batch_size, model.n_rows), model.n_params)
-    return QCV_SAMPLES if uses_quadratic_cv(model, icfg) else DEFAULT_SAMPLES
+    if uses_quadratic_cv(model, icfg):
+        return QCV_SAMPLES
+    rows = model.n_rows if icfg.batch_size is None else min(icfg.batch_size, model.n_rows)
+    return whitened_samples(rows, model.n_params)
 
 
 def whitened_samples(rows: int, n_params: int) -> int:
