@@ -88,3 +88,54 @@ def test_cli_exit_code_for_a_runaway_fit_is_one(tmp_path, monkeypatch):
         lambda lp_g: (lp_g[0], lp_g[1] + (1e4 if U.shape[0] > 1 else 0.0)))(real(self, U)))
     res = CliRunner().invoke(app, ["fit", str(config), "--quiet", "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "ran away" in res.stderr and "Traceback" not in res.stderr
+
+
+def _feed(rule, rng, grad_mean, grad_sd, phi, elbo=-10.0):
+    """One window of synthetic steps into the rule; returns the window's summary."""
+    window = None
+    while window is None:
+        g = grad_mean + grad_sd * rng.standard_normal(rule.family.size)
+        window = rule.add(elbo + 0.01 * rng.standard_normal(), g, phi)
+    return window
+
+
+def test_stopping_rule_gradient_test_needs_a_quiet_second_window():
+    from vireg.engine import StoppingRule
+    from vireg.families.fullrank import FullRank
+
+    rng = np.random.default_rng(0)
+    fam = FullRank(3)
+    rule = StoppingRule(fam, window=50, tolerance=0.02)
+    phi = np.zeros(fam.size)
+    w = _feed(rule, rng, 0.0, 0.001, phi)
+    assert rule.gradient_test(w) is None  # never on the first window
+    assert rule.level_test(w).kind == "first"
+    w = _feed(rule, rng, 0.0, 0.001, phi)
+    verdict = rule.gradient_test(w)
+    assert verdict.kind == "converged" and rule.last_distance < 0.02
+
+
+def test_stopping_rule_does_not_call_a_drifting_or_noisy_window_converged():
+    from vireg.engine import StoppingRule
+    from vireg.families.fullrank import FullRank
+
+    rng = np.random.default_rng(1)
+    fam = FullRank(3)
+    phi = np.zeros(fam.size)
+    for mean, sd in ((0.05, 0.001), (0.0, 0.5)):  # a steady pull; zero mean but too noisy
+        rule = StoppingRule(fam, window=50, tolerance=0.02)
+        rule.level_test(_feed(rule, rng, mean, sd, phi))
+        assert rule.gradient_test(_feed(rule, rng, mean, sd, phi)) is None
+
+
+def test_stopping_rule_level_test_converges_when_levels_agree_and_not_before():
+    from vireg.engine import StoppingRule
+    from vireg.families.meanfield import MeanField
+
+    rng = np.random.default_rng(2)
+    fam = MeanField(2)
+    rule = StoppingRule(fam, window=20, tolerance=0.02)
+    phi = np.zeros(fam.size)
+    kinds = [rule.level_test(_feed(rule, rng, 0.0, 1.0, phi)).kind for _ in range(4)]
+    assert kinds == ["first", "level", "continue", "converged"]
+    assert rule.levels == 2 and rule.decays == 1

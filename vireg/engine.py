@@ -155,6 +155,227 @@ class RunawayGuard:
         return None
 
 
+@dataclass(frozen=True)
+class Window:
+    """The summary of one window of steps: mean ELBO and its standard error, the mean gradient in
+    the optimiser's coordinates and its standard error, the average of the iterates phi."""
+
+    elbo: float
+    elbo_se: float
+    grad: np.ndarray
+    grad_se: np.ndarray
+    avg: np.ndarray
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the stopping rule made of a window: ``kind`` is "converged" (``estimate`` is the
+    answer), "level" (a stationary level ended: the rate halves), "exhausted" (the rate has
+    halved MAX_DECAYS times), "first" (the first window of the fit) or "continue"."""
+
+    kind: str
+    estimate: np.ndarray | None = None
+    reason: str = ""
+
+
+class StoppingRule:
+    """The two convergence tests of the module docstring, applied window by window; its state is
+    the previous window and the previous level's estimate."""
+
+    def __init__(self, family, window: int, tolerance: float, window_growth: int = 1):
+        self.family, self.W, self.tolerance, self.growth = family, window, tolerance, window_growth
+        self.curvature = family.frame_curvature()
+        self.z_drift = drift_threshold(family.size)
+        self.prev: Window | None = None
+        self.level_estimate: np.ndarray | None = None
+        self.last_distance: float | None = None
+        self.levels = self.decays = 0
+        self.forget_window()
+
+    def forget_window(self) -> None:
+        """Start the window afresh (after an undone step or a restart)."""
+        self.k = 0
+        self.elbos = np.empty(self.W)
+        self.grads = np.empty((self.W, self.family.size))
+        self.phi_sum = np.zeros(self.family.size)
+
+    def add(self, elbo: float, grad_x: np.ndarray, phi: np.ndarray) -> Window | None:
+        """Record a step; at a window's end return its summary (and start the next window)."""
+        self.elbos[self.k], self.grads[self.k] = elbo, grad_x
+        self.phi_sum += phi
+        self.k += 1
+        if self.k < self.W:
+            return None
+        mean, se = _batch_means(self.elbos)
+        g_mean, g_se = _batch_means(self.grads)
+        window = Window(mean, se, g_mean, g_se, self.phi_sum / self.W)
+        self.k, self.phi_sum = 0, np.zeros(self.family.size)
+        return window
+
+    def drifting(self, w: Window) -> bool:
+        return bool(np.any(np.abs(w.grad) > self.z_drift * np.maximum(w.grad_se, 1e-300)))
+
+    def gradient_test(self, w: Window) -> Verdict | None:
+        """Test 1: the window's average within ``tolerance`` sds of the optimum."""
+        if self.drifting(w) or self.prev is None:
+            return None
+        bound = float(np.max((np.abs(w.grad) + 2.0 * w.grad_se) / self.curvature))
+        if bound >= self.tolerance:
+            return None
+        self.last_distance = bound
+        return Verdict("converged", w.avg, (
+            f"converged: the mean ELBO gradient over the last {self.W} steps is zero within its "
+            f"Monte Carlo error and places q within {bound:.3g} posterior sd of its family's "
+            f"optimum (tolerance {self.tolerance:g})"))
+
+    def level_test(self, w: Window) -> Verdict:
+        """Test 2: a stationary level's estimate against the previous level's."""
+        prev, self.prev = self.prev, w
+        if prev is None:
+            return Verdict("first" if self.level_estimate is None else "continue")
+        if w.elbo - prev.elbo > 2.0 * np.hypot(w.elbo_se, prev.elbo_se) or self.drifting(w):
+            return Verdict("continue")
+        estimate = 0.5 * (w.avg + prev.avg)
+        self.levels += 1
+        if self.level_estimate is not None:
+            self.last_distance = self.family.distance(estimate, self.level_estimate)
+            if self.last_distance < self.tolerance:
+                return Verdict("converged", estimate, (
+                    f"converged: iterate averages at successive step sizes agree to "
+                    f"{self.last_distance:.3g} posterior sd (tolerance {self.tolerance:g})"))
+        self.decays += 1
+        if self.decays > MAX_DECAYS:
+            return Verdict("exhausted")
+        if self.growth > 1:
+            self.W *= self.growth
+            self.forget_window()
+        self.level_estimate, self.prev = estimate, None
+        return Verdict("level", estimate)
+
+    def best_estimate(self, phi: np.ndarray) -> np.ndarray:
+        """The answer of a fit that did not converge: the last window's average, else the last
+        level's estimate, else the current iterate."""
+        if self.prev is not None:
+            return self.prev.avg
+        return self.level_estimate if self.level_estimate is not None else phi
+
+    def why_not(self, reason: str, max_steps: int, step: int, tolerance: float) -> str:
+        if self.last_distance is None:
+            by = "no stationary phase was reached"
+        else:
+            by = (f"the last change between averaged iterates was {self.last_distance:.3g} "
+                  f"posterior sd (tolerance {tolerance:g})")
+        if reason == "exhausted":
+            return (f"did not converge: the step size shrank 2^{MAX_DECAYS}-fold by step {step}; "
+                    f"{by}; a tolerance this small cannot be met, raise inference.tolerance")
+        return (f"did not converge: reached max_steps={max_steps}; {by}; raise "
+                "inference.max_steps")
+
+
+class Optimiser:
+    """The state of a fit and its step: scaled Newton steps on the ELBO in whitened coordinates
+    x, from the Laplace start, with the quadratic control variate when the fit uses it."""
+
+    def __init__(self, model, family, icfg, rng: np.random.Generator, laplace,
+                 log_joint_grad=None):
+        self.model, self.family, self.icfg, self.rng = model, family, icfg, rng
+        self.log_joint_grad = log_joint_grad or model.log_joint_grad
+        self.to_x, self.to_phi, self.grad_x = whitened_coordinates(family, laplace)
+        self.phi = initial_phi(family, laplace)
+        self.guard = RunawayGuard(model, family, self.phi, laplace, rng)
+        self.x = self.to_x(self.phi)
+        self.snapshot = self.x.copy()  # the state at the last clean window's end
+        self.good_phi = self.phi.copy()  # where a fit that ran away goes back to
+        # Quadratic control variate: C, the log joint's curvature at q's mean m_C, recomputed at
+        # a window's end once the mean has moved QCV_REFRESH_SD posterior sds from m_C (a fixed
+        # C within a window keeps each step's estimate unbiased; near the optimum C stays put,
+        # which spares a pass over the rows per window).
+        self.C = self.m_C = None
+        self.passes_before = model.curvature_passes  # the fit's own passes: the count minus this
+        if uses_quadratic_cv(model, icfg):
+            self.m_C = family.mean(self.phi)
+            self.C = _curvature(model, self.m_C)
+        rates = step_rates(family, icfg.samples, icfg.learning_rate) / family.frame_curvature()
+        self.sgd = ScaledSGD(family.size, rates, MAX_MOVE)
+        self.nominal_lr = self.sgd.lr.copy()  # the level's rate; sgd.lr is below after a backoff
+        self.backoffs = self.failures = self.restarts = 0
+
+    def step(self) -> tuple[float, np.ndarray] | None:
+        """One step: (ELBO of the draws, gradient in x), or None if it was not finite and was
+        undone (back to the snapshot, a tenth of the rate)."""
+        eps = self.rng.standard_normal((self.icfg.samples, self.model.n_params))
+        elbo, grad = self._elbo_grad(eps)
+        if not (np.isfinite(elbo) and np.all(np.isfinite(grad))):
+            self._undo()
+            return None
+        grad = self.grad_x(grad)
+        with np.errstate(**QUIET):
+            self.x = self.sgd.step(self.x, grad)
+            self.phi = self.to_phi(self.x)
+        return elbo + self.model.log_det_T, grad
+
+    def _elbo_grad(self, eps: np.ndarray) -> tuple[float, np.ndarray | None]:
+        family, phi, C = self.family, self.phi, self.C
+        with np.errstate(**QUIET):
+            try:
+                U = family.sample(phi, eps)
+                logp, g = self.log_joint_grad(U)
+                if C is not None:  # g_s + C (u_s - m) has the same mean, far less noise near q
+                    g = g + (U - family.mean(phi)) @ C
+                elbo, grad = family.elbo_grad(phi, eps, logp, g, self.icfg.estimator)
+                if C is not None:
+                    grad = grad - family.quadratic_cv_mean(phi, C)
+                return elbo, grad
+            except np.linalg.LinAlgError:  # a scale of q underflowed to 0: a non-finite step
+                return float("nan"), None
+
+    def _undo(self) -> None:
+        self.backoffs += 1
+        self.failures += 1
+        if self.failures > MAX_CONSECUTIVE_BACKOFFS:
+            raise FitError(
+                f"the ELBO became non-finite even after shrinking the step size "
+                f"{self.failures - 1} times: the posterior may be improper (e.g. a flat prior with "
+                "separated classes or too few rows); use proper priors such as "
+                "'normal(0, 10)' or a smaller inference.learning_rate")
+        self.x = self.snapshot.copy()
+        self.phi = self.to_phi(self.x)
+        self.sgd.lr *= NAN_BACKOFF
+
+    def restart(self) -> bool:
+        """Back to the last good state with a quarter of the rate; False after MAX_RESTARTS."""
+        self.restarts += 1
+        if self.restarts > MAX_RESTARTS:
+            return False
+        self.x = self.to_x(self.good_phi)
+        self.phi = self.to_phi(self.x)
+        self.snapshot = self.x.copy()
+        self.nominal_lr *= RESTART_LR
+        self.sgd.lr = self.nominal_lr.copy()
+        return True
+
+    def clean_window(self, avg: np.ndarray) -> None:
+        """At the end of a window that did not run away: refresh the control variate's C if q's
+        mean has moved, keep the state as the snapshot, let the rate recover from backoffs."""
+        if self.C is not None:
+            sd = np.sqrt(np.diag(self.family.mean_cov(avg)[1]))
+            if np.max(np.abs(self.family.mean(avg) - self.m_C) / sd) > QCV_REFRESH_SD:
+                self.m_C = self.family.mean(avg)
+                self.C = _curvature(self.model, self.m_C)
+        self.failures = 0
+        self.snapshot = self.x.copy()
+        self.sgd.lr = np.minimum(self.sgd.lr * 2.0, self.nominal_lr)
+
+    def scale_rate(self, factor: float) -> None:
+        """A new level (LR_DECAY) or the settling after the first window (SETTLE)."""
+        self.nominal_lr *= factor
+        self.sgd.lr = np.minimum(self.sgd.lr, self.nominal_lr)
+
+    @property
+    def curvature_passes(self) -> int:
+        return self.model.curvature_passes - self.passes_before
+
+
 def optimise(model, family, icfg, rng: np.random.Generator, laplace,
              log_joint_grad=None, window_growth: int = 1) -> Iterator[Progress | Outcome]:
     """Maximise the ELBO from the Laplace approximation ``laplace`` (``laplace.find_mode``);
@@ -170,190 +391,66 @@ def optimise(model, family, icfg, rng: np.random.Generator, laplace,
     Floating-point warnings are silenced inside a step (``QUIET``): every step's ELBO and
     gradient are checked for finiteness explicitly, and a non-finite step is undone.
     """
-    S, P, W = icfg.samples, model.n_params, icfg.window
-    # The optimiser's coordinates x are whitened (a full-rank q's frame, or a mean-field q's means
-    # through W with W^T H* W = I), so the ELBO's curvature in x is known near the optimum (the
-    # family's ``frame_curvature``): the steps are scaled Newton steps (ScaledSGD), and a mean
-    # gradient g places a window's average |g| / curvature posterior sds from the optimum, a
-    # stopping test of its own (see the module docstring).
-    curvature = family.frame_curvature()
-    log_joint_grad = log_joint_grad or model.log_joint_grad
-    to_x, to_phi, grad_x = whitened_coordinates(family, laplace)
-    phi = initial_phi(family, laplace)
-    guard = RunawayGuard(model, family, phi, laplace, rng)
-    x = to_x(phi)
-    # Quadratic control variate: C, the log joint's curvature at q's mean m_C, recomputed at a
-    # window's end once the mean has moved QCV_REFRESH_SD posterior sds from m_C (a fixed C
-    # within a window keeps each step's estimate unbiased; near the optimum C stays put, which
-    # spares a pass over the rows per window).
-    C, m_C = None, None
-    curvature_passes = model.curvature_passes  # the fit's own: the count at its end minus this
-    if uses_quadratic_cv(model, icfg):
-        m_C = family.mean(phi)
-        C = _curvature(model, m_C)
-    sgd = ScaledSGD(family.size, step_rates(family, S, icfg.learning_rate) / curvature,
-                    MAX_MOVE)
-    nominal_lr = sgd.lr.copy()  # the level's step size; sgd.lr falls below it after a backoff
-    elbo_const = model.log_det_T
+    opt = Optimiser(model, family, icfg, rng, laplace, log_joint_grad)
+    rule = StoppingRule(family, icfg.window, icfg.tolerance, window_growth)
     trace = np.full(icfg.max_steps, np.nan)
-
-    win_elbo = np.empty(W)
-    win_grad = np.empty((W, family.size))
-    win_phi = np.zeros(family.size)
-    z_drift = drift_threshold(family.size)
-    k = 0
-    prev_window: tuple[float, float, np.ndarray] | None = None
-    level_estimate: np.ndarray | None = None
-    last_distance: float | None = None
-    levels, backoffs, failures, decays, restarts = 0, 0, 0, 0, 0
-    exhausted, runaway = False, None
-    snapshot = x.copy()
-    good_phi = phi.copy()  # where a fit that ran away goes back to
-    smooth = np.nan
-    converged, reason, final_phi = False, "", None
-
+    smooth, verdict, runaway = np.nan, Verdict("continue"), None
     step = 0
     for step in range(1, icfg.max_steps + 1):
-        eps = rng.standard_normal((S, P))
-        with np.errstate(**QUIET):
-            try:
-                U = family.sample(phi, eps)
-                logp, g = log_joint_grad(U)
-                if C is not None:  # g_s + C (u_s - m) has the same mean, far less noise near q
-                    g = g + (U - family.mean(phi)) @ C
-                elbo, grad = family.elbo_grad(phi, eps, logp, g, icfg.estimator)
-                if C is not None:
-                    grad = grad - family.quadratic_cv_mean(phi, C)
-            except np.linalg.LinAlgError:  # a scale of q underflowed to 0: as a non-finite step
-                elbo = float("nan")
-        if not (np.isfinite(elbo) and np.all(np.isfinite(grad))):
-            backoffs += 1
-            failures += 1
-            if failures > MAX_CONSECUTIVE_BACKOFFS:
-                raise FitError(
-                    f"the ELBO became non-finite at step {step} even after shrinking the step size "
-                    f"{failures - 1} times: the posterior may be improper (e.g. a flat prior with "
-                    "separated classes or too few rows); use proper priors such as "
-                    "'normal(0, 10)' or a smaller inference.learning_rate")
-            x = snapshot.copy()
-            phi = to_phi(x)
-            sgd.lr *= NAN_BACKOFF
-            sgd.reset()
-            k, win_phi[:] = 0, 0.0
-            prev_window = None
+        taken = opt.step()
+        if taken is None:
+            rule.forget_window()
+            rule.prev = None
             continue
-        elbo += elbo_const
+        elbo, grad = taken
         trace[step - 1] = elbo
         smooth = elbo if np.isnan(smooth) else 0.95 * smooth + 0.05 * elbo
-        with np.errstate(**QUIET):
-            x = sgd.step(x, grad_x(grad))
-            phi = to_phi(x)
-        win_elbo[k] = elbo
-        win_grad[k] = grad_x(grad)
-        win_phi += phi
-        k += 1
         yield Progress(step, elbo, smooth, icfg.max_steps)
-        if k < W:
+        window = rule.add(elbo, grad, opt.phi)
+        if window is None:
             continue
-
-        # End of a window.
-        mean, se = _batch_means(win_elbo)
-        g_mean, g_se = _batch_means(win_grad)
-        drifting = bool(np.any(np.abs(g_mean) > z_drift * np.maximum(g_se, 1e-300)))
-        avg = win_phi / W
-        k, win_phi = 0, np.zeros(family.size)
-        why = None if guard is None else guard.why(avg, mean)
-        if why is not None:
-            restarts += 1
-            if restarts > MAX_RESTARTS:
-                runaway = why
+        runaway = opt.guard.why(window.avg, window.elbo)
+        if runaway is not None:
+            if not opt.restart():
                 break
-            x = to_x(good_phi)
-            phi = to_phi(x)
-            snapshot = x.copy()
-            nominal_lr *= RESTART_LR
-            sgd.lr = nominal_lr.copy()
-            sgd.reset()
-            prev_window = None
+            rule.prev, runaway = None, None
             continue
-        if not drifting and prev_window is not None:
-            bound = float(np.max((np.abs(g_mean) + 2.0 * g_se) / curvature))
-            if bound < icfg.tolerance:
-                converged, final_phi, last_distance = True, avg, bound
-                reason = (f"converged: the mean ELBO gradient over the last {W} steps is zero "
-                          f"within its Monte Carlo error and places q within {bound:.3g} "
-                          f"posterior sd of its family's optimum (tolerance {icfg.tolerance:g})")
-                break
-        if C is not None:
-            sd = np.sqrt(np.diag(family.mean_cov(avg)[1]))
-            if np.max(np.abs(family.mean(avg) - m_C) / sd) > QCV_REFRESH_SD:
-                m_C = family.mean(avg)
-                C = _curvature(model, m_C)
-        failures = 0
-        snapshot = x.copy()
-        sgd.lr = np.minimum(sgd.lr * 2.0, nominal_lr)  # recover from backoffs gradually
-        if prev_window is not None:
-            p_mean, p_se, p_avg = prev_window
-            if mean - p_mean <= 2.0 * np.hypot(se, p_se) and not drifting:
-                estimate = 0.5 * (avg + p_avg)
-                levels += 1
-                if level_estimate is not None:
-                    last_distance = family.distance(estimate, level_estimate)
-                    if last_distance < icfg.tolerance:
-                        converged, final_phi = True, estimate
-                        reason = (f"converged: iterate averages at successive step sizes agree to "
-                                  f"{last_distance:.3g} posterior sd (tolerance {icfg.tolerance:g})")
-                        break
-                nominal_lr *= LR_DECAY
-                decays += 1
-                if decays > MAX_DECAYS:
-                    exhausted = True
-                    break
-                sgd.lr = np.minimum(sgd.lr, nominal_lr)
-                good_phi = estimate.copy()
-                if window_growth > 1:
-                    W *= window_growth
-                    win_elbo, win_grad = np.empty(W), np.empty((W, family.size))
-                level_estimate = estimate
-                sgd.reset()
-                prev_window = None
-                continue
-        if prev_window is None and level_estimate is None:
+        verdict = rule.gradient_test(window)
+        if verdict is not None:
+            break
+        opt.clean_window(window.avg)
+        verdict = rule.level_test(window)
+        if verdict.kind in ("converged", "exhausted"):
+            break
+        if verdict.kind == "level":
+            opt.scale_rate(LR_DECAY)
+            opt.good_phi = verdict.estimate.copy()
+        elif verdict.kind == "first":
             # The first window brought q to its optimum; the next average with shorter steps,
             # whose jitter (and the bias it brings where the ELBO is not quadratic) is smaller.
-            nominal_lr *= SETTLE
-            sgd.lr = np.minimum(sgd.lr, nominal_lr)
-        prev_window = (mean, se, avg)
+            opt.scale_rate(SETTLE)
+    yield _outcome(opt, rule, verdict, runaway, step, trace, icfg)
 
+
+def _outcome(opt: Optimiser, rule: StoppingRule, verdict: Verdict, runaway: str | None,
+             step: int, trace: np.ndarray, icfg) -> Outcome:
+    converged = runaway is None and verdict.kind == "converged"
     if runaway is not None:
-        final_phi = good_phi
+        phi = opt.good_phi
         reason = (f"did not converge: the fit ran away ({runaway}) {MAX_RESTARTS + 1} times, "
-                  "even with the step size cut to "
-                  f"{RESTART_LR ** MAX_RESTARTS:g} of the level's; the results are from the last "
-                  "good state; look for an improper or nearly improper posterior, or lower "
-                  "inference.learning_rate")
-    elif not converged:
-        if prev_window is not None:
-            final_phi = prev_window[2]
-        elif level_estimate is not None:
-            final_phi = level_estimate
-        else:
-            final_phi = phi
-        if last_distance is None:
-            by = "no stationary phase was reached"
-        else:
-            by = (f"the last change between averaged iterates was {last_distance:.3g} posterior sd "
-                  f"(tolerance {icfg.tolerance:g})")
-        if exhausted:
-            reason = (f"did not converge: the step size shrank 2^{MAX_DECAYS}-fold by step {step}; "
-                      f"{by}; a tolerance this small cannot be met, raise inference.tolerance")
-        else:
-            reason = (f"did not converge: reached max_steps={icfg.max_steps}; {by}; raise "
-                      "inference.max_steps")
-    yield Outcome(phi=final_phi, steps=step, converged=converged, reason=reason,
-                  elbo_trace=trace[:step].copy(), last_distance=last_distance, levels=levels,
-                  backoffs=backoffs, curvature_passes=model.curvature_passes - curvature_passes,
-                  restarts=restarts, guard_passes=guard.passes)
+                  f"even with the step size cut to {RESTART_LR ** MAX_RESTARTS:g} of the level's; "
+                  "the results are from the last good state; look for an improper or nearly "
+                  "improper posterior, or lower inference.learning_rate")
+    elif converged:
+        phi, reason = verdict.estimate, verdict.reason
+    else:
+        phi = rule.best_estimate(opt.phi)
+        reason = rule.why_not(verdict.kind, icfg.max_steps, step, icfg.tolerance)
+    return Outcome(phi=phi, steps=step, converged=converged, reason=reason,
+                   elbo_trace=trace[:step].copy(), last_distance=rule.last_distance,
+                   levels=rule.levels, backoffs=opt.backoffs,
+                   curvature_passes=opt.curvature_passes, restarts=opt.restarts,
+                   guard_passes=opt.guard.passes)
 
 
 def step_rates(family, samples: int, rate: float) -> np.ndarray:
