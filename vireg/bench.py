@@ -114,11 +114,11 @@ def run_bench(model: str = "logistic", family: str = "meanfield", n: int = 100_0
               dtype: str = "float64") -> dict:
     import numba
 
-    from vireg.engine import initial_phi, whitened_coordinates
+    from vireg.config import DEFAULT_ESTIMATOR, InferenceConfig
+    from vireg.engine import Optimiser
     from vireg.families import make_family
     from vireg.kernels.bandwidth import streaming_sum
     from vireg.laplace import Laplace
-    from vireg.optim import ScaledSGD
     from vireg.threads import compute_threads
 
     available = numba.config.NUMBA_NUM_THREADS
@@ -130,30 +130,21 @@ def run_bench(model: str = "logistic", family: str = "meanfield", n: int = 100_0
         H = m.curvature_at(np.zeros(m.n_params)) + 1e-6 * np.eye(m.n_params)
         start = Laplace(np.zeros(m.n_params), H, float("nan"), 0, 1)
         fam = make_family(family, m.n_params, start)
-        estimator = fam.default_estimator
-        to_x, to_phi, grad_x = whitened_coordinates(fam, start)
-        phi = initial_phi(fam, start)
-        x = to_x(phi)
-        sgd = ScaledSGD(fam.size, 1e-3)
+        estimator = DEFAULT_ESTIMATOR[family]
         rng = np.random.default_rng(1)
+        # A fit's own step (engine.Optimiser), with small steps so that q stays put.
+        icfg = InferenceConfig(family=family, estimator=estimator, samples=samples,
+                               learning_rate=1e-3, quadratic_cv=False)
 
         t0 = time.perf_counter()
         m.warm_up()
         streaming_sum(m.rows.Z[:1], m.rows.chunk_rows)
         compile_s = time.perf_counter() - t0
 
-        state = {"x": x}
-
-        def vireg_step():
-            phi_ = to_phi(state["x"])
-            eps = rng.standard_normal((samples, m.n_params))
-            logp, g = m.log_joint_grad(fam.sample(phi_, eps))
-            _, grad = fam.elbo_grad(phi_, eps, logp, g, estimator)
-            state["x"] = sgd.step(state["x"], grad_x(grad))
-
-        U0 = fam.sample(phi, rng.standard_normal((samples, m.n_params)))
-        vireg_step()
-        ms = median_ms(vireg_step, steps)
+        opt = Optimiser(m, fam, icfg, rng, start)
+        U0 = fam.sample(opt.phi, rng.standard_normal((samples, m.n_params)))
+        opt.step()
+        ms = median_ms(opt.step, steps)
         G_nb, ll_nb = m.rows.kernel(m.rows.Z, m.rows.y, U0, m.intercept, m.rows.chunk_rows,
                                     True)
         streaming_sum(m.rows.Z, m.rows.chunk_rows)
