@@ -19,6 +19,7 @@ from pathlib import Path
 t_start = time.perf_counter()
 import vireg  # noqa: E402
 from vireg import api, export  # noqa: E402
+from vireg.assemble import model_of  # noqa: E402
 from vireg.data import build_design, read_table  # noqa: E402
 
 t_import = time.perf_counter() - t_start
@@ -39,10 +40,10 @@ def main() -> None:
     design = build_design(table, cfg.data.response, cfg.data.covariates, cfg.data.missing)
     times["design_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    model = api._model_of(cfg, design, cfg.model.intercept, None)
+    model = model_of(cfg, design, cfg.model.intercept, None)
     times["model_setup_s"] = time.perf_counter() - t
     result = None
-    for event in api._fit_model(cfg, model):
+    for event in api.fit_model(cfg, model):
         if isinstance(event, api.Finished):
             result = event.result
     times["kernel_load_s"] = result.compile_seconds

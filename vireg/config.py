@@ -401,6 +401,17 @@ def resolve_inference(cfg: Config, n_params: int) -> Config:
     return replace(cfg, inference=replace(inf, family=family, estimator=estimator))
 
 
+def as_config(config: Config | dict | str | Path, overrides: list[str] | None) -> Config:
+    """A ``Config`` from a Config, a dict with the YAML structure, or a YAML file's path."""
+    if isinstance(config, Config):
+        if overrides:
+            raise InputError("overrides need a config path or dict, not a Config object")
+        return config
+    if isinstance(config, dict):
+        return config_from_dict(config, overrides=overrides)
+    return load_config(config, overrides)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config file (with ``yaml.safe_load``) and validate it."""
     path = Path(path)

@@ -1,0 +1,104 @@
+"""From a config to a ``Model``: read the data (in memory, from a disk cache, or on Dask
+workers), resolve the priors, standardise, and check that the posterior exists."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from vireg.config import Config, variational_family
+from vireg.errors import InputError
+
+
+def build_model(cfg: Config):
+    """Read the data and priors of a config into a ``Model`` (kernels are compiled lazily)."""
+    design, intercept, source = read_design(cfg)
+    try:
+        return model_of(cfg, design, intercept, source)
+    except BaseException:
+        if source is not None and hasattr(source, "close"):
+            source.close()
+        raise
+
+
+def model_of(cfg: Config, design, intercept: bool, source):
+    from vireg.models.model import Model, resolve_priors
+    from vireg.models.propriety import check_posterior_exists
+
+    priors = resolve_priors(cfg.model.prior, cfg.model.family, intercept,
+                            design.covariates, cfg.model.sigma, design.sources)
+    if not priors:
+        raise InputError("the model has no parameters to fit (no intercept, no covariates and no "
+                         "unknown sigma): add covariates or set model.intercept: true")
+    reserved = {"intercept": intercept, "sigma": len(priors) > len(design.covariates) + intercept}
+    for name in design.covariates:
+        if reserved.get(name):
+            raise InputError(f"covariate '{name}' has the name of vireg's own parameter "
+                             f"'{name}': rename the column")
+    from vireg.engine import DEFAULT_SAMPLES
+
+    # With samples: auto the draws per step are settled once the model is known
+    # (engine.draws_per_step); the rows' serial-or-parallel choice takes the larger default.
+    samples = DEFAULT_SAMPLES if cfg.inference.samples == "auto" else cfg.inference.samples
+    # A full-rank q is the same family in any affine coordinates, so its kernel can read the
+    # columns orthogonalised; mean-field is defined on the standardised columns themselves.
+    fullrank = variational_family(cfg.inference.family, len(priors)) == "fullrank"
+    model = Model(design, cfg.model.family, intercept, priors, cfg.model.sigma,
+                  draws_per_step=samples, dtype=cfg.inference.dtype, source=source,
+                  orthogonalize=fullrank)
+    check_posterior_exists(model)
+    # The kernel reads the standardised copy; the raw covariates were needed only up to here.
+    model.design = replace(model.design, X=np.empty((0, model.n_cov)))
+    return model
+
+
+def read_design(cfg: Config):
+    """The design of a config: (Design, intercept, source). In memory the Design holds the data
+    and source is None; out of core the Design holds only names and source streams the rows."""
+    from vireg.data import build_design, read_table, release_reader_memory, standardize_design
+
+    path = cfg.resolve_path(cfg.data.path)
+    intercept = cfg.model.intercept
+    if cfg.runtime.backend == "dask":
+        from vireg.distributed import DaskSource
+
+        source = DaskSource(path, cfg.data.response, cfg.data.covariates, cfg.data.missing,
+                            cfg.model.family, cfg.runtime.scheduler, cfg.runtime.partitions)
+        return source.design, intercept, source
+    if cfg.runtime.out_of_core:
+        from vireg.cache import CachedSource
+
+        cache_dir = (cfg.resolve_path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir
+                     else path.parent / ".vireg-cache")
+        source = CachedSource(path, cfg.data.response, cfg.data.covariates, cfg.data.missing,
+                              cfg.model.family, intercept, cfg.inference.dtype, cache_dir,
+                              cfg.runtime.memory_mb)
+        return source.design, intercept, source
+    table = read_table(path)
+    if cfg.data.formula is not None:
+        from vireg.formula import design_from_formula
+
+        design, intercept = design_from_formula(table, cfg.data.formula, cfg.data.missing)
+        if intercept and not cfg.model.intercept:
+            raise InputError("model.intercept: false conflicts with data.formula, which has an "
+                             "intercept: write '- 1' in the formula instead")
+    else:
+        design = build_design(table, cfg.data.response, cfg.data.covariates, cfg.data.missing)
+    del table  # the columns as read: the design holds its own copy
+    release_reader_memory()
+    if cfg.data.standardize:
+        design = standardize_design(design)
+    return design, intercept, None
+
+
+def thread_count(requested: int | None) -> int:
+    import numba
+
+    available = numba.config.NUMBA_NUM_THREADS
+    if requested is None:
+        return available
+    if requested > available:
+        raise InputError(f"{requested} threads requested but Numba can use at most {available} "
+                         "here: lower --threads (or set NUMBA_NUM_THREADS before starting)")
+    return requested

@@ -1,0 +1,149 @@
+"""The fitted q as a posterior: exact summaries on the natural scale, and draws with the log
+densities the diagnostics need."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+Z95 = 1.6448536269514722  # standard normal 95% quantile
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Posterior summaries of q on the natural scale, one entry per parameter."""
+
+    names: list[str]
+    mean: np.ndarray
+    sd: np.ndarray
+    q5: np.ndarray
+    q50: np.ndarray
+    q95: np.ndarray
+
+
+def natural_summary(model, mean_u: np.ndarray, cov_u: np.ndarray) -> tuple[Summary, np.ndarray,
+                                                                             np.ndarray]:
+    """Exact summaries of q pushed to the natural scale.
+
+    theta = T u + c is Gaussian with mean T m + c and covariance T Sigma T^T; the intercept and
+    coefficients are reported as those normal marginals, sigma = exp(tau) as a log-normal.
+    """
+    mean_t = model.T @ mean_u + model.c
+    cov_t = model.T @ cov_u @ model.T.T
+    sd_t = np.sqrt(np.diag(cov_t))
+    mean, sd = mean_t.copy(), sd_t.copy()
+    q5, q50, q95 = mean_t - Z95 * sd_t, mean_t.copy(), mean_t + Z95 * sd_t
+    if model.has_scale:
+        mu, v = mean_t[-1], cov_t[-1, -1]
+        mean[-1] = math.exp(mu + 0.5 * v)
+        sd[-1] = mean[-1] * math.sqrt(math.expm1(v))
+        q5[-1], q50[-1], q95[-1] = (math.exp(mu - Z95 * sd_t[-1]), math.exp(mu),
+                                    math.exp(mu + Z95 * sd_t[-1]))
+    return Summary(model.param_names, mean, sd, q5, q50, q95), mean_t, cov_t
+
+
+def natural_cov(model, mean_t: np.ndarray, cov_t: np.ndarray) -> np.ndarray:
+    """Covariance of q over the natural parameters (intercept, coefficients, sigma).
+
+    For jointly Gaussian (x, tau), Stein's lemma gives Cov(x, e^tau) = Cov(x, tau) E[e^tau];
+    Var(e^tau) = E[e^tau]^2 (e^v - 1).
+    """
+    cov = cov_t.copy()
+    if model.has_scale:
+        mu, v = mean_t[-1], cov_t[-1, -1]
+        e_sigma = math.exp(mu + 0.5 * v)
+        cov[:-1, -1] = cov[-1, :-1] = cov_t[:-1, -1] * e_sigma
+        cov[-1, -1] = e_sigma**2 * math.expm1(v)
+    return cov
+
+
+def original_scale(model, mean_t: np.ndarray, cov_t: np.ndarray) -> Summary | None:
+    """With data.standardize: the summaries of q for coefficients of the covariates as given.
+
+    beta_j = beta_z,j / sd_j and alpha = alpha_z - sum_j beta_z,j mean_j / sd_j, an affine map A,
+    so the natural parameters stay normal (mean A m, covariance A Sigma A^T); sigma is unchanged.
+    """
+    st = model.design.standardization
+    if st is None:
+        return None
+    mean, sd = np.asarray(st["mean"]), np.asarray(st["sd"])
+    P, off, D = model.n_params, int(model.intercept), model.n_cov
+    A = np.eye(P)
+    A[off:off + D, off:off + D] = np.diag(1.0 / sd)
+    if model.intercept:
+        A[0, off:off + D] = -mean / sd
+    m, cov = A @ mean_t, A @ cov_t @ A.T
+    s = np.sqrt(np.diag(cov))
+    out = Summary(model.param_names, m.copy(), s.copy(), m - Z95 * s, m.copy(), m + Z95 * s)
+    if model.has_scale:  # sigma: log-normal, as in natural_summary
+        mu, v = mean_t[-1], cov_t[-1, -1]
+        out.mean[-1] = math.exp(mu + 0.5 * v)
+        out.sd[-1] = out.mean[-1] * math.sqrt(math.expm1(v))
+        out.q5[-1], out.q50[-1], out.q95[-1] = (math.exp(mu - Z95 * math.sqrt(v)), math.exp(mu),
+                                                math.exp(mu + Z95 * math.sqrt(v)))
+    return out
+
+
+def to_natural(model, U: np.ndarray) -> np.ndarray:
+    """Draws in u to the natural scale (intercept, coefficients, sigma), one row per draw."""
+    theta = model.to_theta(U)
+    if model.has_scale:
+        theta[:, -1] = np.exp(theta[:, -1])
+    return theta
+
+
+@dataclass(frozen=True)
+class Diagnosing:
+    """The optimisation has ended; ``done`` of ``total`` draws from q have had their log joint
+    evaluated over the full data (for the ELBO, k-hat and the output draws)."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class PosteriorDraws:
+    """Draws from the fitted q with what the diagnostics need: log p(y, theta) and log q(theta)
+    over theta = (intercept, coefficients, log sigma), and the PSIS k-hat of their ratios."""
+
+    natural: np.ndarray
+    log_p: np.ndarray
+    log_q: np.ndarray
+    khat: float | None
+    log_weights: np.ndarray | None  # Pareto-smoothed, normalised, for the first psis_draws draws
+    log_ratio_sd: float | None
+    ess: float | None  # relative effective sample size of the smoothed weights
+    elbo: float
+    elbo_se: float
+
+
+def draw_posterior(model, family, phi: np.ndarray, n_draws: int, psis_draws: int,
+                   rng: np.random.Generator) -> Iterator[Diagnosing]:
+    """Draw max(n_draws, psis_draws, 256) from q, evaluate the log joint over the full data for
+    each (one kernel pass per batch of draws, a ``Diagnosing`` event after each), and compute the
+    ELBO and k-hat from them: ``post = yield from draw_posterior(...)``."""
+    from vireg.diagnostics import psis, relative_ess
+
+    M = max(n_draws, psis_draws, 256)
+    eps = rng.standard_normal((M, model.n_params))
+    U = family.sample(phi, eps)
+    log_p = np.empty(M)
+    for start, values in model.log_joint_batches(U):
+        log_p[start:start + values.size] = values
+        yield Diagnosing(start + values.size, M)
+    log_q = family.log_q(phi, eps) - model.log_det_T  # density of q over theta
+    finite = log_p[np.isfinite(log_p)]
+    elbo = float(finite.mean()) + family.entropy(phi) + model.log_det_T
+    elbo_se = float(finite.std(ddof=1) / np.sqrt(finite.size))
+    khat, log_w, ratio_sd, ess = None, None, None, None
+    if psis_draws > 0:
+        log_ratio = log_p[:psis_draws] - log_q[:psis_draws]
+        log_w, khat = psis(log_ratio)
+        khat = float(khat)
+        ratio_sd = float(np.std(log_ratio)) if np.all(np.isfinite(log_ratio)) else float("inf")
+        ess = relative_ess(log_w)
+    return PosteriorDraws(to_natural(model, U), log_p, log_q, khat, log_w, ratio_sd, ess, elbo,
+                          elbo_se)
