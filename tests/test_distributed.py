@@ -32,8 +32,14 @@ def test_dask_backend_matches_the_local_backend_full_batch_and_minibatch(tmp_pat
     config = make_config(tmp_path)
     script = textwrap.dedent(f"""
         import json, numpy as np, vireg
+        from vireg.api import build_model
+        from vireg.config import load_config
+        from vireg.rows import RowSource
         if __name__ == "__main__":
             out = {{}}
+            model = build_model(load_config({str(config)!r}))
+            out["protocol"] = isinstance(model.rows, RowSource)
+            model.rows.close()
             for name, extra in (("dask", []), ("local", ["runtime.backend=local"]),
                                 ("dask_mb", ["inference.batch_size=5000"]),
                                 ("local_mb", ["runtime.backend=local",
@@ -50,6 +56,7 @@ def test_dask_backend_matches_the_local_backend_full_batch_and_minibatch(tmp_pat
     import json
 
     out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["protocol"]  # the Dask rows keep the RowSource contract
     assert out["dask"]["source"] == {"backend": "dask", "partitions": 4, "workers": 2}
     # Partition sums instead of chunk sums: the same numbers up to rounding.
     assert out["dask"]["steps"] == out["local"]["steps"]

@@ -176,3 +176,23 @@ def test_response_among_the_covariates_out_of_core(tmp_path):
     make_data(tmp_path, n=100)
     with pytest.raises(vireg.InputError, match="lists the response 'y'"):
         build_model(load_config(make_config(tmp_path), ["data.covariates=[y, x1]"]))
+
+
+def test_every_row_source_keeps_the_row_source_contract(tmp_path):
+    """Memory and disk-cache rows implement ``RowSource`` (the Dask rows are checked in
+    test_distributed) and answer its questions alike, empty curvature sums included."""
+    from vireg.rows import RowSource
+
+    make_data(tmp_path)
+    mf = ["inference.family=meanfield"]  # both on the standardised columns (not orthogonalised)
+    memory = build_model(load_config(make_config(tmp_path, out_of_core=False), mf))
+    cached = build_model(load_config(make_config(tmp_path), mf))
+    try:
+        for model in (memory, cached):
+            assert isinstance(model.rows, RowSource), type(model.rows).__name__
+        U = np.random.default_rng(0).standard_normal((3, memory.n_params)) * 0.1
+        for a, b in zip(memory.rows.loglik_grad(U), cached.rows.loglik_grad(U), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(memory.rows.loglik(U), cached.rows.loglik(U), rtol=1e-9)
+    finally:
+        cached.rows.close()

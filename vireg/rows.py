@@ -14,10 +14,50 @@ size, fixed by ``set_blocks``; which block a step reads is the caller's choice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from vireg.kernels.flags import chunk_rows_for, use_parallel
+
+
+@runtime_checkable
+class RowSource(Protocol):
+    """The contract every row source keeps (memory, disk cache, Dask workers). U holds S draws
+    in the kernel's layout; G (S x P) and ll (S,) are per-draw sums over the rows, added in a
+    fixed order (bit-identical at any thread count)."""
+
+    n_rows: int
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of minibatch blocks (1 until ``set_blocks``)."""
+
+    def set_blocks(self, batch_size: int, draws_per_step: int) -> None:
+        """Cut the rows into near-equal contiguous blocks of about ``batch_size`` rows; the
+        draws per step may choose how a block is computed (serial or parallel)."""
+
+    def loglik_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(G, ll) over all rows: one pass."""
+
+    def loglik(self, U: np.ndarray) -> np.ndarray:
+        """ll over all rows, without the gradient sums."""
+
+    def block_loglik_grad(self, U: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """(G, ll) over block b only."""
+
+    def logistic_curvature(self, a: float, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """(sum w, Z^T w, Z^T diag(w) Z), w = p (1 - p), p = sigmoid(a + Z b), over all rows
+        (zeros for none)."""
+
+    def describe(self) -> dict:
+        """Where the rows are, for fit.json."""
+
+    def warm_up(self, n_kernel_cols: int) -> None:
+        """Compile the kernels (or load them from the cache) before the first timed step."""
+
+    def close(self) -> None:
+        """Release files, clients and memory."""
 
 
 def logistic_curvature_sums(Z: np.ndarray, a: float, b: np.ndarray
