@@ -91,3 +91,10 @@ def test_formula_replaces_response_and_covariates():
             config_from_dict({**base, "data": {**base["data"], **extra}})
     with pytest.raises(InputError, match="data.response' is required"):
         config_from_dict({"data": {"path": "d.csv"}, "model": {"family": "gaussian"}})
+
+
+def test_set_data_path_to_standard_input_is_the_string_dash():
+    from vireg.config import parse_overrides
+
+    assert parse_overrides(["data.path=-"]) == [(["data", "path"], "-")]
+    assert parse_overrides(["inference.seed=3"]) == [(["inference", "seed"], 3)]

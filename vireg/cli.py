@@ -16,6 +16,11 @@ import typer
 
 import vireg
 
+# vireg bench refuses sizes whose data would need more than BENCH_MAX_GIB: X, its standardised
+# copy and NumPy's temporaries are about BENCH_COPIES_OF_X copies of X.
+BENCH_COPIES_OF_X = 2.5
+BENCH_MAX_GIB = 16
+
 app = typer.Typer(
     help="Bayesian linear and logistic regression by variational inference.",
     add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -174,7 +179,7 @@ def predict(
         else:
             target = Path(out)
             export.check_output_dir(target.parent if str(target.parent) else Path("."))
-            export.write_files(target.parent, {target.name: text})
+            export.write_atomically(target.parent, {target.name: text})
             print(f"wrote {target}", file=sys.stderr)
     except ViregError as exc:
         _fail(str(exc), exc.exit_code)
@@ -274,7 +279,7 @@ def gradvar(
         if out == "-":
             sys.stdout.write(export.gradvar_csv(study))
         elif out is not None:
-            export.write_files(Path(out), {"gradvar.csv": export.gradvar_csv(study),
+            export.write_atomically(Path(out), {"gradvar.csv": export.gradvar_csv(study),
                                            "gradvar.json": export.gradvar_json(study,
                                                                                api.versions())})
     except ViregError as exc:
@@ -322,8 +327,8 @@ def bench(
             _fail(f"{name} must be at least 1, got {value}", 2)
     if threads is not None and threads < 1:
         _fail(f"--threads must be at least 1, got {threads}", 2)
-    gib = n * d * 8 * 2.5 / 2**30  # X, its standardised copy, and NumPy's temporaries
-    if gib > 16:
+    gib = n * d * 8 * BENCH_COPIES_OF_X / 2**30
+    if gib > BENCH_MAX_GIB:
         _fail(f"--n {n} --d {d} needs about {gib:.0f} GiB of memory: choose smaller sizes", 2)
     from vireg.bench import run_bench
 

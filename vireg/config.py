@@ -122,7 +122,6 @@ class Config:
 
 # --- schema -------------------------------------------------------------------------------------
 # Each leaf is (expected type(s), required). The defaults live in the dataclasses above.
-_REQUIRED = object()
 
 SCHEMA: dict[str, Any] = {
     "data": {"path": (str, True), "response": ((str, type(None)), False),
@@ -334,7 +333,9 @@ def parse_overrides(items: list[str]) -> list[tuple[list[str], Any]]:
         if not all(keys):
             raise InputError(f"--set '{item}': the key path '{key}' has an empty part")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            # "-" (standard input, as a path) would read as a YAML list holding null
+            value = (text.strip() if text.strip() == "-"
+                     else yaml.safe_load(text) if text.strip() else None)
         except yaml.YAMLError:
             value = text
         parsed.append((keys, value))

@@ -190,7 +190,6 @@ def gradient_variance(model, family, phi: np.ndarray, draws: int, rng: np.random
         out["estimators"][e] = {
             "trace_cov": trace,
             "ratio_to_reparam": trace / base_trace,
-            "draws_to_match_one_reparam": trace / base_trace,
             "sq_bias": float(np.sum((G.mean(axis=0) - g_ref) ** 2)),
             "sq_bias_noise": trace / G.shape[0] + ref_noise,
             "variances": var,

@@ -84,6 +84,8 @@ RESTART_LR = 0.25
 MAX_RESTARTS = 3
 # Draws for the ELBO of the start (one pass over the rows without the gradient sums).
 START_ELBO_DRAWS = 32
+# The weight of the past in the progress display's moving average of the ELBO.
+ELBO_SMOOTHING = 0.95
 QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
 
 
@@ -404,7 +406,7 @@ def optimise(model, family, icfg, rng: np.random.Generator, laplace,
             continue
         elbo, grad = taken
         trace[step - 1] = elbo
-        smooth = elbo if np.isnan(smooth) else 0.95 * smooth + 0.05 * elbo
+        smooth = elbo if np.isnan(smooth) else ELBO_SMOOTHING * smooth + (1 - ELBO_SMOOTHING) * elbo
         yield Progress(step, elbo, smooth, icfg.max_steps)
         window = rule.add(elbo, grad, opt.phi)
         if window is None:

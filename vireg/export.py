@@ -130,10 +130,10 @@ def write_results(result, out_dir: Path, versions: dict) -> list[Path]:
     }
     if result.summary_original is not None:
         files["summary_original.csv"] = summary_csv(result, result.summary_original)
-    return _write_atomically(out_dir, files)
+    return write_atomically(out_dir, files)
 
 
-def _write_atomically(out_dir: Path, files: dict[str, str]) -> list[Path]:
+def write_atomically(out_dir: Path, files: dict[str, str]) -> list[Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except (OSError, FileExistsError) as exc:
@@ -180,8 +180,3 @@ def gradvar_json(study: dict, versions: dict) -> str:
                          for e, r in study["estimators"].items()}
     doc["versions"] = versions
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
-
-
-def write_files(out_dir: Path, files: dict[str, str]) -> list[Path]:
-    """Write text files into ``out_dir`` atomically (see ``write_results``)."""
-    return _write_atomically(out_dir, files)

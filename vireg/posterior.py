@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 Z95 = 1.6448536269514722  # standard normal 95% quantile
+# Draws for the ELBO after a fit even when none are written out and k-hat is off.
+MIN_DRAWS = 256
 
 
 @dataclass(frozen=True)
@@ -122,12 +124,12 @@ class PosteriorDraws:
 
 def draw_posterior(model, family, phi: np.ndarray, n_draws: int, psis_draws: int,
                    rng: np.random.Generator) -> Iterator[Diagnosing]:
-    """Draw max(n_draws, psis_draws, 256) from q, evaluate the log joint over the full data for
+    """Draw max(n_draws, psis_draws, MIN_DRAWS) from q, evaluate the log joint over the full data for
     each (one kernel pass per batch of draws, a ``Diagnosing`` event after each), and compute the
     ELBO and k-hat from them: ``post = yield from draw_posterior(...)``."""
     from vireg.diagnostics import psis, relative_ess
 
-    M = max(n_draws, psis_draws, 256)
+    M = max(n_draws, psis_draws, MIN_DRAWS)
     eps = rng.standard_normal((M, model.n_params))
     U = family.sample(phi, eps)
     log_p = np.empty(M)

@@ -12,6 +12,9 @@ from vireg.config import Config, as_config, config_from_dict, resolve_inference
 from vireg.errors import InputError
 from vireg.threads import compute_threads
 
+# The gradient study's random stream: apart from the fit's (spawned from the seed alone).
+GRADVAR_STREAM = 7
+
 
 def u_names(model) -> list[str]:
     """Names of the coordinates of u (the standardised parameters q is defined on)."""
@@ -84,7 +87,7 @@ def _gradvar_study(cfg: Config, model, at: str, draws: int, fits: bool, fit_step
         else:
             phi = family.from_dict(doc["variational"])
         t0 = time.perf_counter()
-        rng = np.random.default_rng(np.random.SeedSequence([cfg.inference.seed, 7]))
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.inference.seed, GRADVAR_STREAM]))
         study = gradient_variance(model, family, phi, draws, rng,
                                   batch=max(2, draws_per_step(model, cfg.inference)))
         study["seconds"] = time.perf_counter() - t0

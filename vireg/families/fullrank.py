@@ -36,7 +36,6 @@ from vireg.families.meanfield import HALF_LOG_2PI, HALF_LOG_2PI_E, draw_terms
 
 class FullRank:
     name = "fullrank"
-    default_estimator = "stl"
 
     def __init__(self, n_params: int, origin: np.ndarray | None = None,
                  frame: np.ndarray | None = None, log_det_frame: float = 0.0):

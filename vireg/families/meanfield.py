@@ -47,7 +47,6 @@ def draw_terms(estimator: str, score_u: np.ndarray, f: np.ndarray, g: np.ndarray
 
 class MeanField:
     name = "meanfield"
-    default_estimator = "reparam"
 
     def __init__(self, n_params: int):
         self.P = n_params

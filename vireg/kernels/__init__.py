@@ -1,5 +1,6 @@
 """Every Numba-compiled function, and nothing else: pure functions on arrays, no I/O.
 
-Importing this package compiles (or loads from the on-disk cache) the kernels, so only code paths
-that fit a model import it; ``vireg --help`` never does.
+The kernels are compiled (or loaded from the on-disk cache) when their modules are first
+imported and called, so only code paths that fit a model import them; ``vireg --help`` never
+does.
 """

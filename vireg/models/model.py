@@ -36,6 +36,8 @@ LIKELIHOODS: dict[str, ModuleType] = {"gaussian": gaussian, "bernoulli": bernoul
 # but each pass also pays a read of X; 1,000,000 x 100, logistic, per draw: 3.6 ms with 32 draws
 # per pass, 3.1 ms with 64 (2,000 k-hat draws: 7.2 -> 6.2 s).
 DRAWS_PER_PASS = 64
+# With streamed rows a pass costs a read of the whole cache (or a round of Dask tasks): more draws.
+STREAMED_DRAWS_PER_PASS = 256
 # Orthogonalising the design: through the Cholesky factor of the Gram matrix while its eigenvalues
 # (unit diagonal) are no further apart than this (condition number of the columns below 1e4, so Q
 # is orthonormal to about 1e-8), else by Householder QR; the product Z R^-1 a piece of rows at a time.
@@ -397,7 +399,7 @@ class Model:
         the data (more when the rows are streamed, where a pass costs a read of the whole cache),
         so that a caller can report progress. The data kernel runs without its gradient sums
         (half the arithmetic of a gradient pass)."""
-        batch = batch or (DRAWS_PER_PASS if self.in_memory else 256)
+        batch = batch or (DRAWS_PER_PASS if self.in_memory else STREAMED_DRAWS_PER_PASS)
         for start in range(0, U.shape[0], batch):
             Ub = U[start:start + batch]
             with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
