@@ -196,3 +196,17 @@ def test_every_row_source_keeps_the_row_source_contract(tmp_path):
         np.testing.assert_allclose(memory.rows.loglik(U), cached.rows.loglik(U), rtol=1e-9)
     finally:
         cached.rows.close()
+
+
+def test_out_of_core_takes_every_other_column_when_covariates_are_not_listed(tmp_path):
+    """As in memory: without data.covariates every column but the response is a covariate."""
+    make_data(tmp_path)
+    path = make_config(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    del cfg["data"]["covariates"]
+    path.write_text(yaml.safe_dump(cfg))
+    model = build_model(load_config(path))
+    try:
+        assert model.design.covariates == ["x1", "x2"]
+    finally:
+        model.rows.close()

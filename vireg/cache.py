@@ -97,6 +97,18 @@ def _reader_batches(path: Path, names: list[str], rows_per_batch: int):
 def check_source_columns(path: Path, names: list[str]) -> None:
     """Raise the one-line error of the in-memory reader if a name is not a column of the file
     (header only: the Parquet schema or the CSV's first line)."""
+    _check_columns(path, source_columns(path), names)
+
+
+def default_covariates(path: Path, response: str, covariates: list[str] | None) -> list[str]:
+    """data.covariates as given, or (as in memory) every column of the file but the response."""
+    if covariates is not None:
+        return covariates
+    return [c for c in source_columns(path) if c != response]
+
+
+def source_columns(path: Path) -> list[str]:
+    """The column names of a data file: the Parquet schema, or the CSV's first line."""
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
             import pyarrow.parquet as pq
@@ -106,9 +118,8 @@ def check_source_columns(path: Path, names: list[str]) -> None:
             raise InputError("reading Parquet needs pyarrow: pip install 'vireg[parquet]'") from None
         except Exception as exc:  # pyarrow raises many types for unreadable files
             raise InputError(f"cannot read Parquet file '{path}': {exc}") from None
-    else:
-        header = _csv_header(path)
-    _check_columns(path, header, names)
+        return header
+    return _csv_header(path)
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -203,9 +214,7 @@ class CachedSource:
         if not path.is_file():
             raise InputError(f"data file '{path}' not found: check data.path (relative to the "
                              "config file)")
-        if covariates is None:
-            raise InputError("runtime.out_of_core needs data.covariates listed (the columns to "
-                             "stream)")
+        covariates = default_covariates(path, response, covariates)
         stat = path.stat()
         self.key = CacheKey(str(path.resolve()), stat.st_size, stat.st_mtime_ns, response,
                             tuple(covariates), missing, family, intercept, dtype)

@@ -130,11 +130,12 @@ class DaskSource:
             import dask.dataframe as dd
         except ImportError:
             raise InputError(NEEDS_DASK) from None
-        if covariates is None:
-            raise InputError("runtime.backend: dask needs data.covariates listed")
         if str(path) == "-" or not path.is_file():
             raise InputError(f"data file '{path}' not found: check data.path (relative to the "
                              "config file)")
+        from vireg.cache import default_covariates
+
+        covariates = default_covariates(path, response, covariates)
         self.names = [response, *covariates]
         self.family = family
         binary = family == "bernoulli"
