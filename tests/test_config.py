@@ -98,3 +98,30 @@ def test_set_data_path_to_standard_input_is_the_string_dash():
 
     assert parse_overrides(["data.path=-"]) == [(["data", "path"], "-")]
     assert parse_overrides(["inference.seed=3"]) == [(["inference", "seed"], 3)]
+
+
+def test_the_configuration_reference_matches_the_schema():
+    """docs/configuration.md's example config uses only keys the schema has, and the page names
+    every key the schema has (the schema is the dataclasses of vireg.config)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from vireg.config import SCHEMA
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", page, re.S).group(1))
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict) and key != "overrides":
+                yield from leaves(value, path + ".")
+            else:
+                yield path
+
+    schema_keys = set(leaves(SCHEMA))
+    assert set(leaves(example)) <= schema_keys, set(leaves(example)) - schema_keys
+    missing = [k for k in schema_keys if k.rsplit(".", 1)[-1] not in page]
+    assert not missing, missing

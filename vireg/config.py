@@ -9,9 +9,12 @@ Paths inside a config file are relative to the folder of that file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import math
 import os
+import types
+import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -121,36 +124,44 @@ class Config:
 
 
 # --- schema -------------------------------------------------------------------------------------
-# Each leaf is (expected type(s), required). The defaults live in the dataclasses above.
+# One schema: the dataclasses above. Each leaf of SCHEMA is (expected type(s), required), read from
+# a field's annotation (X | None allows null) and whether it has a default.
 
-SCHEMA: dict[str, Any] = {
-    "data": {"path": (str, True), "response": ((str, type(None)), False),
-             "covariates": ((list, type(None)), False), "formula": ((str, type(None)), False),
-             "missing": (str, False),
-             "standardize": (bool, False)},
-    "model": {
-        "family": (str, True),
-        "intercept": (bool, False),
-        "sigma": ((float, type(None)), False),
-        "prior": {"intercept": (str, False), "coefficients": (str, False),
-                  "sigma": ((str, type(None)), False),
-                  "overrides": (dict, False)},
-    },
-    "inference": {
-        "family": (str, False), "estimator": ((str, type(None)), False), "samples": ((int, str), False),
-        "max_steps": (int, False), "learning_rate": (float, False),
-        "tolerance": (float, False), "window": (int, False), "seed": (int, False),
-        "dtype": (str, False), "batch_size": ((int, type(None)), False),
-        "control_variate": (bool, False), "quadratic_cv": ((bool, str), False),
-    },
-    "output": {"dir": ((str, type(None)), False), "draws": (int, False),
-               "psis_draws": (int, False), "psis": (bool, False)},
-    "runtime": {"threads": ((int, type(None)), False), "out_of_core": (bool, False),
-                "cache_dir": ((str, type(None)), False), "memory_mb": (int, False),
-                "backend": (str, False), "scheduler": (str, False),
-                "partitions": ((int, type(None)), False)},
-}
-_REQUIRED_SECTIONS = ("data", "model")
+
+def _runtime_types(annotation: Any) -> Any:
+    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    if not args:
+        return typing.get_origin(annotation) or annotation
+    return tuple(typing.get_origin(a) or a for a in args)
+
+
+def _schema_of(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "base_dir":
+            continue
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            out[f.name] = _schema_of(t)
+        else:
+            required = (f.default is dataclasses.MISSING
+                        and f.default_factory is dataclasses.MISSING)
+            out[f.name] = (_runtime_types(t), required)
+    return out
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The default of every field of a config section that has one."""
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+SCHEMA: dict[str, Any] = _schema_of(Config)
+_REQUIRED_SECTIONS = tuple(f.name for f in dataclasses.fields(Config)
+                           if f.default is dataclasses.MISSING
+                           and f.default_factory is dataclasses.MISSING)
 
 
 def _type_name(t: Any) -> str:
@@ -211,14 +222,24 @@ def _validate(raw: Any, schema: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def _check_values(d: dict[str, Any]) -> None:
-    """Checks that go beyond types: allowed names, positive counts and rates."""
-    fam = d["model"]["family"]
+    """Checks that go beyond types: allowed names, positive counts and rates, and options that
+    exclude each other; each section with its defaults filled in (from the dataclasses)."""
+    runtime = {**_defaults(RuntimeConfig), **d.get("runtime", {})}
+    _check_model(d["model"])
+    _check_inference({**_defaults(InferenceConfig), **d.get("inference", {})})
+    _check_output({**_defaults(OutputConfig), **d.get("output", {})})
+    _check_runtime(runtime)
+    _check_data({**_defaults(DataConfig), **d["data"]}, streamed=bool(
+        runtime["out_of_core"] or runtime["backend"] == "dask"))
+
+
+def _check_model(model: dict[str, Any]) -> None:
+    fam = model["family"]
     if fam not in FAMILY_ALIASES:
         close = difflib.get_close_matches(fam, list(FAMILY_ALIASES), n=1, cutoff=0.5)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise InputError(f"model.family '{fam}' is not known{hint}: use gaussian (alias linear) or "
                          "bernoulli (alias logistic)")
-    model = d["model"]
     gaussian = FAMILY_ALIASES[fam] == "gaussian"
     if model.get("sigma") is not None:
         if not gaussian:
@@ -232,24 +253,31 @@ def _check_values(d: dict[str, Any]) -> None:
     if not gaussian and model.get("prior", {}).get("sigma") is not None:
         raise InputError("model.prior.sigma applies only to family gaussian (a bernoulli model has "
                          "no noise scale): remove it")
-    inf = d.get("inference", {})
-    vf = inf.get("family", "auto")
+    overrides = model.get("prior", {}).get("overrides", {})
+    for name, value in overrides.items():
+        if not isinstance(value, str):
+            raise InputError(f"model.prior.overrides.{name} must be a prior string such as "
+                             f"'normal(0, 1)', got {value!r}")
+
+
+def _check_inference(inf: dict[str, Any]) -> None:
+    vf = inf["family"]
     if vf not in (*VARIATIONAL_FAMILIES, "auto"):
         raise InputError(f"inference.family '{vf}' is not available: use one of "
                          f"{', '.join(VARIATIONAL_FAMILIES)} or auto")
     est = inf.get("estimator") or DEFAULT_ESTIMATOR.get(vf)
     if est is not None and est not in ESTIMATORS:
         raise InputError(f"inference.estimator '{est}' is not known: use one of {', '.join(ESTIMATORS)}")
-    if inf.get("dtype", "float64") not in ("float64", "float32"):
+    if inf["dtype"] not in ("float64", "float32"):
         raise InputError(f"inference.dtype '{inf['dtype']}' is not known: use float64 or float32")
-    qcv = inf.get("quadratic_cv", "auto")
+    qcv = inf["quadratic_cv"]
     if isinstance(qcv, str) and qcv != "auto":
         raise InputError(f"inference.quadratic_cv must be true, false or auto, got {qcv!r}")
     if qcv is True and est is not None and est != "reparam":
         raise InputError(f"inference.quadratic_cv applies to the reparam estimator, not {est} "
                          "(stl already cancels the same noise for full-rank; score uses no "
                          "gradient): set inference.estimator: reparam or remove quadratic_cv")
-    samples = inf.get("samples", "auto")
+    samples = inf["samples"]
     if isinstance(samples, str) and samples != "auto":
         raise InputError(f"config key 'inference.samples' must be an integer or auto, got "
                          f"{samples!r}")
@@ -260,66 +288,67 @@ def _check_values(d: dict[str, Any]) -> None:
     for key, lo in positive.items():
         if inf.get(key) is not None and inf[key] != "auto" and inf[key] < lo:
             raise InputError(f"inference.{key} must be at least {lo}, got {inf[key]}")
-    if inf.get("learning_rate", 0.5) > 1:
+    if inf["learning_rate"] > 1:
         raise InputError(f"inference.learning_rate is the fraction of the way to the optimum "
                          f"that a step goes, at most 1, got {inf['learning_rate']}")
     for key in ("learning_rate", "tolerance"):
         if key in inf and not inf[key] > 0:
             raise InputError(f"inference.{key} must be a positive number, got {inf[key]}")
-    if inf.get("seed", 0) < 0:
+    if inf["seed"] < 0:
         raise InputError(f"inference.seed must be a non-negative integer, got {inf['seed']}")
-    out = d.get("output", {})
-    if out.get("draws", 0) < 0:
+
+
+def _check_output(out: dict[str, Any]) -> None:
+    if out["draws"] < 0:
         raise InputError(f"output.draws must be zero or more, got {out['draws']}")
-    psis_draws = out.get("psis_draws", OutputConfig.psis_draws)
+    psis_draws = out["psis_draws"]
     if psis_draws != 0 and psis_draws < 100:
         raise InputError(f"output.psis_draws must be 0 (off) or at least 100, got {psis_draws}")
     if out.get("psis") and psis_draws == 0:
         raise InputError("output.psis: true needs output.psis_draws > 0 (the weighted draws)")
-    threads = d.get("runtime", {}).get("threads")
+
+
+def _check_runtime(runtime: dict[str, Any]) -> None:
+    threads = runtime["threads"]
     if threads is not None and threads < 1:
         raise InputError(f"runtime.threads must be at least 1, got {threads}")
-    runtime = d.get("runtime", {})
-    if runtime.get("memory_mb", 256) < 1:
+    if runtime["memory_mb"] < 1:
         raise InputError(f"runtime.memory_mb must be at least 1, got {runtime['memory_mb']}")
     if runtime.get("partitions") is not None and runtime["partitions"] < 1:
         raise InputError(f"runtime.partitions must be at least 1, got {runtime['partitions']}")
-    backend = runtime.get("backend", "local")
+    backend = runtime["backend"]
     if backend not in ("local", "dask"):
         raise InputError(f"runtime.backend '{backend}' is not known: use local or dask")
     if backend == "dask" and runtime.get("out_of_core"):
         raise InputError("runtime.out_of_core applies to the local backend (Dask workers keep "
                          "their partitions in their own memory): remove one of them")
-    data = d["data"]
+
+
+def _check_data(data: dict[str, Any], streamed: bool) -> None:
     if data.get("formula") is not None:
         clash = [k for k in ("response", "covariates") if data.get(k) is not None]
         if clash:
             raise InputError(f"data.formula names the response and covariates: remove "
                              f"data.{' and data.'.join(clash)}")
-        if runtime.get("out_of_core") or backend == "dask":
+        if streamed:
             raise InputError("data.formula is not available with runtime.out_of_core or the "
                              "Dask backend: list data.response and data.covariates (numeric "
                              "columns)")
     elif data.get("response") is None:
         raise InputError("config key 'data.response' is required (or give data.formula): add it "
                          "to the config")
-    if (runtime.get("out_of_core") or backend == "dask") and data.get("standardize"):
+    if streamed and data["standardize"]:
         raise InputError("data.standardize is not available with runtime.out_of_core or the "
                          "Dask backend: z-score the columns beforehand or fit in memory")
-    if d["data"].get("missing", "error") not in ("error", "drop"):
-        raise InputError(f"data.missing '{d['data']['missing']}' is not known: use error or drop")
-    covs = d["data"].get("covariates")
+    if data["missing"] not in ("error", "drop"):
+        raise InputError(f"data.missing '{data['missing']}' is not known: use error or drop")
+    covs = data["covariates"]
     if covs is not None:
         if not all(isinstance(c, str) for c in covs):
             raise InputError("data.covariates must be a list of column names (strings)")
         if len(set(covs)) != len(covs):
             dup = next(c for c in covs if covs.count(c) > 1)
             raise InputError(f"data.covariates lists '{dup}' twice: list each column once")
-    overrides = d["model"].get("prior", {}).get("overrides", {})
-    for name, value in overrides.items():
-        if not isinstance(value, str):
-            raise InputError(f"model.prior.overrides.{name} must be a prior string such as "
-                             f"'normal(0, 1)', got {value!r}")
 
 
 def parse_overrides(items: list[str]) -> list[tuple[list[str], Any]]:
@@ -369,12 +398,13 @@ def config_from_dict(raw: Any, base_dir: str | Path = ".",
     model = dict(d["model"])
     model["family"] = FAMILY_ALIASES[model["family"]]
     model["prior"] = PriorConfig(**model.get("prior", {}))
+    inf = d.get("inference", {})
     return Config(
         data=DataConfig(**d["data"]),
         model=ModelConfig(**model),
-        inference=InferenceConfig(**{**d.get("inference", {}), "estimator": d.get(
-            "inference", {}).get("estimator") or DEFAULT_ESTIMATOR.get(d.get("inference", {}).get(
-                "family", "auto"))}),
+        inference=InferenceConfig(**{**inf, "estimator": inf.get("estimator")
+                                     or DEFAULT_ESTIMATOR.get(inf.get("family",
+                                                                      InferenceConfig.family))}),
         output=OutputConfig(**d.get("output", {})),
         runtime=RuntimeConfig(**d.get("runtime", {})),
         base_dir=str(base_dir),
