@@ -62,6 +62,19 @@ class FitResult:
     diagnostics_seconds: float
     extras: dict = field(default_factory=dict)
 
+    def warnings(self) -> list[str]:
+        """What a user must be told of this fit: a k-hat above its threshold (with advice for
+        the fit's variational family), and why it did not converge."""
+        from vireg.diagnostics import KHAT_BAD, khat_message
+
+        out = []
+        if self.khat is not None and not self.khat <= KHAT_BAD:
+            out.append(khat_message(self.khat, self.log_ratio_sd, self.psis_ess,
+                                    self.config.inference.family))
+        if not self.converged:
+            out.append(f"warning: {self.reason}")
+        return out
+
     def summary_rows(self, summary: Summary | None = None) -> list[dict]:
         """One dict per parameter; ``summary`` defaults to the main one (see summary_original)."""
         s = summary or self.summary

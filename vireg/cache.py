@@ -234,9 +234,7 @@ class CachedSource:
         else:
             self._meta = None
             self.moments, self.dropped = self._first_pass(cache_dir)
-        self.design = Design(y=np.empty(0), X=np.empty((0, len(covariates))), response=response,
-                             covariates=list(covariates), dropped_rows=self.dropped,
-                             sources=list(covariates), encodings={})
+        self.design = Design.names_only(response, covariates, self.dropped)
 
     def _buffer_rows(self, n_cols: int) -> int:
         # One buffer of rows of the cached dtype within memory_mb (the cache build holds a

@@ -84,29 +84,32 @@ def fit(
 
 
 def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bool) -> int:
-    import numpy as np
-
     from vireg import api, export
     from vireg.config import load_config
-    from vireg.engine import Progress
-    from vireg.errors import InputError
     from vireg.render import FitDisplay
 
     cfg = load_config(config_path, overrides)
-    if out is not None and not out.strip():
-        raise InputError("--out needs a folder name, or '-' for standard output")
-    if out == "-":
-        out_dir = None
-    elif out is not None:
-        out_dir = Path(out)
-    elif cfg.output.dir is not None:
-        out_dir = cfg.resolve_path(cfg.output.dir)
-    else:
-        out_dir = Path("runs") / config_path.stem
-
+    out_dir = export.output_dir(out, cfg, config_path)
     if out_dir is not None:
         export.check_output_dir(out_dir)
     display = FitDisplay(enabled=not quiet)
+    result = _fit_with_display(cfg, display)
+    if out_dir is None:
+        sys.stdout.write(export.summary_csv(result))
+        sys.stdout.flush()
+    else:
+        export.write_results(result, out_dir, api.versions())
+    display.finish(result, out_dir)
+    for line in result.warnings():
+        print(line, file=sys.stderr)
+    return 0 if result.converged else 1
+
+
+def _fit_with_display(cfg, display):
+    """Run the fit, showing its events; Ctrl-C between steps ends it with exit code 130."""
+    from vireg import api
+    from vireg.engine import Progress
+
     result = None
     step = 0
     try:
@@ -135,22 +138,7 @@ def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bo
         raise SystemExit(130) from None
     finally:
         display.stop()
-
-    if out_dir is None:
-        sys.stdout.write(export.summary_csv(result))
-        sys.stdout.flush()
-    else:
-        export.write_results(result, out_dir, api.versions())
-    display.finish(result, out_dir)
-    from vireg.diagnostics import KHAT_BAD, khat_message
-
-    if result.khat is not None and (result.khat > KHAT_BAD or not np.isfinite(result.khat)):
-        print(khat_message(result.khat, result.log_ratio_sd, result.psis_ess,
-                           result.config.inference.family), file=sys.stderr)
-    if not result.converged:
-        print(f"warning: {result.reason}", file=sys.stderr)
-        return 1
-    return 0
+    return result
 
 
 @app.command()

@@ -53,6 +53,13 @@ class Design:
     standardization: dict | None = None  # {"mean": [...], "sd": [...]} when data.standardize
     formula: dict | None = None  # data.formula: what vireg.formula.formula_columns needs (JSON)
 
+    @classmethod
+    def names_only(cls, response: str, covariates: list[str], dropped_rows: int) -> Design:
+        """A design whose rows live elsewhere (a disk cache, Dask workers): names, no values."""
+        return cls(y=np.empty(0), X=np.empty((0, len(covariates))), response=response,
+                   covariates=list(covariates), dropped_rows=dropped_rows,
+                   sources=list(covariates), encodings={})
+
 
 def read_table(path: Path) -> Table:
     """Read a CSV (or, with pyarrow installed, a Parquet) file into columns; ``-`` reads a CSV

@@ -95,7 +95,7 @@ def _partial_sums(parts, U, family: str, intercept: bool, draws: int, with_grad:
     import numba
 
     from vireg.kernels.flags import chunk_rows_for, use_parallel
-    from vireg.models.model import LIKELIHOODS
+    from vireg.rows import data_kernel
 
     try:
         from distributed import get_worker
@@ -107,7 +107,7 @@ def _partial_sums(parts, U, family: str, intercept: bool, draws: int, with_grad:
     out = []
     for Z, y in parts:
         n, d = Z.shape
-        kernel = LIKELIHOODS[family].loglik_grad_kernel(use_parallel(n, d, draws))
+        kernel = data_kernel(family, use_parallel(n, d, draws))
         out.append(kernel(Z, y, U, intercept, chunk_rows_for(n, d), with_grad))
     return out
 
@@ -178,9 +178,7 @@ class DaskSource:
             self.close()
             raise InputError(f"data file '{path}' has no rows to fit")
         self.moments, self.dropped = moments, dropped
-        self.design = Design(y=np.empty(0), X=np.empty((0, len(covariates))), response=response,
-                             covariates=list(covariates), dropped_rows=dropped,
-                             sources=list(covariates), encodings={})
+        self.design = Design.names_only(response, covariates, dropped)
 
     def standardize(self, x_centre, x_scale, y_centre, y_scale, intercept, dtype, draws_per_step,
                     likelihood):

@@ -180,3 +180,17 @@ def gradvar_json(study: dict, versions: dict) -> str:
                          for e, r in study["estimators"].items()}
     doc["versions"] = versions
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def output_dir(out: str | None, cfg, config_path: Path) -> Path | None:
+    """Where a fit's files go: ``--out`` (None for "-": standard output), else output.dir
+    (relative to the config file), else runs/<config name> under the current folder."""
+    if out is not None and not out.strip():
+        raise InputError("--out needs a folder name, or '-' for standard output")
+    if out == "-":
+        return None
+    if out is not None:
+        return Path(out)
+    if cfg.output.dir is not None:
+        return cfg.resolve_path(cfg.output.dir)
+    return Path("runs") / Path(config_path).stem

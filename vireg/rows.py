@@ -60,6 +60,16 @@ class RowSource(Protocol):
         """Release files, clients and memory."""
 
 
+def data_kernel(likelihood: str, parallel: bool):
+    """The data kernel of a likelihood by name ("gaussian" or "bernoulli"): the parallel build,
+    or the serial one for data too small to pay for waking the thread pool."""
+    from vireg.kernels import likelihood as kernels
+
+    builds = {"bernoulli": (kernels.bernoulli_loglik_grad, kernels.bernoulli_loglik_grad_serial),
+              "gaussian": (kernels.gaussian_loglik_grad, kernels.gaussian_loglik_grad_serial)}
+    return builds[likelihood][0 if parallel else 1]
+
+
 def logistic_curvature_sums(Z: np.ndarray, a: float, b: np.ndarray
                             ) -> tuple[float, np.ndarray, np.ndarray]:
     """(sum w, Z^T w, Z^T diag(w) Z) over some rows, in float64, with w = p (1 - p) and

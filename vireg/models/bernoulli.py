@@ -28,9 +28,9 @@ def response_scaling_from_moments(mean: float, sd: float, intercept: bool) -> tu
 
 
 def loglik_grad_kernel(parallel: bool):
-    from vireg.kernels import likelihood
+    from vireg.rows import data_kernel
 
-    return likelihood.bernoulli_loglik_grad if parallel else likelihood.bernoulli_loglik_grad_serial
+    return data_kernel("bernoulli", parallel)
 
 
 def separation(Z1: np.ndarray, y: np.ndarray, max_iter: int = 50) -> str | None:

@@ -32,6 +32,6 @@ def response_scaling_from_moments(mean: float, sd: float, intercept: bool) -> tu
 
 
 def loglik_grad_kernel(parallel: bool):
-    from vireg.kernels import likelihood
+    from vireg.rows import data_kernel
 
-    return likelihood.gaussian_loglik_grad if parallel else likelihood.gaussian_loglik_grad_serial
+    return data_kernel("gaussian", parallel)
