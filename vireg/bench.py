@@ -157,20 +157,27 @@ def run_bench(model: str = "logistic", family: str = "meanfield", n: int = 100_0
     tol = 1e-8 if dtype == "float64" else 1e-4
     agree = bool(np.allclose(G_np, G_nb, rtol=tol, atol=tol * np.abs(G_np).max())
                  and np.allclose(ll_np, ll_nb, rtol=tol * 1e-2))
-    x_bytes = m.rows.Z.nbytes
-    bandwidth = x_bytes / (read_ms * 1e-3) / 1e9
-    roofline_ms = read_ms
-    gflop_s = matmul_gflop_s()
-    compute_roofline_ms = kernel_flops(n, d, samples) / (gflop_s * 1e9) * 1e3
     return {
         "model": model, "family": family, "estimator": estimator, "n": n, "d": d,
         "samples": samples, "dtype": dtype, "threads": threads, "steps": steps,
         "ms_per_step": ms, "numpy_ms_per_step": numpy_ms, "speedup_vs_numpy": numpy_ms / ms,
-        "bandwidth_gb_s": bandwidth, "x_bytes": x_bytes, "roofline_ms_per_step": roofline_ms,
+        **_rooflines(ms, read_ms, m.rows.Z.nbytes, kernel_flops(n, d, samples)),
+        "compile_s": compile_s, "kernel_matches_numpy": agree,
+        "parallel_kernel": m.rows.parallel,
+    }
+
+
+def _rooflines(ms: float, read_ms: float, x_bytes: int, flops: float) -> dict:
+    """The step against the machine's limits: a streaming read of X (memory) and the float64
+    matrix-product rate (arithmetic)."""
+    roofline_ms = read_ms
+    gflop_s = matmul_gflop_s()
+    compute_roofline_ms = flops / (gflop_s * 1e9) * 1e3
+    return {
+        "bandwidth_gb_s": x_bytes / (read_ms * 1e-3) / 1e9, "x_bytes": x_bytes,
+        "roofline_ms_per_step": roofline_ms,
         "efficiency": roofline_ms / ms, "matmul_gflop_s": gflop_s,
         "compute_roofline_ms_per_step": compute_roofline_ms,
         "compute_efficiency": compute_roofline_ms / ms,
         "bound": "memory" if roofline_ms >= compute_roofline_ms else "compute",
-        "compile_s": compile_s, "kernel_matches_numpy": agree,
-        "parallel_kernel": m.rows.parallel,
     }

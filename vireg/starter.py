@@ -24,6 +24,14 @@ def _numeric_columns(table) -> tuple[list[str], list[str], dict[str, np.ndarray]
     return numeric, other, values
 
 
+def _guess_family(y: np.ndarray, response: str, notes: list[str]) -> str:
+    family = "bernoulli" if np.all((y == 0) | (y == 1)) else "gaussian"
+    notes.append(f"family guessed from '{response}': "
+                 + ("its values are all 0 or 1" if family == "bernoulli"
+                    else "it is not a 0/1 column"))
+    return family
+
+
 def starter_config(data: Path | None, response: str | None, family: str | None,
                    config_path: Path) -> str:
     """The text of a starter config; paths in it are relative to ``config_path``'s folder."""
@@ -47,11 +55,7 @@ def starter_config(data: Path | None, response: str | None, family: str | None,
             raise InputError(f"--response '{response}' is not numeric in '{data}': choose a "
                              "numeric column")
         if family is None:
-            y = values[response]
-            family = "bernoulli" if np.all((y == 0) | (y == 1)) else "gaussian"
-            notes.append(f"family guessed from '{response}': "
-                         + ("its values are all 0 or 1" if family == "bernoulli"
-                            else "it is not a 0/1 column"))
+            family = _guess_family(values[response], response, notes)
         covariates = [c for c in numeric if c != response]
         if other:
             notes.append("not numeric, left out (encode categories as 0/1 columns): "
