@@ -20,7 +20,7 @@ def chunk_rows_for(n_rows: int, n_cols: int) -> int:
     """Rows per parallel chunk, fixed by the data shape alone (never by the thread count).
 
     About 256 KiB of X per chunk: large enough to amortise the per-chunk partials, small enough to
-    give both cores work on moderate data.
+    give every core work on moderate data.
     """
     rows = TARGET_CHUNK_BYTES // (8 * max(n_cols, 1))
     return int(min(max(rows, 256), 2048))

@@ -18,67 +18,27 @@ bit-identical at any thread count.
 
 Within a chunk, rows go in blocks (``block_rows_for``), in three steps while the block is in L1:
 
-1. ``linear_predictors``: eta (rows x draws) = a + Z_block B^T. With four or more draws it is
-   register-blocked four rows by four draws: 16 running sums, each load of z serving four draws
-   and each load of b four rows (loads, not arithmetic, bound a plain dot product here); each
-   whole group of eight draws goes through ``simd.eta_4rows_8draws`` (the draws in vector lanes,
-   written as LLVM IR): against the 4x4 loops, alternated in one process
-   (``bench/kernel_ab.py``), 100,000 x 50, S = 8: 4.75 -> 4.34 ms per kernel pass; D = 100: 11.1
-   -> 10.0 ms; the 32-draw pass of the ELBO and k-hat draws at 1,000,000 x 100: 179 -> 153 ms.
-2. the likelihood's elementwise work on the contiguous rows x draws buffer (residuals; for the
-   logistic model the sigmoid and softplus) and the block's per-draw sums. When S is a multiple
-   of eight, ``simd.bernoulli_rows_8draws`` (and its Gaussian and no-gradient versions) does both
-   with the draws in vector lanes: an exp from the exponent bits and a degree-12 polynomial, a
-   log1p on a reduced range, one division for both quotients, and the sums kept in registers
-   (before: a strided loop over each draw's column of the block, 6% of a step): 100,000 x 50,
-   S = 8: 3.65 -> 3.31 ms per pass (float32 rows 5.04 -> 4.25; linear 2.55 -> 2.39); the 32-draw
-   pass without gradient at 1,000,000 x 100: 154 -> 129 ms. Otherwise one flat, branch-free loop
-   over the buffer, which LLVM vectorises (``elementary``).
-3. ``accumulate_gradient``: G (draws x D) += Q_block^T Z_block, blocked the same way, so each
-   load and store of a gradient sum serves four rows; each whole group of eight draws goes
-   through ``simd.grad_4rows_8draws`` into a transposed D x 8 accumulator, added into G at the
-   end of the chunk: 100,000 x 50, S = 8: 4.05 -> 3.54 ms per pass against the linear predictors
-   alone in IR (5.7 -> 4.4 ms against neither); D = 100, S = 16: 16.0 -> 15.2 ms.
+1. ``linear_predictors``: eta (rows x draws) = a + Z_block B^T, register-blocked four rows by four
+   draws with four or more draws (each load of z serves four draws, each load of b four rows),
+   each whole group of eight draws through ``simd.eta_4rows_8draws`` (draws in vector lanes).
+2. the likelihood's elementwise work on the rows x draws buffer (residuals; for the logistic
+   model the sigmoid and softplus) and the block's per-draw sums: for whole groups of eight draws
+   ``simd.bernoulli_rows_8draws`` and its Gaussian and no-gradient versions (vector exp and log1p
+   of ``simd``), otherwise one flat, branch-free loop that LLVM vectorises (``elementary``).
+3. ``accumulate_gradient``: G (draws x D) += Q_block^T Z_block, blocked the same way; groups of
+   eight draws through ``simd.grad_4rows_8draws`` into a transposed D x 8 accumulator.
 
-With fewer than four draws a step is bound by memory bandwidth, not arithmetic, and the blocked
-loops measured slower (1,000,000 x 100, S = 1), so rows are then taken one at a time, in blocks of
-about FEW_DRAWS_BLOCK_BYTES instead of BLOCK_ROWS rows: the gradient step re-reads the block from
-L1 while the rows after it stream in, and a 25.6 KB block of 32 rows of 100 doubles left too little
-of the 32 KB L1 for both. Measured with the two block sizes alternated in one process (fastest of 5
-x 7 calls, S = 1, 2 threads): 1,000,000 x 100 logistic 31.1 -> 25.8 ms (float32 21.8 -> 18.1),
-linear 31.8 -> 27.8, S = 2 46.0 -> 40.3; 1,000,000 x 50 19.7 -> 14.9; 4,000,000 x 10 unchanged
-(27.6, 32-row blocks either way). With two draws (the default with the quadratic control
-variate) both draws share each pass over a row, in the linear predictors and the gradient sums:
-100,000 x 50: 2.30 -> 2.04 and 2.17 -> 1.92 ms per pass (two runs); 1,000,000 x 100 float32
-24.2 -> 20.5 ms, float64 33.8 -> 33.3 ms (bound by the read of X); S = 1 unchanged (a general
-pairs-of-draws loop for any S < 4 measured 4-9% slower at S = 1, float32, from its code shape
-alone, so the paths are for S = 2 only). With four or more draws a block takes microseconds of
-arithmetic while the hardware prefetcher idles, so the next block arrives at the memory latency
-(one thread, 100,000 x 50, S = 8: 111 ns per row from memory against 79 from L2): the kernels hint
-the next block's lines after each block's linear predictors (``prefetch_next_block``): 100,000 x
-50, S = 8: 5.4 -> 4.9 ms (linear 4.4 -> 4.0), 1,000,000 x 100, S = 8: 109 -> 94 ms. Tried and not
-kept: the same hints with fewer draws (gains and losses of 10% by shape), and computing the next
-block's linear predictors before this block's sums so that the CPU overlaps them with the
-sigmoid's dependency chains (30.7 -> 40.2 ms).
-Tried and not kept, each against the kept kernel alternated in one process: rows in
-tiles of eight below four draws (columns in vector lanes, one transposing sum per tile, written in
-IR): 15% less arithmetic with the rows in cache, but reading eight rows side by side defeated the
-hardware prefetcher (one thread from memory, 1,000,000 x 100, S = 1: 55 -> 109 ns per row; 61
-with the prefetch hint; two threads 29.7 -> 30.7 ms); two or four rows side by side in the linear
-predictors below four draws (float64 28.8 -> 53.8 and 54.5 ms, for the same reason); the vector
-elementwise step with eight consecutive buffer elements in the lanes for S = 1, 2, 4 (float32 S
-= 1: 15.4 -> 15.1 ms, S = 2: 33.7 -> 32.9 ms, within the noise); widening float32 rows below four
-draws (2.5x slower); copying float64 blocks at S = 8 (2.9 -> 3.4 ms); 64-byte alignment of the
-vector buffers (no change).
-Earlier, on the development machine (2 threads, float64, fastest of 5 x 7 calls in one run), against
-the previous kernel (blocked four rows by one draw): logistic 1,000,000 x 100, S = 1: 37.0 -> 31.0
-ms (a streaming read of X: 22.5 ms); 100,000 x 50, S = 8: 6.5 -> 5.3 ms; linear 29.6 -> 29.9 ms
-and 4.7 -> 4.3 ms. The S = 1 gain came from the reduction (``_reduce_chunks``).
+With fewer than four draws a step is bound by memory bandwidth, so rows are taken one at a time
+in blocks of about FEW_DRAWS_BLOCK_BYTES (small enough that the gradient step re-reads the block
+from L1 while the next rows stream in); with two draws both share each pass over a row. With
+four or more draws a block's arithmetic outlasts the hardware prefetcher, so the kernels hint the
+next block's lines (``prefetch_next_block``). The measurements behind each of these choices, and
+what was tried and not kept, are in docs/performance.md ("The data kernel's structure").
 
 Each kernel is compiled twice from the same source: ``parallel=True`` and a serial build for data
-too small to pay for waking the thread pool (measured: a 434-row fit took 8 s instead of 0.3 s when
-another process held the cores, because every step waited on the pool). ``flags.use_parallel``
-chooses between them from the data shape alone, never from the thread count. The serial build is a
+too small to pay for waking the thread pool (a 434-row fit took 8 s instead of 0.3 s when another
+process held the cores, because every step waited on the pool). ``flags.use_parallel`` chooses
+between them from the data shape alone, never from the thread count. The serial build is a
 renamed copy (``_renamed``), so that the two are cached apart.
 """
 
