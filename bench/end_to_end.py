@@ -40,7 +40,7 @@ def main() -> None:
     design = build_design(table, cfg.data.response, cfg.data.covariates, cfg.data.missing)
     times["design_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    model = model_of(cfg, design, cfg.model.intercept, None)
+    cfg, model = model_of(cfg, design, cfg.model.intercept, None)
     times["model_setup_s"] = time.perf_counter() - t
     result = None
     for event in api.fit_model(cfg, model):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from vireg.assemble import build_model, thread_count
-from vireg.config import Config, as_config, resolve_inference
+from vireg.assemble import build, build_model, thread_count
+from vireg.config import Config, as_config
 from vireg.posterior import (
     Diagnosing,
     Summary,
@@ -116,7 +116,7 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
     ``Diagnosing`` events, then ``Finished``."""
     cfg = as_config(config, overrides)
     yield Preparing("reading the data")
-    model = build_model(cfg)
+    cfg, model = build(cfg)
     try:
         yield from fit_model(cfg, model)
     finally:
@@ -124,14 +124,10 @@ def iter_fit(config: Config | dict | str | Path, overrides: list[str] | None = N
 
 
 def fit_model(cfg: Config, model) -> Iterator[object]:
-    """Fit an assembled model (``assemble.build_model``): the events of ``iter_fit`` from
-    "loading the kernels" on."""
-    from vireg import engine
+    """Fit an assembled model with its settled config (``assemble.build``): the events of
+    ``iter_fit`` from "loading the kernels" on."""
 
     threads = thread_count(cfg.runtime.threads)
-    cfg = resolve_inference(cfg, model.n_params)
-    cfg = replace(cfg, inference=replace(cfg.inference,
-                                         samples=engine.draws_per_step(model, cfg.inference)))
     opt_seq, draw_seq, block_seq = np.random.SeedSequence(cfg.inference.seed).spawn(3)
     minibatch = _minibatch(cfg, model, np.random.default_rng(block_seq))
     with compute_threads(threads):
@@ -270,9 +266,8 @@ def check(config: Config | dict | str | Path, overrides: list[str] | None = None
     from vireg.models.priors import display_name
 
     cfg = as_config(config, overrides)
-    model = build_model(cfg)
+    cfg, model = build(cfg)
     model.rows.close()
-    cfg = resolve_inference(cfg, model.n_params)
     return {
         "config": cfg.to_dict(),
         "data": str(cfg.resolve_path(cfg.data.path)),

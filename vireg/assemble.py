@@ -4,15 +4,21 @@ workers), resolve the priors, standardise, and check that the posterior exists."
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 
-from vireg.config import Config, variational_family
+from vireg.config import Config, resolve_inference
 from vireg.errors import InputError
 
 
 def build_model(cfg: Config):
     """Read the data and priors of a config into a ``Model`` (kernels are compiled lazily)."""
+    return build(cfg)[1]
+
+
+def build(cfg: Config):
+    """(the config with its inference settled, the ``Model``): see ``model_of``."""
     design, intercept, source = read_design(cfg)
     try:
         return model_of(cfg, design, intercept, source)
@@ -22,7 +28,22 @@ def build_model(cfg: Config):
         raise
 
 
+def settle(cfg: Config, n_rows: int, n_params: int, n_cov: int, likelihood: str) -> Config:
+    """The config with inference.family, estimator and samples decided, once, for a model of
+    this shape (``config.resolve_inference``, ``engine.draws_per_step``)."""
+    from vireg.engine import draws_per_step
+    from vireg.models.model import LIKELIHOODS
+
+    cfg = resolve_inference(cfg, n_params)
+    shape = SimpleNamespace(n_rows=n_rows, n_params=n_params, n_cov=n_cov,
+                            likelihood=LIKELIHOODS[likelihood])
+    return replace(cfg, inference=replace(cfg.inference,
+                                          samples=draws_per_step(shape, cfg.inference)))
+
+
 def model_of(cfg: Config, design, intercept: bool, source):
+    """(settled config, ``Model``) of a design: priors resolved, inference settled for the
+    model's shape, columns standardised (orthogonalised for full-rank), propriety checked."""
     from vireg.models.model import Model, resolve_priors
     from vireg.models.propriety import check_posterior_exists
 
@@ -36,21 +57,17 @@ def model_of(cfg: Config, design, intercept: bool, source):
         if reserved.get(name):
             raise InputError(f"covariate '{name}' has the name of vireg's own parameter "
                              f"'{name}': rename the column")
-    from vireg.engine import DEFAULT_SAMPLES
-
-    # With samples: auto the draws per step are settled once the model is known
-    # (engine.draws_per_step); the rows' serial-or-parallel choice takes the larger default.
-    samples = DEFAULT_SAMPLES if cfg.inference.samples == "auto" else cfg.inference.samples
+    n_rows = source.moments.n_rows if source is not None else len(design.y)
+    cfg = settle(cfg, n_rows, len(priors), len(design.covariates), cfg.model.family)
     # A full-rank q is the same family in any affine coordinates, so its kernel can read the
     # columns orthogonalised; mean-field is defined on the standardised columns themselves.
-    fullrank = variational_family(cfg.inference.family, len(priors)) == "fullrank"
     model = Model(design, cfg.model.family, intercept, priors, cfg.model.sigma,
-                  draws_per_step=samples, dtype=cfg.inference.dtype, source=source,
-                  orthogonalize=fullrank)
+                  draws_per_step=cfg.inference.samples, dtype=cfg.inference.dtype, source=source,
+                  orthogonalize=cfg.inference.family == "fullrank")
     check_posterior_exists(model)
     # The kernel reads the standardised copy; the raw covariates were needed only up to here.
     model.design = replace(model.design, X=np.empty((0, model.n_cov)))
-    return model
+    return cfg, model
 
 
 def read_design(cfg: Config):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vireg.assemble import build_model, thread_count
-from vireg.config import Config, as_config, config_from_dict, resolve_inference
+from vireg.assemble import build, thread_count
+from vireg.config import Config, as_config, config_from_dict
 from vireg.errors import InputError
 from vireg.threads import compute_threads
 
@@ -53,7 +53,7 @@ def gradvar(config: Config | dict | str | Path, at: str = "zero", draws: int = 1
             raise InputError(f"cannot read '{doc_path}' as a vireg result: {exc}") from None
     else:
         cfg = as_config(config, overrides)
-    model = build_model(cfg)
+    cfg, model = build(cfg)
     try:
         return _gradvar_study(cfg, model, at, draws, fits, fit_steps, doc)
     finally:
@@ -64,12 +64,11 @@ def _gradvar_study(cfg: Config, model, at: str, draws: int, fits: bool, fit_step
                    doc: dict | None) -> dict:
     from vireg.api import fit
     from vireg.diagnostics import ESTIMATOR_NAMES, gradient_variance
-    from vireg.engine import draws_per_step, initial_phi
+    from vireg.engine import initial_phi
     from vireg.errors import FitError
     from vireg.families import make_family
     from vireg.laplace import find_mode
 
-    cfg = resolve_inference(cfg, model.n_params)
     # q over u itself (no frame), so that every estimator's gradient is in the same coordinates
     family = make_family(cfg.inference.family, model.n_params)
     threads = thread_count(cfg.runtime.threads)
@@ -89,7 +88,7 @@ def _gradvar_study(cfg: Config, model, at: str, draws: int, fits: bool, fit_step
         t0 = time.perf_counter()
         rng = np.random.default_rng(np.random.SeedSequence([cfg.inference.seed, GRADVAR_STREAM]))
         study = gradient_variance(model, family, phi, draws, rng,
-                                  batch=max(2, draws_per_step(model, cfg.inference)))
+                                  batch=max(2, cfg.inference.samples))
         study["seconds"] = time.perf_counter() - t0
     study.update({"at": at, "family": family.name, "labels": family.labels(u_names(model)),
                   "fits": []})
