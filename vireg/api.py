@@ -241,7 +241,7 @@ def _extras(cfg: Config, model, run: _Run) -> dict:
             "epochs": minibatch.epochs, "control_variate": cfg.inference.control_variate},
         "encodings": design.encodings or {},
         "design": {"response": design.response, "columns": design.covariates,
-                   "sources": design.sources or design.covariates, "family": model.family,
+                   "sources": design.sources or design.covariates, "family": model.likelihood_name,
                    "intercept": model.intercept, "formula": design.formula,
                    "standardization": design.standardization}}
 

@@ -67,7 +67,7 @@ def numpy_step(model, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The data part of the same step in plain vectorised NumPy (BLAS for the products)."""
     a, B = U[:, 0], U[:, 1:1 + model.n_cov]
     eta = model.Z @ B.T + a  # (N, S)
-    if model.family == "bernoulli":
+    if model.likelihood_name == "bernoulli":
         p = 0.5 * (1.0 + np.tanh(0.5 * eta))
         r = model.y[:, None] - p
         ll = np.sum(model.y[:, None] * eta - np.logaddexp(0.0, eta), axis=0)

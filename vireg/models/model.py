@@ -50,16 +50,16 @@ SINGULAR_R_RTOL = 1e-14
 class Model:
     """A Bayesian regression ready to fit: standardised data, priors and the map back."""
 
-    def __init__(self, design: Design, family: str, intercept: bool, priors: list[Prior],
+    def __init__(self, design: Design, likelihood: str, intercept: bool, priors: list[Prior],
                  fixed_sigma: float | None = None, draws_per_step: int = 8,
                  dtype: str = "float64", source=None, orthogonalize: bool = False):
         """``design`` holds the data in memory, or with ``source`` (rows that live elsewhere: a
         disk cache or Dask workers) only the names, and ``source`` supplies the moments and the
         standardised rows. ``orthogonalize`` (rows in memory only) makes the kernel read the
         standardised columns orthogonalised (``_orthogonalize``)."""
-        self.family = family
+        self.likelihood_name = likelihood  # model.family in the config: gaussian or bernoulli
         self.fixed_sigma = fixed_sigma
-        self.likelihood = LIKELIHOODS[family]
+        self.likelihood = LIKELIHOODS[likelihood]
         self.intercept = intercept
         self.design = design
         self.dtype = dtype

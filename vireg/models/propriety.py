@@ -33,7 +33,7 @@ def check_posterior_exists(model) -> None:
     flat = [i for i in range(model.n_location) if not model.priors[i].is_proper]
     names = (["(intercept)"] if model.intercept else []) + list(model.design.covariates)
     _check_design_rank(model, flat, names)
-    if model.family == "bernoulli":
+    if model.likelihood_name == "bernoulli":
         _check_bernoulli(model, flat, names)
     elif model.has_scale:
         _check_gaussian(model, flat)
