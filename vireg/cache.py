@@ -35,6 +35,7 @@ from vireg.kernels.flags import chunk_rows_for, use_parallel
 from vireg.rows import (
     ColumnMoments,
     add_sums,
+    curvature_or_zeros,
     block_bounds,
     logistic_curvature_sums,
     standardized_gram,
@@ -378,6 +379,8 @@ class CacheRows:
         return len(self.bounds) - 1
 
     def set_blocks(self, batch_size: int, draws_per_step: int) -> None:
+        """Blocks of rows; the draw count chooses nothing here (every piece read from the cache
+        goes through the same kernel build)."""
         self.bounds = block_bounds(self.n_rows, batch_size)
 
     def _read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -414,7 +417,7 @@ class CacheRows:
             stop = min(start + self.buffer_rows, self.n_rows)
             z, _ = self._read(start, stop)
             total = add_sums(total, logistic_curvature_sums(z, a, b))
-        return total
+        return curvature_or_zeros(total, len(b))
 
     def _read_ahead(self, start: int, stop: int) -> None:
         if not hasattr(os, "posix_fadvise"):  # not on macOS or Windows: plain reads

@@ -272,13 +272,13 @@ class DaskRows:
 
     def logistic_curvature(self, a: float, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """``rows.logistic_curvature_sums`` over all partitions, summed in partition order."""
-        from vireg.rows import add_sums
+        from vireg.rows import add_sums, curvature_or_zeros
 
         results = self._per_partition(_partial_curvature, list(range(len(self.parts))), a, b)
         total = None
         for i in range(len(self.parts)):
             total = add_sums(total, results[i])
-        return total
+        return curvature_or_zeros(total, len(b))
 
     def loglik(self, U: np.ndarray) -> np.ndarray:
         return self._sums(U, list(range(len(self.parts))), with_grad=False)[1]

@@ -85,6 +85,13 @@ def logistic_curvature_sums(Z: np.ndarray, a: float, b: np.ndarray
     return float(w.sum()), w @ Z, B.T @ B
 
 
+def curvature_or_zeros(total, n_cov: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """Summed ``logistic_curvature_sums``, or zeros when there were no rows to sum."""
+    if total is not None:
+        return total
+    return 0.0, np.zeros(n_cov), np.zeros((n_cov, n_cov))
+
+
 def add_sums(total, part):
     """Elementwise sum of two tuples of sums (None: nothing yet)."""
     return part if total is None else tuple(x + y for x, y in zip(total, part, strict=True))
@@ -138,8 +145,7 @@ class MemoryRows:
         total = None
         for lo in range(0, self.n_rows, rows_per_piece):
             total = add_sums(total, logistic_curvature_sums(self.Z[lo:lo + rows_per_piece], a, b))
-        return total if total is not None else (0.0, np.zeros(self.n_cov),
-                                                 np.zeros((self.n_cov, self.n_cov)))
+        return curvature_or_zeros(total, self.n_cov)
 
     def describe(self) -> dict:
         """For fit.json: where the rows were read from."""
