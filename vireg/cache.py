@@ -35,8 +35,8 @@ from vireg.kernels.flags import chunk_rows_for, use_parallel
 from vireg.rows import (
     ColumnMoments,
     add_sums,
-    curvature_or_zeros,
     block_bounds,
+    curvature_or_zeros,
     logistic_curvature_sums,
     standardized_gram,
 )
