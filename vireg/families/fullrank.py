@@ -133,7 +133,7 @@ class FullRank:
     def mean_cov(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and covariance of q over u."""
         WL = self.frame @ self.cholesky_factor(phi)
-        return self.origin + self.frame @ phi[: self.P], WL @ WL.T
+        return self.mean(phi), WL @ WL.T
 
     def frame_curvature(self) -> np.ndarray:
         """-d2 ELBO / dphi2 (diagonal) at q = N(0, I) for a standard normal target, the state a
@@ -172,5 +172,4 @@ class FullRank:
 
     def to_dict(self, phi: np.ndarray) -> dict:
         """q over u: its mean and the lower-triangular factor of its covariance."""
-        mean = self.origin + self.frame @ phi[: self.P]
-        return {"m": mean.tolist(), "L": self.u_cholesky(phi).tolist()}
+        return {"m": self.mean(phi).tolist(), "L": self.u_cholesky(phi).tolist()}
