@@ -66,9 +66,8 @@ def psis(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
     lw = np.asarray(log_ratios, dtype=float).copy()
     n = lw.size
     if n < 10 or not np.all(np.isfinite(lw)):
-        with np.errstate(invalid="ignore"):
-            total = np.logaddexp.reduce(lw) if n else 0.0
-        return lw - total, float("inf")
+        with np.errstate(invalid="ignore"):  # inf - inf: the weights are undefined, k-hat inf
+            return lw - (np.logaddexp.reduce(lw) if n else 0.0), float("inf")
     if lw.max() - lw.min() <= 1e-12 * max(1.0, abs(lw.max())):
         return np.full(n, -math.log(n)), 0.0
     lw -= lw.max()

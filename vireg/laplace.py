@@ -99,7 +99,8 @@ def find_mode(model) -> Laplace:
     while steps <= MAX_NEWTON_STEPS:
         if decrement > REUSE_HESSIAN_DECREMENT:
             H = model.hessian_at(u)
-        direction, decrement = _newton_direction(H, g)
+        with np.errstate(over="ignore", invalid="ignore"):  # a runaway shows as inf, below
+            direction, decrement = _newton_direction(H, g)
         if decrement < DECREMENT_TOL:
             break
         t = 1.0
