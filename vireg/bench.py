@@ -2,7 +2,7 @@
 NumPy implementation of the same step and against the machine's read bandwidth, in one run.
 
 The step timed is what the optimiser does each iteration: draw eps, form the S draws, one pass of
-the data kernel over X (all draws), the priors, the family's gradient algebra and the Adam update.
+the data kernel over X (all draws), the priors, the family's gradient algebra and the scaled Newton update.
 """
 
 from __future__ import annotations

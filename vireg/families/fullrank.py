@@ -1,7 +1,7 @@
 """Full-rank Gaussian: q(u) = N(m, L L^T), L lower-triangular with a positive diagonal.
 
 L is parameterised as L = diag(exp(lambda)) (I + B), B strictly lower-triangular, so that
-L_jj = exp(lambda_j) and every entry Adam moves is on a scale-free footing (B is like a regression
+L_jj = exp(lambda_j) and every entry the optimiser moves is on a scale-free footing (B is like a regression
 of one coordinate on the others, in units of the coordinate's own scale). phi = [m, lambda, B_tril].
 
 Reparameterisation u_s = m + L eps_s. With g_s = grad_u log p(y, u_s), d_s = u_s - m = L eps_s and

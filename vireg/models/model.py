@@ -249,31 +249,6 @@ class Model:
         coef = np.linalg.lstsq(gram, zty, rcond=None)[0]
         return max(yty - float(coef @ zty), 0.0) / max(yty, 1e-300)
 
-    def location_curvature(self) -> np.ndarray:
-        """H, a rough curvature of -log p(y, u) in the location block of u (intercept, coefficients).
-
-        H = w Z1^T Z1 + T^T diag(prior curvature) T, with Z1 the design with its intercept column
-        and w the likelihood's curvature per row: 1/sigma~^2 for gaussian (sigma~ from the
-        least-squares residuals on the standardised scale, or the known sigma), and 1/4, its
-        largest value, for logistic. Used only to precondition the optimiser and to choose the
-        initial scale of q, never in the model.
-        """
-        k = self.n_location
-        gram, _, yty = self.gram()
-        if self.likelihood.HAS_SCALE:
-            if self.fixed_t is not None:
-                weight = float(np.exp(-2.0 * self.fixed_t))
-            else:
-                weight = 1.0 / max(self.residual_fraction() * yty / self.n_rows, 1e-12)
-        else:
-            weight = 0.25
-        H = weight * gram + self._prior_curvature()
-        # A small ridge keeps H invertible; with no curvature at all (all-zero columns under
-        # priors without curvature at their mode, such as laplace) it is the unit curvature of
-        # the standardised scale.
-        mean_diag = np.trace(H) / max(k, 1)
-        return H + (1e-8 * mean_diag if mean_diag > 0 else 1.0) * np.eye(k)
-
     def curvature_at(self, m: np.ndarray) -> np.ndarray:
         """C = -d2 log p(y, u) / du2 at u = m with the location priors' curvature taken at their
         modes (the quadratic control variate's matrix; any fixed C keeps its estimate unbiased):
@@ -340,37 +315,6 @@ class Model:
         T_loc = self.T[:k, :k]
         c = np.array([p.curvature() for p in self.priors[:k]])
         return T_loc.T @ (c[:, None] * T_loc)
-
-    def location_preconditioner(self, H: np.ndarray) -> np.ndarray:
-        """R with R^T (H/N) R = I, so Adam on m' = R^-1 m sees an isotropic problem.
-
-        Only the optimiser's path changes (Adam is not invariant to linear maps); q's family and
-        the fixed point are those stated.
-        """
-        k = self.n_location
-        try:
-            L = np.linalg.cholesky(H / self.n_rows)
-        except np.linalg.LinAlgError:
-            return np.eye(k)
-        return np.linalg.inv(L).T
-
-    def initial_sd(self, H: np.ndarray) -> np.ndarray:
-        """Per-coordinate sd of q to start from: 1/sqrt(diag H) for the location block (the
-        mean-field optimum of a Gaussian with that curvature), 1/sqrt(2N) for log sigma."""
-        sd = 1.0 / np.sqrt(np.diag(H))
-        if self.has_scale:
-            sd = np.append(sd, 1.0 / np.sqrt(2.0 * self.n_rows))
-        return sd
-
-    def initial_cov(self, H: np.ndarray) -> np.ndarray:
-        """A full covariance to start a full-rank q from: H^-1 for the location block (the
-        posterior covariance of a Gaussian with that curvature), 1/(2N) for log sigma."""
-        P, k = self.n_params, self.n_location
-        cov = np.zeros((P, P))
-        cov[:k, :k] = np.linalg.inv(H)
-        if self.has_scale:
-            cov[P - 1, P - 1] = 1.0 / (2.0 * self.n_rows)
-        return cov
 
     def to_theta(self, U: np.ndarray) -> np.ndarray:
         """theta = T u + c for each row of U."""
