@@ -82,8 +82,11 @@ RUNAWAY_SD = 10.0
 RUNAWAY_NATS = 10.0
 RESTART_LR = 0.25
 MAX_RESTARTS = 3
-# Draws for the ELBO of the start (one pass over the rows without the gradient sums).
+# Draws for the ELBO of the start (one pass over the rows without the gradient sums), and the
+# narrowing of a start far too wide (RunawayGuard).
 START_ELBO_DRAWS = 32
+START_SHRINK = 0.5
+MAX_START_SHRINKS = 10
 # The weight of the past in the progress display's moving average of the ELBO.
 ELBO_SMOOTHING = 0.95
 QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
@@ -131,19 +134,33 @@ def drift_threshold(n_coordinates: int, alpha: float = 0.01) -> float:
 
 
 class RunawayGuard:
-    """Tells a fit that has left the region where the answer can be: a window's averaged mean
-    RUNAWAY_SD marginal Laplace sds from the mode, or its mean ELBO RUNAWAY_NATS + P nats below
-    the ELBO of the start (a q that maximises the ELBO cannot be worse than where it started)."""
+    """Sets where a fit starts and then tells a fit that has left the region where the answer
+    can be: a window's averaged mean RUNAWAY_SD marginal Laplace sds from the mode, or its mean
+    ELBO RUNAWAY_NATS + P nats below the ELBO of the start (a q that maximises the ELBO cannot
+    be worse than where it started).
 
-    passes = 1
+    The start is the Laplace approximation, narrowed where it is far too wide to be a start:
+    for a Gaussian posterior E_q[log p] = log p(mode) - P/2, and a start whose draws fall more
+    than RUNAWAY_NATS + P below that (a log joint far from quadratic within a Laplace sd: nearly
+    separated classes under weak priors) has its scales halved, up to MAX_START_SHRINKS times,
+    each a pass over the rows without the gradient sums."""
 
     def __init__(self, model, family, phi0: np.ndarray, laplace, rng: np.random.Generator):
         self.family, self.mode, self.sd = family, laplace.mode, laplace.sd
-        eps = rng.standard_normal((START_ELBO_DRAWS, model.n_params))
-        with np.errstate(**QUIET):
-            logp = model.log_joint(family.sample(phi0, eps))
-        self.elbo0 = float(np.mean(logp)) + family.entropy(phi0) + model.log_det_T
         self.slack = RUNAWAY_NATS + model.n_params
+        P = model.n_params
+        self.phi0, self.passes = phi0.copy(), 0
+        while True:
+            eps = rng.standard_normal((START_ELBO_DRAWS, P))
+            with np.errstate(**QUIET):
+                logp = model.log_joint(family.sample(self.phi0, eps))
+            self.passes += 1
+            mean_logp = float(np.mean(logp)) if np.all(np.isfinite(logp)) else -np.inf
+            if (mean_logp >= laplace.log_p - 0.5 * P - self.slack
+                    or self.passes > MAX_START_SHRINKS):
+                break
+            self.phi0[P:2 * P] += np.log(START_SHRINK)  # log sds (mean-field), lambda (full-rank)
+        self.elbo0 = mean_logp + family.entropy(self.phi0) + model.log_det_T
 
     def why(self, avg_phi: np.ndarray, window_elbo: float) -> str | None:
         """Why the window ran away, or None."""
@@ -283,8 +300,8 @@ class Optimiser:
         self.model, self.family, self.icfg, self.rng = model, family, icfg, rng
         self.log_joint_grad = log_joint_grad or model.log_joint_grad
         self.to_x, self.to_phi, self.grad_x = whitened_coordinates(family, laplace)
-        self.phi = initial_phi(family, laplace)
-        self.guard = RunawayGuard(model, family, self.phi, laplace, rng)
+        self.guard = RunawayGuard(model, family, initial_phi(family, laplace), laplace, rng)
+        self.phi = self.guard.phi0
         self.x = self.to_x(self.phi)
         self.snapshot = self.x.copy()  # the state at the last clean window's end
         self.good_phi = self.phi.copy()  # where a fit that ran away goes back to

@@ -23,6 +23,15 @@ def _num(x: float | None) -> str:
     return "" if x is None else repr(float(x))
 
 
+def _finite_or_none(x: float | None) -> float | None:
+    """A float JSON can hold: None for a value not computed or not finite."""
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _json_rows(rows: list[dict]) -> list[dict]:
+    return [{**row, "khat": _finite_or_none(row["khat"])} for row in rows]
+
+
 def summary_csv(result, summary=None) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -60,12 +69,14 @@ def fit_json(result, versions: dict) -> str:
         "converged": result.converged,
         "stop_reason": result.reason,
         "steps": result.steps,
-        "elbo": result.elbo,
-        "elbo_se": result.elbo_se,
-        "khat": result.khat,
+        "elbo": _finite_or_none(result.elbo),
+        "elbo_se": _finite_or_none(result.elbo_se),
+        # JSON has no infinity: an infinite k-hat (one ratio dominates) is null, and says so
+        "khat": _finite_or_none(result.khat),
+        "khat_infinite": result.khat is not None and not np.isfinite(result.khat),
         "khat_draws": result.config.output.psis_draws,
-        "log_ratio_sd": result.log_ratio_sd,
-        "psis_relative_ess": result.psis_ess,
+        "log_ratio_sd": _finite_or_none(result.log_ratio_sd),
+        "psis_relative_ess": _finite_or_none(result.psis_ess),
         "summary_method": {"q": "exact summaries of the fitted q",
                            "psis": "Pareto-smoothed importance-weighted draws from q"}[
                                result.summary_method],
@@ -76,9 +87,9 @@ def fit_json(result, versions: dict) -> str:
         "categorical": result.extras.get("encodings", {}),
         "design": result.extras.get("design", {}),
         "parameters": names,
-        "summary": result.summary_rows(),
+        "summary": _json_rows(result.summary_rows()),
         "summary_original_scale": (None if result.summary_original is None
-                                   else result.summary_rows(result.summary_original)),
+                                   else _json_rows(result.summary_rows(result.summary_original))),
         "variational": result.variational,
         "affine_map": {"description": "theta = T u + c; theta = (intercept, coefficients, "
                        "log sigma), u = the standardised coordinates q is defined on", **result.affine},

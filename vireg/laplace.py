@@ -95,10 +95,10 @@ def find_mode(model) -> Laplace:
                        "null-model point): check the data for extreme values, or give proper "
                        "priors")
     curvature_passes = model.curvature_passes
-    steps, decrement = 0, np.inf
+    steps, decrement, fresh = 0, np.inf, False
     while steps <= MAX_NEWTON_STEPS:
         if decrement > REUSE_HESSIAN_DECREMENT:
-            H = model.hessian_at(u)
+            H, fresh = model.hessian_at(u), True
         with np.errstate(over="ignore", invalid="ignore"):  # a runaway shows as inf, below
             direction, decrement = _newton_direction(H, g)
         if decrement < DECREMENT_TOL:
@@ -119,13 +119,15 @@ def find_mode(model) -> Laplace:
                 break
             raise FitError(_not_found(f"no Newton step increased log p (squared decrement "
                                       f"{decrement:.3g})"))
-        u, lp, g = u_new, lp_new, g_new
+        u, lp, g, fresh = u_new, lp_new, g_new, False
         steps += 1
         if np.max(np.abs(u)) > RUNAWAY_U:
             raise FitError(_not_found("the mode runs off to infinity, so the posterior is "
                                       "improper"))
     if steps > MAX_NEWTON_STEPS:
         raise FitError(_not_found(f"Newton's method did not settle in {MAX_NEWTON_STEPS} steps"))
+    if not fresh:  # the approximation's curvature is the one at the mode itself
+        H = model.hessian_at(u)
     return Laplace(u, H, float(lp), steps, passes + model.curvature_passes - curvature_passes)
 
 
