@@ -196,3 +196,17 @@ def test_nearly_separated_columns_under_weak_priors_fit_and_write_their_results(
 
     doc = json.loads(export.fit_json(replace(r, khat=float("inf"), log_ratio_sd=float("inf")), {}))
     assert doc["khat"] is None and doc["khat_infinite"] and doc["log_ratio_sd"] is None
+
+
+@pytest.mark.parametrize("r", [0.0, 0.99, 0.99999])
+def test_an_exact_fit_is_refused_whichever_way_the_columns_are_orthogonalised(tmp_path, r):
+    """Zero residuals are found from the exact Gram matrix of the columns the kernel reads, by
+    the Cholesky route (well-conditioned columns) and the QR route alike."""
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal(50)
+    x1, x2 = z, r * z + np.sqrt(1 - r * r) * rng.standard_normal(50)
+    path = write_csv(tmp_path / "d.csv", {"y": 1.0 + x1 + 2.0 * x2, "x1": x1, "x2": x2})
+    cfg = {"data": {"path": str(path), "response": "y"}, "model": {"family": "gaussian"},
+           "inference": {"family": "fullrank"}}
+    with pytest.raises(InputError, match="exactly"):
+        vireg.fit(cfg)

@@ -164,7 +164,7 @@ class RunawayGuard:
 
     def why(self, avg_phi: np.ndarray, window_elbo: float) -> str | None:
         """Why the window ran away, or None."""
-        mean = self.family.mean_cov(avg_phi)[0]
+        mean = self.family.mean(avg_phi)
         far = float(np.max(np.abs(mean - self.mode) / self.sd))
         if not np.isfinite(far) or far > RUNAWAY_SD:
             return f"q's mean moved {far:.3g} Laplace sds from the posterior mode"
@@ -278,12 +278,13 @@ class StoppingRule:
             return self.prev.avg
         return self.level_estimate if self.level_estimate is not None else phi
 
-    def why_not(self, reason: str, max_steps: int, step: int, tolerance: float) -> str:
+    def why_not(self, reason: str, max_steps: int, step: int) -> str:
+        """Why a fit that ended without a "converged" verdict did not converge."""
         if self.last_distance is None:
             by = "no stationary phase was reached"
         else:
             by = (f"the last change between averaged iterates was {self.last_distance:.3g} "
-                  f"posterior sd (tolerance {tolerance:g})")
+                  f"posterior sd (tolerance {self.tolerance:g})")
         if reason == "exhausted":
             return (f"did not converge: the step size shrank 2^{MAX_DECAYS}-fold by step {step}; "
                     f"{by}; a tolerance this small cannot be met, raise inference.tolerance")
@@ -464,7 +465,7 @@ def _outcome(opt: Optimiser, rule: StoppingRule, verdict: Verdict, runaway: str 
         phi, reason = verdict.estimate, verdict.reason
     else:
         phi = rule.best_estimate(opt.phi)
-        reason = rule.why_not(verdict.kind, icfg.max_steps, step, icfg.tolerance)
+        reason = rule.why_not(verdict.kind, icfg.max_steps, step)
     return Outcome(phi=phi, steps=step, converged=converged, reason=reason,
                    elbo_trace=trace[:step].copy(), last_distance=rule.last_distance,
                    levels=rule.levels, backoffs=opt.backoffs,
@@ -552,7 +553,7 @@ def initial_phi(family, laplace) -> np.ndarray:
     """Where a fit starts, from the Laplace approximation: a whitened full-rank q at z = 0, L = I
     (exactly the Laplace approximation), a mean-field q at the mode with sds 1/sqrt(diag H*)
     (the mean-field optimum for a Gaussian with that curvature)."""
-    if getattr(family, "whitened", False):
+    if family.whitened:
         return np.zeros(family.size)
     return family.init(laplace.meanfield_sd, laplace.cov, mean=laplace.mode)
 
@@ -561,10 +562,8 @@ def whitened_coordinates(family, laplace):
     """Maps phi -> x (the optimiser's coordinates), x -> phi, and grad_phi -> grad_x: the means
     m = R x_m with R = I for a q in a whitened frame (isotropic already), and for a mean-field
     q W from the Laplace approximation (W^T H* W = I); the scale parameters as they are."""
-    from vireg.laplace import whitening
-
     sl = family.mean_slice
-    R = np.eye(family.P) if getattr(family, "whitened", False) else whitening(laplace.hessian)[0]
+    R = np.eye(family.P) if family.whitened else laplace.frame[0]
     R_inv = np.linalg.inv(R)
 
     def to_x(phi):

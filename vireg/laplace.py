@@ -18,6 +18,7 @@ so that in z = W^-1 (u - u*) the posterior is about isotropic with unit sds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -51,13 +52,18 @@ class Laplace:
     newton_steps: int
     passes: int
 
+    @cached_property
+    def frame(self) -> tuple[np.ndarray, float]:
+        """``whitening(hessian)``: W with W^T H W = I, and log |det W| (computed once)."""
+        return whitening(self.hessian)
+
     @property
     def cov(self) -> np.ndarray:
         """H^-1 through the whitening factor (W W^T), stable for ill-conditioned H."""
-        W, _ = whitening(self.hessian)
+        W = self.frame[0]
         return W @ W.T
 
-    @property
+    @cached_property
     def sd(self) -> np.ndarray:
         """Marginal sds of the Laplace approximation."""
         return np.sqrt(np.diag(self.cov))

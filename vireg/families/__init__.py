@@ -18,8 +18,6 @@ def make_family(name: str, n_params: int, laplace=None):
     """The variational family ``name`` over n_params coordinates; a full-rank family with a
     Laplace approximation runs in its whitened frame (origin the mode, W^T H W = I)."""
     if name == "fullrank" and laplace is not None:
-        from vireg.laplace import whitening
-
-        W, log_det = whitening(laplace.hessian)
+        W, log_det = laplace.frame
         return FullRank(n_params, laplace.mode, W, log_det)
     return FAMILIES[name](n_params)

@@ -45,11 +45,8 @@ class FullRank:
         self.origin = np.zeros(n_params) if origin is None else np.asarray(origin, float)
         self.frame = np.eye(n_params) if frame is None else np.asarray(frame, float)
         self.log_det_frame = float(log_det_frame)
-
-    @property
-    def whitened(self) -> bool:
-        """Whether q lives in a frame other than u itself (the engine needs no preconditioner)."""
-        return self.log_det_frame != 0.0 or not np.array_equal(self.frame, np.eye(self.P))
+        # q lives in a frame other than u itself (the engine then needs no preconditioner)
+        self.whitened = frame is not None
 
     @property
     def mean_slice(self) -> slice:

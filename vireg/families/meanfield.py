@@ -47,6 +47,7 @@ def draw_terms(estimator: str, score_u: np.ndarray, f: np.ndarray, g: np.ndarray
 
 class MeanField:
     name = "meanfield"
+    whitened = False  # q is always over u itself (the engine whitens its means' steps instead)
 
     def __init__(self, n_params: int):
         self.P = n_params

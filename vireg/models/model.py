@@ -147,15 +147,6 @@ class Model:
             R = sign[:, None] * R / np.sqrt(N)
             self.Z[...] = Q * (sign * np.sqrt(N))
         self.design_map = R  # self.rows reads self.Z, written in place
-        # The Gram matrix of the orthogonalised columns is N I (and they are centred with an
-        # intercept): only Z^T y needs the rows.
-        y = self.y
-        gram = N * np.eye(self.n_cov + int(self.intercept))
-        zty = sum(np.asarray(self.Z[lo:lo + ORTHOGONALIZE_ROWS], dtype=np.float64).T
-                  @ y[lo:lo + ORTHOGONALIZE_ROWS] for lo in range(0, N, ORTHOGONALIZE_ROWS))
-        if self.intercept:
-            zty = np.concatenate([[y.sum()], zty])
-        self._gram = (gram, zty, float(y @ y))
 
     def _standardize_source(self, source, draws_per_step: int) -> None:
         """The same standardisation from streamed moments; the source writes the standardised
@@ -292,12 +283,14 @@ class Model:
                 ml = m[:k]
                 C[:k, P - 1] = C[P - 1, :k] = 2.0 * w * (zty - gram @ ml)
                 C[P - 1, P - 1] = 2.0 * w * max(yty - 2.0 * ml @ zty + ml @ gram @ ml, 0.0)
-        elif not np.any(m[int(self.intercept):k]) and self._gram is not None:
-            # Every eta is the intercept: w is one number, and the curvature w times the Gram
-            # matrix (no pass over the rows; Newton's first step from the null model).
+        elif not np.any(m[int(self.intercept):k]) and self.design_map is not None:
+            # Every eta is the intercept, so w is one number; orthogonalised columns have
+            # Z1^T Z1 = N I (centred with an intercept): the curvature is w N I, no pass over the
+            # rows (Newton's first step from the null model). The exact Gram matrix is left to
+            # ``gram``, whose least-squares residuals detect exact fits.
             a = m[0] if self.intercept else 0.0
             p = 0.5 * (1.0 + np.tanh(0.5 * a))
-            C[:k, :k] = p * (1.0 - p) * self._gram[0]
+            C[:k, :k] = p * (1.0 - p) * self.n_rows * np.eye(k)
         else:
             a = m[0] if self.intercept else 0.0
             w_sum, zw, ztwz = self.rows.logistic_curvature(a, m[int(self.intercept):k])
