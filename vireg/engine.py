@@ -555,7 +555,7 @@ def initial_phi(family, laplace) -> np.ndarray:
     (the mean-field optimum for a Gaussian with that curvature)."""
     if family.whitened:
         return np.zeros(family.size)
-    return family.init(laplace.meanfield_sd, laplace.cov, mean=laplace.mode)
+    return family.init(laplace.meanfield_sd, mean=laplace.mode)
 
 
 def whitened_coordinates(family, laplace):
