@@ -146,7 +146,7 @@ def _corrupt(tmp_path, how):
     elif how == "wrong type":
         cfg["inference"]["samples"] = "many"
     elif how == "unknown family":
-        cfg["model"]["family"] = "poisson"
+        cfg["model"]["family"] = "quasipoisson"
     elif how == "bad yaml":
         config.write_text("data: [unclosed\nmodel: {}\n")
         return ["fit", config]

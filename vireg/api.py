@@ -50,7 +50,7 @@ class FitResult:
     fit_seconds: float
     threads: int
     n_rows: int
-    has_sigma: bool  # whether the last parameter is a fitted sigma
+    n_positive: int  # how many of the last parameters are positive (sigma, phi, nu; fitted as logs)
     phi: np.ndarray = field(repr=False)  # the family's variational parameters, over u
     draws: np.ndarray = field(repr=False)
     draws_log_p: np.ndarray = field(repr=False)
@@ -210,7 +210,7 @@ def _result(cfg: Config, model, run: _Run, post, timing: dict, threads: int) -> 
         steps=outcome.steps, converged=outcome.converged, reason=outcome.reason,
         elbo_trace=outcome.elbo_trace, elbo=post.elbo, elbo_se=post.elbo_se,
         compile_seconds=timing["compile"], fit_seconds=timing["fit"], threads=threads,
-        n_rows=model.n_rows, has_sigma=model.has_scale, phi=outcome.phi,
+        n_rows=model.n_rows, n_positive=model.n_positive, phi=outcome.phi,
         draws=post.natural[:n_out],
         draws_log_p=post.log_p[:n_out], draws_log_q=post.log_q[:n_out], khat=post.khat,
         log_ratio_sd=post.log_ratio_sd, psis_ess=post.ess,

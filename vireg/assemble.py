@@ -44,15 +44,17 @@ def settle(cfg: Config, n_rows: int, n_params: int, n_cov: int, likelihood: str)
 def model_of(cfg: Config, design, intercept: bool, source):
     """(settled config, ``Model``) of a design: priors resolved, inference settled for the
     model's shape, columns standardised (orthogonalised for full-rank), propriety checked."""
-    from vireg.models.model import Model, resolve_priors
+    from vireg.models.model import Model, positive_parameters, resolve_priors
     from vireg.models.propriety import check_posterior_exists
 
-    priors = resolve_priors(cfg.model.prior, cfg.model.family, intercept,
-                            design.covariates, cfg.model.sigma, design.sources)
+    m = cfg.model
+    positive = positive_parameters(m.family, m.link, m.sigma, m.nu)
+    priors = resolve_priors(m.prior, m.family, intercept, design.covariates, positive,
+                            design.sources)
     if not priors:
         raise InputError("the model has no parameters to fit (no intercept, no covariates and no "
                          "unknown sigma): add covariates or set model.intercept: true")
-    reserved = {"intercept": intercept, "sigma": len(priors) > len(design.covariates) + intercept}
+    reserved = {"intercept": intercept, **{name: True for name in positive}}
     for name in design.covariates:
         if reserved.get(name):
             raise InputError(f"covariate '{name}' has the name of vireg's own parameter "
@@ -61,9 +63,9 @@ def model_of(cfg: Config, design, intercept: bool, source):
     cfg = settle(cfg, n_rows, len(priors), len(design.covariates), cfg.model.family)
     # A full-rank q is the same family in any affine coordinates, so its kernel can read the
     # columns orthogonalised; mean-field is defined on the standardised columns themselves.
-    model = Model(design, cfg.model.family, intercept, priors, cfg.model.sigma,
+    model = Model(design, m.family, intercept, priors, m.sigma,
                   draws_per_step=cfg.inference.samples, dtype=cfg.inference.dtype, source=source,
-                  orthogonalize=cfg.inference.family == "fullrank")
+                  orthogonalize=cfg.inference.family == "fullrank", link=m.link, fixed_nu=m.nu)
     check_posterior_exists(model)
     # The kernel reads the standardised copy; the raw covariates were needed only up to here.
     model.design = replace(model.design, X=np.empty((0, model.n_cov)))
@@ -77,6 +79,13 @@ def read_design(cfg: Config):
 
     path = cfg.resolve_path(cfg.data.path)
     intercept = cfg.model.intercept
+    streamed = cfg.runtime.backend == "dask" or cfg.runtime.out_of_core
+    if streamed and (cfg.model.family not in ("gaussian", "bernoulli") or cfg.model.link):
+        what = cfg.model.family + (f" with link {cfg.model.link}" if cfg.model.link else "")
+        raise InputError(f"family {what} "
+                         "is fitted with the rows in memory only, not with runtime.out_of_core "
+                         "or the Dask backend: fit in memory (inference.batch_size gives "
+                         "minibatch steps)")
     if cfg.runtime.backend == "dask":
         from vireg.distributed import DaskSource
 
@@ -97,16 +106,44 @@ def read_design(cfg: Config):
         from vireg.formula import design_from_formula
 
         design, intercept = design_from_formula(table, cfg.data.formula, cfg.data.missing)
+        _check_formula_row_data(cfg.model.family, design.formula)
         if intercept and not cfg.model.intercept:
             raise InputError("model.intercept: false conflicts with data.formula, which has an "
                              "intercept: write '- 1' in the formula instead")
     else:
-        design = build_design(table, cfg.data.response, cfg.data.covariates, cfg.data.missing)
+        design = build_design(table, cfg.data.response, cfg.data.covariates, cfg.data.missing,
+                              _row_data(cfg))
     del table  # the columns as read: the design holds its own copy
     release_reader_memory()
     if cfg.data.standardize:
         design = standardize_design(design)
     return design, intercept, None
+
+
+def _check_formula_row_data(family: str, state: dict) -> None:
+    """A formula's p(y, n) goes with binomial (which needs it), offset(log(t)) with the count
+    families."""
+    from vireg.config import FAMILIES_WITH_EXPOSURE
+
+    text = state["text"]
+    if family == "binomial" and state["trials"] is None:
+        raise InputError(f"family binomial needs the number of trials: write the response of "
+                         f"data.formula '{text}' as p(successes, trials)")
+    if state["trials"] is not None and family != "binomial":
+        raise InputError(f"data.formula's p(y, n) response is for family binomial, not {family}: "
+                         "write the response alone or set model.family: binomial")
+    if state["exposure"] is not None and family not in FAMILIES_WITH_EXPOSURE:
+        raise InputError(f"data.formula's offset(log(...)) applies to families poisson and "
+                         f"negative_binomial, not {family}: remove it")
+
+
+def _row_data(cfg: Config) -> tuple[str, str] | None:
+    """(config key, column) of the binomial trials or the exposure, if the config names one."""
+    if cfg.data.trials is not None:
+        return "data.trials", cfg.data.trials
+    if cfg.data.exposure is not None:
+        return "data.exposure", cfg.data.exposure
+    return None
 
 
 def thread_count(requested: int | None) -> int:

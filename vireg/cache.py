@@ -37,7 +37,7 @@ from vireg.rows import (
     add_sums,
     block_bounds,
     curvature_or_zeros,
-    logistic_curvature_sums,
+    curvature_sums,
     standardized_gram,
 )
 
@@ -410,14 +410,14 @@ class CacheRows:
             ll += llc
         return G, ll
 
-    def logistic_curvature(self, a: float, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        """``rows.logistic_curvature_sums`` over all rows, piece by piece in file order."""
+    def curvature(self, u: np.ndarray) -> np.ndarray:
+        """``rows.curvature_sums`` over all rows, piece by piece in file order."""
         total = None
         for start in range(0, self.n_rows, self.buffer_rows):
             stop = min(start + self.buffer_rows, self.n_rows)
-            z, _ = self._read(start, stop)
-            total = add_sums(total, logistic_curvature_sums(z, a, b))
-        return curvature_or_zeros(total, len(b))
+            z, y = self._read(start, stop)
+            total = add_sums(total, curvature_sums(z, y, u, self.intercept, self.likelihood))
+        return curvature_or_zeros(total, len(u))
 
     def _read_ahead(self, start: int, stop: int) -> None:
         if not hasattr(os, "posix_fadvise"):  # not on macOS or Windows: plain reads

@@ -24,7 +24,12 @@ import yaml
 from vireg.errors import InputError
 
 FAMILY_ALIASES = {"gaussian": "gaussian", "linear": "gaussian", "bernoulli": "bernoulli",
-                  "logistic": "bernoulli"}
+                  "logistic": "bernoulli", "binomial": "binomial", "poisson": "poisson",
+                  "negative_binomial": "negative_binomial", "student_t": "student_t"}
+# What each family reads from the data and fits besides the coefficients
+FAMILIES_WITH_SIGMA = ("gaussian", "student_t")
+FAMILIES_WITH_EXPOSURE = ("poisson", "negative_binomial")
+LINKS = {"bernoulli": ("logit", "probit")}
 VARIATIONAL_FAMILIES = ("meanfield", "fullrank")
 # inference.family: auto is fullrank up to this many parameters, meanfield above (a full-rank
 # step's extra work, O(draws x parameters^2), then outweighs the pass over the rows)
@@ -41,13 +46,17 @@ class DataConfig:
     formula: str | None = None  # "y ~ x1 + C(g)": instead of response and covariates
     missing: str = "error"  # or "drop": leave out rows with a missing value in a used column
     standardize: bool = False  # fit on z-scored covariates; report both scales
+    trials: str | None = None  # binomial: the column of trials n_i (response: successes)
+    exposure: str | None = None  # poisson, negative_binomial: the column t_i (log t_i offset)
 
 
 @dataclass(frozen=True)
 class PriorConfig:
     intercept: str = "flat"
     coefficients: str = "flat"
-    sigma: str | None = None  # "flat" for gaussian models; not allowed for bernoulli
+    sigma: str | None = None  # gaussian, student_t: "flat" unless given
+    phi: str | None = None  # negative_binomial: default inv_sqrt_half_normal(1)
+    nu: str | None = None  # student_t: default gamma(2, 0.1)
     overrides: dict[str, str] = field(default_factory=dict)
 
 
@@ -56,6 +65,8 @@ class ModelConfig:
     family: str
     intercept: bool = True
     sigma: float | None = None  # a known noise sd (gaussian only): sigma is then not fitted
+    link: str | None = None  # bernoulli: logit (default) or probit
+    nu: float | None = None  # student_t: known degrees of freedom (then not fitted)
     prior: PriorConfig = field(default_factory=PriorConfig)
 
 
@@ -87,6 +98,9 @@ class OutputConfig:
     draws: int = 1000
     psis_draws: int = 2000  # draws for the Pareto k-hat diagnostic; 0 turns it off
     psis: bool = False  # summaries from Pareto-smoothed importance-weighted draws
+    arviz: bool = False  # also write posterior.nc (ArviZ InferenceData, netCDF)
+    # per-observation log-likelihood in posterior.nc: auto writes it below a size cap
+    log_likelihood: bool | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -168,7 +182,7 @@ def _type_name(t: Any) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
              list: "a list", dict: "a mapping", type(None): "null"}
     ts = t if isinstance(t, tuple) else (t,)
-    if ts == (bool, str):  # the one key of that type, inference.quadratic_cv
+    if ts == (bool, str):  # inference.quadratic_cv, output.log_likelihood
         return "true, false or auto"
     if ts == (int, str):  # the one key of that type, inference.samples
         return "an integer or auto"
@@ -229,8 +243,9 @@ def _check_values(d: dict[str, Any]) -> None:
     _check_inference({**_defaults(InferenceConfig), **d.get("inference", {})})
     _check_output({**_defaults(OutputConfig), **d.get("output", {})})
     _check_runtime(runtime)
-    _check_data({**_defaults(DataConfig), **d["data"]}, streamed=bool(
-        runtime["out_of_core"] or runtime["backend"] == "dask"))
+    data = {**_defaults(DataConfig), **d["data"]}
+    _check_data(data, streamed=bool(runtime["out_of_core"] or runtime["backend"] == "dask"))
+    _check_family_columns(FAMILY_ALIASES[d["model"]["family"]], data)
 
 
 def _check_model(model: dict[str, Any]) -> None:
@@ -238,26 +253,51 @@ def _check_model(model: dict[str, Any]) -> None:
     if fam not in FAMILY_ALIASES:
         close = difflib.get_close_matches(fam, list(FAMILY_ALIASES), n=1, cutoff=0.5)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise InputError(f"model.family '{fam}' is not known{hint}: use gaussian (alias linear) or "
-                         "bernoulli (alias logistic)")
-    gaussian = FAMILY_ALIASES[fam] == "gaussian"
+        raise InputError(f"model.family '{fam}' is not known{hint}: use gaussian (alias linear), "
+                         "bernoulli (alias logistic), binomial, poisson, negative_binomial or "
+                         "student_t")
+    fam = FAMILY_ALIASES[fam]
+    prior = model.get("prior", {})
     if model.get("sigma") is not None:
-        if not gaussian:
+        if fam != "gaussian":
             raise InputError("model.sigma (a known noise sd) applies only to family gaussian: "
                              "remove it")
         if not model["sigma"] > 0:
             raise InputError(f"model.sigma must be a positive number, got {model['sigma']}")
-        if model.get("prior", {}).get("sigma") is not None:
+        if prior.get("sigma") is not None:
             raise InputError("model.sigma fixes the noise sd, so model.prior.sigma has no effect: "
                              "remove one of them")
-    if not gaussian and model.get("prior", {}).get("sigma") is not None:
-        raise InputError("model.prior.sigma applies only to family gaussian (a bernoulli model has "
-                         "no noise scale): remove it")
-    overrides = model.get("prior", {}).get("overrides", {})
+    if fam not in FAMILIES_WITH_SIGMA and prior.get("sigma") is not None:
+        raise InputError(f"model.prior.sigma applies only to families gaussian and student_t (a "
+                         f"{fam} model has no noise scale): remove it")
+    if fam != "negative_binomial" and prior.get("phi") is not None:
+        raise InputError("model.prior.phi (the dispersion) applies only to family "
+                         "negative_binomial: remove it")
+    _check_student_t(fam, model, prior)
+    link = model.get("link")
+    if link is not None and link not in LINKS.get(fam, ("logit",) if fam == "binomial" else ()):
+        allowed = LINKS.get(fam)
+        raise InputError(f"model.link '{link}' is not available for family {fam}: " + (
+            f"use one of {', '.join(allowed)}" if allowed else "remove it (the family has one "
+            "link)"))
+    overrides = prior.get("overrides", {})
     for name, value in overrides.items():
         if not isinstance(value, str):
             raise InputError(f"model.prior.overrides.{name} must be a prior string such as "
                              f"'normal(0, 1)', got {value!r}")
+
+
+def _check_student_t(fam: str, model: dict[str, Any], prior: dict[str, Any]) -> None:
+    nu = model.get("nu")
+    if fam != "student_t" and (nu is not None or prior.get("nu") is not None):
+        key = "model.nu" if nu is not None else "model.prior.nu"
+        raise InputError(f"{key} (degrees of freedom) applies only to family student_t: "
+                         "remove it")
+    if nu is not None and not nu > 0:
+        raise InputError(f"model.nu must be a positive number, got {nu}")
+    if nu is not None and prior.get("nu") is not None:
+        raise InputError("model.nu fixes the degrees of freedom, so model.prior.nu has no "
+                         "effect: remove one of them")
 
 
 def _check_inference(inf: dict[str, Any]) -> None:
@@ -306,6 +346,9 @@ def _check_output(out: dict[str, Any]) -> None:
         raise InputError(f"output.psis_draws must be 0 (off) or at least 100, got {psis_draws}")
     if out.get("psis") and psis_draws == 0:
         raise InputError("output.psis: true needs output.psis_draws > 0 (the weighted draws)")
+    ll = out["log_likelihood"]
+    if isinstance(ll, str) and ll != "auto":
+        raise InputError(f"output.log_likelihood must be true, false or auto, got {ll!r}")
 
 
 def _check_runtime(runtime: dict[str, Any]) -> None:
@@ -330,6 +373,10 @@ def _check_data(data: dict[str, Any], streamed: bool) -> None:
         if clash:
             raise InputError(f"data.formula names the response and covariates: remove "
                              f"data.{' and data.'.join(clash)}")
+        if data.get("trials") is not None or data.get("exposure") is not None:
+            raise InputError("with data.formula, write the trials as p(successes, trials) ~ ... "
+                             "and the exposure as an offset(log(exposure)) term: remove "
+                             "data.trials and data.exposure")
         if streamed:
             raise InputError("data.formula is not available with runtime.out_of_core or the "
                              "Dask backend: list data.response and data.covariates (numeric "
@@ -349,6 +396,20 @@ def _check_data(data: dict[str, Any], streamed: bool) -> None:
         if len(set(covs)) != len(covs):
             dup = next(c for c in covs if covs.count(c) > 1)
             raise InputError(f"data.covariates lists '{dup}' twice: list each column once")
+
+
+def _check_family_columns(family: str, data: dict[str, Any]) -> None:
+    """data.trials goes with binomial (and binomial needs it, or a formula's p(y, n));
+    data.exposure with poisson and negative_binomial."""
+    if data["trials"] is not None and family != "binomial":
+        raise InputError(f"data.trials applies to family binomial, not {family}: remove it or "
+                         "set model.family: binomial")
+    if family == "binomial" and data["trials"] is None and data["formula"] is None:
+        raise InputError("family binomial needs the number of trials: set data.trials to its "
+                         "column (the response is the count of successes)")
+    if data["exposure"] is not None and family not in FAMILIES_WITH_EXPOSURE:
+        raise InputError(f"data.exposure applies to families poisson and negative_binomial, not "
+                         f"{family}: remove it")
 
 
 def parse_overrides(items: list[str]) -> list[tuple[list[str], Any]]:

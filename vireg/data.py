@@ -52,6 +52,8 @@ class Design:
     encodings: dict | None = None  # categorical column -> {"levels": [...], "reference": ...}
     standardization: dict | None = None  # {"mean": [...], "sd": [...]} when data.standardize
     formula: dict | None = None  # data.formula: what vireg.formula.formula_columns needs (JSON)
+    row_data: np.ndarray | None = None  # binomial trials or count exposure, as given
+    row_data_name: str | None = None  # its column
 
     @classmethod
     def names_only(cls, response: str, covariates: list[str], dropped_rows: int) -> Design:
@@ -357,9 +359,10 @@ def _drop_missing(table: Table, names: list[str]) -> tuple[Table, int]:
 
 
 def build_design(table: Table, response: str, covariates: list[str] | None,
-                 missing: str = "error") -> Design:
+                 missing: str = "error", row_data: tuple[str, str] | None = None) -> Design:
     """Select and convert the response and covariate columns (``missing: drop`` first leaves out
-    the rows with a missing value in any of them)."""
+    the rows with a missing value in any of them); ``row_data``: (config key, column) of the
+    binomial trials or the exposure, read beside them."""
     names = list(table.columns)
 
     def missing_column(col: str, key: str) -> InputError:
@@ -371,8 +374,11 @@ def build_design(table: Table, response: str, covariates: list[str] | None,
 
     if response not in table.columns:
         raise missing_column(response, "data.response")
+    extra = [] if row_data is None else [row_data[1]]
+    if row_data is not None and row_data[1] not in table.columns:
+        raise missing_column(row_data[1], row_data[0])
     if covariates is None:
-        covariates = [n for n in names if n != response]
+        covariates = [n for n in names if n != response and n not in extra]
     for c in covariates:
         if c not in table.columns:
             raise missing_column(c, "data.covariates entry")
@@ -380,8 +386,9 @@ def build_design(table: Table, response: str, covariates: list[str] | None,
             raise InputError(f"data.covariates lists the response '{response}': remove it")
     dropped = 0
     if missing == "drop":
-        table, dropped = _drop_missing(table, [response, *covariates])
+        table, dropped = _drop_missing(table, [response, *extra, *covariates])
     y = numeric_column(table, response)
+    x = numeric_column(table, extra[0]) if extra else None
     blocks, names, sources, encodings = [], [], [], {}
     for c in covariates:
         levels = categorical_levels(table, c)
@@ -395,8 +402,9 @@ def build_design(table: Table, response: str, covariates: list[str] | None,
             sources += [c] * (len(levels) - 1)
             encodings[c] = {"levels": levels, "reference": levels[0]}
     X = _rows_from_blocks(blocks, table.n_rows)
-    return Design(y=y, X=X, response=response,
-                  covariates=names, dropped_rows=dropped, sources=sources, encodings=encodings)
+    return Design(y=y, X=X, response=response, covariates=names, dropped_rows=dropped,
+                  sources=sources, encodings=encodings, row_data=x,
+                  row_data_name=extra[0] if extra else None)
 
 
 def _rows_from_blocks(blocks: list[np.ndarray], n_rows: int) -> np.ndarray:

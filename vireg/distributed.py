@@ -112,11 +112,12 @@ def _partial_sums(parts, U, family: str, intercept: bool, draws: int, with_grad:
     return out
 
 
-def _partial_curvature(parts, a: float, b):
-    """``rows.logistic_curvature_sums`` of each of a worker's partitions (runs on the worker)."""
-    from vireg.rows import logistic_curvature_sums
+def _partial_curvature(parts, u, family: str, intercept: bool):
+    """``rows.curvature_sums`` of each of a worker's partitions (runs on the worker)."""
+    from vireg.models.model import LIKELIHOODS
+    from vireg.rows import curvature_sums
 
-    return [logistic_curvature_sums(Z, a, b) for Z, _ in parts]
+    return [curvature_sums(Z, y, u, intercept, LIKELIHOODS[family]) for Z, y in parts]
 
 
 # --- client side -----------------------------------------------------------------------------
@@ -270,15 +271,16 @@ class DaskRows:
     def loglik_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._sums(U, list(range(len(self.parts))))
 
-    def logistic_curvature(self, a: float, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        """``rows.logistic_curvature_sums`` over all partitions, summed in partition order."""
+    def curvature(self, u: np.ndarray) -> np.ndarray:
+        """``rows.curvature_sums`` over all partitions, summed in partition order."""
         from vireg.rows import add_sums, curvature_or_zeros
 
-        results = self._per_partition(_partial_curvature, list(range(len(self.parts))), a, b)
+        results = self._per_partition(_partial_curvature, list(range(len(self.parts))), u,
+                                      self.source.family, self.intercept)
         total = None
         for i in range(len(self.parts)):
             total = add_sums(total, results[i])
-        return curvature_or_zeros(total, len(b))
+        return curvature_or_zeros(total, len(u))
 
     def loglik(self, U: np.ndarray) -> np.ndarray:
         return self._sums(U, list(range(len(self.parts))), with_grad=False)[1]

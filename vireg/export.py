@@ -63,7 +63,8 @@ def _corr(cov: np.ndarray) -> np.ndarray:
 
 def fit_json(result, versions: dict) -> str:
     names = result.param_names
-    theta_names = names[:-1] + ["log_sigma"] if result.has_sigma else names
+    k = len(names) - result.n_positive
+    theta_names = names[:k] + [f"log_{n}" for n in names[k:]]
     doc = {
         "config": result.config.to_dict(),
         "converged": result.converged,

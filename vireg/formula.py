@@ -34,10 +34,47 @@ EXAMPLE = "'y ~ x1 + x2 + C(g) + x1:x2'"
 _ARRAY, _ITEMS, _TUPLE = "__ndarray__", "__items__", "__tuple__"
 
 
+_TRIALS_RE = re.compile(r"^\s*p\(\s*([A-Za-z_.][\w.]*)\s*,\s*([A-Za-z_.][\w.]*)\s*\)\s*~")
+_OFFSET_RE = re.compile(r"\+?\s*offset\(\s*log\(\s*([A-Za-z_.][\w.]*)\s*\)\s*\)\s*\+?")
+
+
+def row_data_terms(formula: str) -> tuple[str, str | None, str | None]:
+    """(the formula without them, trials column, exposure column) of a formula whose response is
+    written ``p(successes, trials)`` (binomial) or with an ``offset(log(exposure))`` term."""
+    trials = exposure = None
+    m = _TRIALS_RE.match(formula)
+    if m:
+        trials = m.group(2)
+        formula = f"{m.group(1)} ~" + formula[m.end():]
+    offsets = _OFFSET_RE.findall(formula)
+    if len(offsets) > 1:
+        raise InputError(f"data.formula '{formula}' has {len(offsets)} offset terms: give one, "
+                         "offset(log(exposure))")
+    if offsets:
+        exposure = offsets[0]
+        formula = _OFFSET_RE.sub(lambda t: "+" if t.group(0).strip().startswith("+")
+                                 and t.group(0).strip().endswith("+") else "", formula, count=1)
+        if formula.rstrip().endswith("~"):
+            formula += " 1"
+    if "offset(" in formula:
+        raise InputError(f"data.formula '{formula}': an offset is written offset(log(COLUMN)), "
+                         "the log of an exposure column")
+    return formula, trials, exposure
+
+
 def design_from_formula(table: Table, formula: str, missing: str = "error") -> tuple[Design, bool]:
     """The design of ``formula`` on ``table`` (X without formulaic's Intercept column), and whether
-    the formula has an intercept (``y ~ x - 1`` and ``y ~ 0 + x`` have none)."""
+    the formula has an intercept (``y ~ x - 1`` and ``y ~ 0 + x`` have none). The binomial
+    trials of ``p(y, n) ~ ...`` and the exposure of ``offset(log(t))`` become the design's row
+    data (``row_data_terms``)."""
     formulaic, pandas = _import()
+    text, trials, exposure = row_data_terms(formula)
+    row_col = trials or exposure
+    if row_col is not None and row_col not in table.columns:
+        key = "the trials of p(y, n)" if trials else "the offset's exposure"
+        raise InputError(f"data.formula '{formula}': {key} '{row_col}' is not a column of "
+                         f"'{table.source}': columns are {', '.join(table.columns)}")
+    formula = text
     parsed = _parse(formulaic, formula)
     response_vars = _variables(parsed.lhs, table, formula)
     covariate_vars = _variables(parsed.rhs, table, formula)
@@ -45,7 +82,7 @@ def design_from_formula(table: Table, formula: str, missing: str = "error") -> t
         if v in covariate_vars:
             raise InputError(f"data.formula '{formula}' uses the response '{v}' right of '~' too: "
                              "remove it there")
-    used = list(dict.fromkeys(response_vars + covariate_vars))
+    used = list(dict.fromkeys(response_vars + covariate_vars + ([row_col] if row_col else [])))
     dropped = 0
     if missing == "drop":
         table, dropped = _drop_missing(table, used)
@@ -81,6 +118,8 @@ def design_from_formula(table: Table, formula: str, missing: str = "error") -> t
     _check_finite(X, columns, rows, "change the term or the data")
     state = {
         "text": formula,
+        "trials": trials,
+        "exposure": exposure,
         "intercept": bool(intercept),
         "columns": columns,
         "variables": {v: ({"kind": "text", "levels": levels[v]} if v in levels else {"kind": "numeric"})
@@ -90,7 +129,8 @@ def design_from_formula(table: Table, formula: str, missing: str = "error") -> t
     }
     design = Design(y=y, X=X, response=lhs.model_spec.column_names[0], covariates=columns,
                     dropped_rows=dropped, sources=_sources(spec, keep, table), encodings={},
-                    formula=state)
+                    formula=state, row_data=numeric_column(table, row_col) if row_col else None,
+                    row_data_name=row_col)
     return design, bool(intercept)
 
 

@@ -164,18 +164,28 @@ def _newton_direction(H: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _start(model) -> np.ndarray:
-    """Newton's start: for gaussian models the least-squares coefficients on the standardised
-    scale (from the Gram matrix) and log of their residual sd; for logistic ones 0 (the intercept
-    at the log odds of the mean response when it has one and both classes occur)."""
+    """Newton's start: for gaussian and Student-t models the least-squares coefficients on the
+    standardised scale (from the Gram matrix) and log of their residual sd (Student-t's nu at
+    its ``START_NU``); for logistic ones 0 with the intercept at the log odds of the mean
+    response (when it has one and both classes occur); for the others the likelihood's own
+    null-model start (``start``: the intercept at the link of the mean rate)."""
     P, k = model.n_params, model.n_location
     u = np.zeros(P)
-    if model.likelihood.HAS_SCALE:
+    lik = model.likelihood
+    if lik.HAS_SCALE:
         gram, zty, yty = model.gram()
         if k:
             u[:k] = np.linalg.lstsq(gram, zty, rcond=None)[0]
         if model.has_scale:
             rss = max(yty - float(u[:k] @ zty), 1e-12 * max(yty, 1e-300))
-            u[P - 1] = 0.5 * np.log(max(rss / model.n_rows, 1e-300))
+            u[k] = 0.5 * np.log(max(rss / model.n_rows, 1e-300))
+        if "nu" in model.positive_names:
+            u[P - 1] = np.log(lik.START_NU)
+    elif hasattr(lik, "start"):
+        a, aux = lik.start(model.design.y, model.design.row_data)
+        if model.intercept:
+            u[0] = a
+        u[k:] = aux
     elif model.intercept:
         mean = model.column_stats[0][1]
         if 0.0 < mean < 1.0:

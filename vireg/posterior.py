@@ -31,34 +31,46 @@ def natural_summary(model, mean_u: np.ndarray, cov_u: np.ndarray) -> tuple[Summa
     """Exact summaries of q pushed to the natural scale.
 
     theta = T u + c is Gaussian with mean T m + c and covariance T Sigma T^T; the intercept and
-    coefficients are reported as those normal marginals, sigma = exp(tau) as a log-normal.
+    coefficients are reported as those normal marginals, each positive parameter (sigma, phi,
+    nu) = exp(its log) as a log-normal.
     """
     mean_t = model.T @ mean_u + model.c
     cov_t = model.T @ cov_u @ model.T.T
     sd_t = np.sqrt(np.diag(cov_t))
     mean, sd = mean_t.copy(), sd_t.copy()
     q5, q50, q95 = mean_t - Z95 * sd_t, mean_t.copy(), mean_t + Z95 * sd_t
-    if model.has_scale:
-        mu, v = mean_t[-1], cov_t[-1, -1]
-        mean[-1] = math.exp(mu + 0.5 * v)
-        sd[-1] = mean[-1] * math.sqrt(math.expm1(v))
-        q5[-1], q50[-1], q95[-1] = (math.exp(mu - Z95 * sd_t[-1]), math.exp(mu),
-                                    math.exp(mu + Z95 * sd_t[-1]))
-    return Summary(model.param_names, mean, sd, q5, q50, q95), mean_t, cov_t
+    summary = Summary(model.param_names, mean, sd, q5, q50, q95)
+    _log_normal(mean_t, cov_t, model.n_location, summary)
+    return summary, mean_t, cov_t
+
+
+def _log_normal(mean_t: np.ndarray, cov_t: np.ndarray, first: int, out: Summary) -> None:
+    """Overwrite the summaries of parameters ``first`` on (positive, fitted as logs) with those of
+    the log-normal exp(theta_i)."""
+    for i in range(first, len(mean_t)):
+        mu, v = mean_t[i], cov_t[i, i]
+        out.mean[i] = math.exp(mu + 0.5 * v)
+        out.sd[i] = out.mean[i] * math.sqrt(math.expm1(v))
+        s = math.sqrt(v)
+        out.q5[i], out.q50[i], out.q95[i] = (math.exp(mu - Z95 * s), math.exp(mu),
+                                             math.exp(mu + Z95 * s))
 
 
 def natural_cov(model, mean_t: np.ndarray, cov_t: np.ndarray) -> np.ndarray:
-    """Covariance of q over the natural parameters (intercept, coefficients, sigma).
+    """Covariance of q over the natural parameters (intercept, coefficients, then sigma, phi or
+    nu).
 
     For jointly Gaussian (x, tau), Stein's lemma gives Cov(x, e^tau) = Cov(x, tau) E[e^tau];
-    Var(e^tau) = E[e^tau]^2 (e^v - 1).
+    for two logs, Cov(e^tau_i, e^tau_j) = E[e^tau_i] E[e^tau_j] (e^Sigma_ij - 1).
     """
     cov = cov_t.copy()
-    if model.has_scale:
-        mu, v = mean_t[-1], cov_t[-1, -1]
-        e_sigma = math.exp(mu + 0.5 * v)
-        cov[:-1, -1] = cov[-1, :-1] = cov_t[:-1, -1] * e_sigma
-        cov[-1, -1] = e_sigma**2 * math.expm1(v)
+    k = model.n_location
+    if k == len(mean_t):
+        return cov
+    e = np.exp(mean_t[k:] + 0.5 * np.diag(cov_t)[k:])
+    cov[:k, k:] = cov_t[:k, k:] * e
+    cov[k:, :k] = cov[:k, k:].T
+    cov[k:, k:] = np.outer(e, e) * np.expm1(cov_t[k:, k:])
     return cov
 
 
@@ -80,20 +92,16 @@ def original_scale(model, mean_t: np.ndarray, cov_t: np.ndarray) -> Summary | No
     m, cov = A @ mean_t, A @ cov_t @ A.T
     s = np.sqrt(np.diag(cov))
     out = Summary(model.param_names, m.copy(), s.copy(), m - Z95 * s, m.copy(), m + Z95 * s)
-    if model.has_scale:  # sigma: log-normal, as in natural_summary
-        mu, v = mean_t[-1], cov_t[-1, -1]
-        out.mean[-1] = math.exp(mu + 0.5 * v)
-        out.sd[-1] = out.mean[-1] * math.sqrt(math.expm1(v))
-        out.q5[-1], out.q50[-1], out.q95[-1] = (math.exp(mu - Z95 * math.sqrt(v)), math.exp(mu),
-                                                math.exp(mu + Z95 * math.sqrt(v)))
+    _log_normal(mean_t, cov_t, model.n_location, out)  # sigma: as in natural_summary
     return out
 
 
 def to_natural(model, U: np.ndarray) -> np.ndarray:
-    """Draws in u to the natural scale (intercept, coefficients, sigma), one row per draw."""
+    """Draws in u to the natural scale (intercept, coefficients, then sigma, phi or nu), one row
+    per draw."""
     theta = model.to_theta(U)
-    if model.has_scale:
-        theta[:, -1] = np.exp(theta[:, -1])
+    k = model.n_location
+    theta[:, k:] = np.exp(theta[:, k:])
     return theta
 
 

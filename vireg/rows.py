@@ -46,9 +46,9 @@ class RowSource(Protocol):
     def block_loglik_grad(self, U: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
         """(G, ll) over block b only."""
 
-    def logistic_curvature(self, a: float, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        """(sum w, Z^T w, Z^T diag(w) Z), w = p (1 - p), p = sigmoid(a + Z b), over all rows
-        (zeros for none)."""
+    def curvature(self, u: np.ndarray) -> np.ndarray:
+        """-d2/du2 of the log-likelihood over all rows at one draw u in the kernel's layout
+        (``curvature_sums``; zeros for no rows)."""
 
     def describe(self) -> dict:
         """Where the rows are, for fit.json."""
@@ -70,31 +70,54 @@ def data_kernel(likelihood: str, parallel: bool):
     return builds[likelihood][0 if parallel else 1]
 
 
-def logistic_curvature_sums(Z: np.ndarray, a: float, b: np.ndarray
-                            ) -> tuple[float, np.ndarray, np.ndarray]:
-    """(sum w, Z^T w, Z^T diag(w) Z) over some rows, in float64, with w = p (1 - p) and
-    p = sigmoid(a + Z b): the pieces of the logistic log joint's curvature (they add up over
-    row pieces)."""
+def curvature_sums(Z: np.ndarray, Y: np.ndarray, u: np.ndarray, intercept: bool,
+                   likelihood) -> np.ndarray:
+    """-d2/du2 of the log-likelihood of some rows at one draw u (kernel layout [a, b, aux]), in
+    float64 (they add up over row pieces):
+
+        [[Z1^T diag(w) Z1, Z1^T C], [C^T Z1, D]]
+
+    with the likelihood's per-row curvature in eta (w), in eta and each auxiliary parameter
+    (the columns of C) and the auxiliary block D summed over the rows
+    (``likelihood.curvature_terms``); Z1 = [1, Z] with an intercept."""
     Z = np.asarray(Z, dtype=np.float64)
-    with np.errstate(over="ignore"):  # exp overflow: p = 0, w = 0, as it should
-        p = 1.0 / (1.0 + np.exp(-(a + Z @ b)))
-    w = p * (1.0 - p)
-    # B^T B with B = sqrt(w) Z: BLAS's symmetric product (syrk), half the multiply-adds of
-    # Z^T (w Z) (100,000 x 50: 26 ms against 44 ms)
-    B = Z * np.sqrt(w)[:, None]
-    return float(w.sum()), w @ Z, B.T @ B
+    Y2 = np.asarray(Y, dtype=np.float64).reshape(len(Z), -1)
+    off, D = int(intercept), Z.shape[1]
+    a = u[0] if intercept else 0.0
+    eta = a + Z @ u[off:off + D]
+    if likelihood.ROW_DATA == "exposure":
+        eta = eta + Y2[:, 1]
+    aux = u[off + D:]
+    with np.errstate(over="ignore", under="ignore"):
+        w, C, Daux = likelihood.curvature_terms(Y2, eta, aux)
+    k = off + D
+    H = np.zeros((k + len(aux), k + len(aux)))
+    if np.all(w >= 0):
+        # B^T B with B = sqrt(w) Z: BLAS's symmetric product (syrk), half the multiply-adds of
+        # Z^T (w Z) (100,000 x 50: 26 ms against 44 ms)
+        B = Z * np.sqrt(w)[:, None]
+        H[off:k, off:k] = B.T @ B
+    else:  # a likelihood that is not log-concave in eta (Student-t): the plain product
+        H[off:k, off:k] = Z.T @ (w[:, None] * Z)
+    if intercept:
+        H[0, 0] = w.sum()
+        H[0, 1:k] = H[1:k, 0] = w @ Z
+    if len(aux):
+        cross = np.vstack([C.sum(axis=0)[None, :], Z.T @ C]) if intercept else Z.T @ C
+        H[:k, k:] = cross
+        H[k:, :k] = cross.T
+        H[k:, k:] = Daux
+    return H
 
 
-def curvature_or_zeros(total, n_cov: int) -> tuple[float, np.ndarray, np.ndarray]:
-    """Summed ``logistic_curvature_sums``, or zeros when there were no rows to sum."""
-    if total is not None:
-        return total
-    return 0.0, np.zeros(n_cov), np.zeros((n_cov, n_cov))
+def curvature_or_zeros(total: np.ndarray | None, n_kernel_cols: int) -> np.ndarray:
+    """Summed ``curvature_sums``, or zeros when there were no rows to sum."""
+    return total if total is not None else np.zeros((n_kernel_cols, n_kernel_cols))
 
 
 def add_sums(total, part):
-    """Elementwise sum of two tuples of sums (None: nothing yet)."""
-    return part if total is None else tuple(x + y for x, y in zip(total, part, strict=True))
+    """The sum of two partial sums (None: nothing yet)."""
+    return part if total is None else total + part
 
 
 def block_bounds(n_rows: int, batch_size: int) -> np.ndarray:
@@ -139,13 +162,14 @@ class MemoryRows:
         return self._block_kernel(self.Z[lo:hi], self.y[lo:hi], U, self.intercept,
                                   self.chunk_rows, True)
 
-    def logistic_curvature(self, a: float, b: np.ndarray, rows_per_piece: int = 1 << 16
-                           ) -> tuple[float, np.ndarray, np.ndarray]:
-        """``logistic_curvature_sums`` over all rows, a piece at a time."""
+    def curvature(self, u: np.ndarray, rows_per_piece: int = 1 << 16) -> np.ndarray:
+        """``curvature_sums`` over all rows, a piece at a time."""
         total = None
         for lo in range(0, self.n_rows, rows_per_piece):
-            total = add_sums(total, logistic_curvature_sums(self.Z[lo:lo + rows_per_piece], a, b))
-        return curvature_or_zeros(total, self.n_cov)
+            hi = lo + rows_per_piece
+            total = add_sums(total, curvature_sums(self.Z[lo:hi], self.y[lo:hi], u,
+                                                   self.intercept, self.likelihood))
+        return curvature_or_zeros(total, len(u))
 
     def describe(self) -> dict:
         """For fit.json: where the rows were read from."""

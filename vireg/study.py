@@ -18,8 +18,8 @@ GRADVAR_STREAM = 7
 
 def u_names(model) -> list[str]:
     """Names of the coordinates of u (the standardised parameters q is defined on)."""
-    names = model.param_names
-    return names[:-1] + ["log_sigma"] if model.has_scale else names
+    k = model.n_location
+    return model.param_names[:k] + [f"log_{n}" for n in model.positive_names]
 
 
 # gradvar --at zero: the null model on the standardised scale with sds at most this (where plain

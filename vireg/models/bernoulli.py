@@ -6,8 +6,13 @@ Per row: l = y eta - softplus(eta); dl/deta = y - sigmoid(eta).
 import numpy as np
 
 from vireg.errors import InputError
+from vireg.kernels.codes import LOGIT
 
+NAME = "bernoulli"
 HAS_SCALE = False
+AUX: tuple[str, ...] = ()
+ROW_DATA = None
+CODE = LOGIT  # for the per-observation log-likelihood (``kernels.glm.pointwise_loglik``)
 
 
 def check_response(y: np.ndarray, name: str) -> None:
@@ -31,6 +36,17 @@ def loglik_grad_kernel(parallel: bool):
     from vireg.rows import data_kernel
 
     return data_kernel("bernoulli", parallel)
+
+
+def row_constants(y: np.ndarray, x) -> float:
+    return 0.0
+
+
+def curvature_terms(Y: np.ndarray, eta: np.ndarray, aux: np.ndarray):
+    """w = p (1 - p), p = sigmoid(eta)."""
+    with np.errstate(over="ignore"):  # exp overflow: p = 0, w = 0, as it should
+        p = 1.0 / (1.0 + np.exp(-eta))
+    return p * (1.0 - p), np.zeros((eta.size, 0)), np.zeros((0, 0))
 
 
 def separation(Z1: np.ndarray, y: np.ndarray, max_iter: int = 50) -> str | None:

@@ -7,8 +7,13 @@ dl/deta = (y - eta) exp(-2 tau); dl/dtau = -1 + (y - eta)^2 exp(-2 tau).
 import numpy as np
 
 from vireg.errors import InputError
+from vireg.kernels.codes import GAUSSIAN
 
+NAME = "gaussian"
 HAS_SCALE = True
+AUX = ("sigma",)
+ROW_DATA = None
+CODE = GAUSSIAN  # for the per-observation log-likelihood (``kernels.glm.pointwise_loglik``)
 
 
 def check_response(y: np.ndarray, name: str) -> None:
@@ -35,3 +40,14 @@ def loglik_grad_kernel(parallel: bool):
     from vireg.rows import data_kernel
 
     return data_kernel("gaussian", parallel)
+
+
+def row_constants(y: np.ndarray, x) -> float:
+    return 0.0
+
+
+def curvature_terms(Y: np.ndarray, eta: np.ndarray, aux: np.ndarray):
+    """w = exp(-2t); -d2l/deta dt = 2 w e; -d2l/dt2 = 2 w sum e^2 (e = y - eta)."""
+    w = np.exp(-2.0 * aux[0])
+    e = Y[:, 0] - eta
+    return np.full(eta.size, w), (2.0 * w * e)[:, None], np.array([[2.0 * w * float(e @ e)]])

@@ -24,12 +24,30 @@ import numpy as np
 
 from vireg.data import Design
 from vireg.errors import InputError
+from vireg.kernels.codes import GAUSSIAN, LOGIT
 from vireg.kernels.flags import chunk_rows_for
-from vireg.models import bernoulli, gaussian
+from vireg.models import (
+    bernoulli,
+    binomial,
+    gaussian,
+    negative_binomial,
+    poisson,
+    probit,
+    student_t,
+)
 from vireg.models.priors import Prior, parse_prior
 from vireg.rows import MemoryRows, standardized_gram_f64
 
-LIKELIHOODS: dict[str, ModuleType] = {"gaussian": gaussian, "bernoulli": bernoulli}
+LIKELIHOODS: dict[str, ModuleType] = {
+    "gaussian": gaussian, "bernoulli": bernoulli, "binomial": binomial, "poisson": poisson,
+    "negative_binomial": negative_binomial, "student_t": student_t}
+# Links other than a family's canonical one, as likelihoods of their own
+LINKED: dict[tuple[str, str], ModuleType] = {("bernoulli", "probit"): probit}
+
+
+def likelihood_module(family: str, link: str | None = None) -> ModuleType:
+    """The likelihood of a family (model.family) and link (model.link; None: the default)."""
+    return LINKED.get((family, link or ""), LIKELIHOODS[family])
 
 
 # Draws per pass over in-memory rows for the ELBO and k-hat draws: the pass is bound by arithmetic,
@@ -52,14 +70,25 @@ class Model:
 
     def __init__(self, design: Design, likelihood: str, intercept: bool, priors: list[Prior],
                  fixed_sigma: float | None = None, draws_per_step: int = 8,
-                 dtype: str = "float64", source=None, orthogonalize: bool = False):
+                 dtype: str = "float64", source=None, orthogonalize: bool = False,
+                 link: str | None = None, fixed_nu: float | None = None):
         """``design`` holds the data in memory, or with ``source`` (rows that live elsewhere: a
         disk cache or Dask workers) only the names, and ``source`` supplies the moments and the
         standardised rows. ``orthogonalize`` (rows in memory only) makes the kernel read the
-        standardised columns orthogonalised (``_orthogonalize``)."""
-        self.likelihood_name = likelihood  # model.family in the config: gaussian or bernoulli
+        standardised columns orthogonalised (``_orthogonalize``). ``fixed_sigma`` and
+        ``fixed_nu`` are known values of a gaussian's sigma and a Student-t's nu."""
+        self.likelihood_name = likelihood  # model.family in the config
+        self.link = link
         self.fixed_sigma = fixed_sigma
-        self.likelihood = LIKELIHOODS[likelihood]
+        self.fixed_nu = fixed_nu
+        self.likelihood = likelihood_module(likelihood, link)
+        # Positive parameters after the coefficients, fitted as logs; a known one is a fixed
+        # trailing column of the kernel's draws (``kernel_draws``)
+        fixed = {"sigma": fixed_sigma, "nu": fixed_nu}
+        self.positive_names = positive_parameters(likelihood, link, fixed_sigma, fixed_nu)
+        self._fixed_names = [n for n in self.likelihood.AUX if fixed.get(n) is not None]
+        self.row_data_name = design.row_data_name
+        self._dispersion_histogram = None
         self.intercept = intercept
         self.design = design
         self.dtype = dtype
@@ -76,10 +105,11 @@ class Model:
             self._standardize_source(source, draws_per_step)
         self.T, self.c = self.affine_map()
         self.log_det_T = float(np.linalg.slogdet(self.T)[1])
-        self.loglik_const = (-self.n_rows * np.log(self.y_scale) if self.likelihood.HAS_SCALE
-                             else 0.0)
-        # A known sigma is the fixed value t = log(sigma / s_y) of the kernel's last column.
-        self.fixed_t = None if fixed_sigma is None else float(np.log(fixed_sigma / self.y_scale))
+        self.loglik_const += (-self.n_rows * np.log(self.y_scale) if self.likelihood.HAS_SCALE
+                              else 0.0)
+        # Known values, in the kernel's coordinates: t = log(sigma / s_y), log nu
+        self.fixed_tail = np.array([np.log(fixed_sigma / self.y_scale) if n == "sigma"
+                                    else np.log(fixed[n]) for n in self._fixed_names])
         self.priors = priors
         self._prior_groups = _group_priors(priors)
 
@@ -87,6 +117,12 @@ class Model:
         y, X = design.y, design.X
         self.n_rows, self.n_cov = X.shape
         self.likelihood.check_response(y, design.response)
+        x = design.row_data
+        if self.likelihood.ROW_DATA is not None and x is not None:
+            self.likelihood.check_row_data(y, x, design.response, design.row_data_name)
+        self.loglik_const = float(np.sum(self.likelihood.row_constants(y, x)))
+        if self.likelihood.NAME == "negative_binomial":
+            self._dispersion_histogram = np.unique(y, return_counts=True)
 
         # Column moments in one parallel pass, then the standardised copy in another (no other
         # N x D temporaries).
@@ -108,7 +144,14 @@ class Model:
         self.Z = np.empty((self.n_rows, self.n_cov), dtype=self.dtype)
         standardize_into(X, self.x_centre, self.x_scale, self.Z, chunk)
         self.y = np.ascontiguousarray((y - self.y_centre) / self.y_scale)
-        yk = self.y if self.dtype == "float64" else self.y.astype(np.float32)
+        # The kernel's per-row data: the response, or for the generic kernel (``kernels.glm``)
+        # the response beside the trials or log exposure
+        self.Y = self.y
+        if self.likelihood.CODE not in (GAUSSIAN, LOGIT):
+            extra = (np.zeros(self.n_rows) if x is None
+                     else self.likelihood.kernel_row_data(np.asarray(x, dtype=np.float64)))
+            self.Y = np.ascontiguousarray(np.column_stack([self.y, extra]))
+        yk = self.Y if self.dtype == "float64" else self.Y.astype(np.float32)
         self.rows = MemoryRows(self.Z, yk, self.likelihood, self.intercept, draws_per_step)
 
     def _orthogonalize(self) -> None:
@@ -153,6 +196,7 @@ class Model:
         rows where it keeps them and returns the Gram matrix gathered on the way."""
         m = source.moments
         self.n_rows, self.n_cov = m.n_rows, len(m.x_mean)
+        self.loglik_const = 0.0
         if self.likelihood.HAS_SCALE and m.y_min == m.y_max:  # (0/1 is checked row by row)
             self.likelihood.check_response(np.array([m.y_min, m.y_max]), self.design.response)
         mean, sd = m.x_mean, m.x_sd
@@ -185,18 +229,23 @@ class Model:
 
     @property
     def has_scale(self) -> bool:
-        """Whether log sigma is a fitted parameter (gaussian with unknown sigma)."""
-        return self.likelihood.HAS_SCALE and self.fixed_sigma is None
+        """Whether sigma (gaussian, student_t) is a fitted parameter."""
+        return "sigma" in self.positive_names
+
+    @property
+    def n_positive(self) -> int:
+        """Fitted positive parameters (sigma, phi, nu), the last of theta, as their logs."""
+        return len(self.positive_names)
 
     @property
     def n_params(self) -> int:
-        return int(self.intercept) + self.n_cov + int(self.has_scale)
+        return int(self.intercept) + self.n_cov + self.n_positive
 
     @property
     def param_names(self) -> list[str]:
-        """Names on the natural scale: intercept, the covariates, sigma."""
+        """Names on the natural scale: intercept, the covariates, then sigma, phi or nu."""
         names = (["intercept"] if self.intercept else []) + list(self.design.covariates)
-        return names + (["sigma"] if self.has_scale else [])
+        return names + self.positive_names
 
     def affine_map(self) -> tuple[np.ndarray, np.ndarray]:
         """T and c with theta = T u + c.
@@ -214,9 +263,10 @@ class Model:
             T[0, 0] = self.y_scale
             T[0, off:off + self.n_cov] = -self.x_centre * slope
             c[0] = self.y_centre
-        if self.has_scale:
-            T[P - 1, P - 1] = 1.0
-            c[P - 1] = np.log(self.y_scale)
+        for k, name in enumerate(self.positive_names):
+            i = self.n_location + k
+            T[i, i] = 1.0
+            c[i] = np.log(self.y_scale) if name == "sigma" else 0.0
         if self.design_map is not None:  # b = R^-1 u_coef: T's coefficient columns times R^-1
             cols = slice(off, off + self.n_cov)
             T[:, cols] = np.linalg.solve(self.design_map.T, T[:, cols].T).T
@@ -264,26 +314,29 @@ class Model:
 
             location block Z1^T diag(w) Z1
 
-        with w_i the likelihood's curvature in eta at eta_i = z1_i . m: sigmoid(eta)(1 -
-        sigmoid(eta)) for logistic (one pass over the rows, wherever the row source keeps them,
-        in float64 a piece at a time); w = exp(-2 t) for gaussian, whose log sigma t adds the
-        row and column -d2/dt2 = 2 w e^T e and -d2/db dt = 2 w Z1^T e (e = y - Z1 m; no pass
-        over the data).
+        with w_i the likelihood's curvature in eta at eta_i = z1_i . m, and the rows and columns
+        of the positive parameters (each likelihood's ``curvature_terms``). Gaussian models take
+        it from the sufficient statistics (no pass over the data): w = exp(-2 t), whose log
+        sigma t adds the row and column -d2/dt2 = 2 w e^T e and -d2/db dt = 2 w Z1^T e
+        (e = y - Z1 m). Other likelihoods make one pass over the rows, wherever the row source
+        keeps them, in float64 a piece at a time.
         """
         k, P = self.n_location, self.n_params
         C = np.zeros((P, P))
-        if self.likelihood.HAS_SCALE:
+        if self.likelihood is gaussian:
             # From the sufficient statistics, no pass over the data: with e = y - Z1 m_loc,
             # Z1^T e = Z1^T y - G m_loc and e^T e = y^T y - 2 m_loc^T Z1^T y + m_loc^T G m_loc.
             gram, zty, yty = self.gram()
-            t = self.fixed_t if self.fixed_t is not None else m[P - 1]
+            t = self.fixed_tail[0] if self.fixed_tail.size else m[P - 1]
             w = np.exp(-2.0 * t)
             C[:k, :k] = w * gram
-            if self.fixed_t is None:  # the log sigma row and column
+            if self.has_scale:  # the log sigma row and column
                 ml = m[:k]
                 C[:k, P - 1] = C[P - 1, :k] = 2.0 * w * (zty - gram @ ml)
                 C[P - 1, P - 1] = 2.0 * w * max(yty - 2.0 * ml @ zty + ml @ gram @ ml, 0.0)
-        elif not np.any(m[int(self.intercept):k]) and self.design_map is not None:
+            return C
+        if (self.likelihood is bernoulli and not np.any(m[int(self.intercept):k])
+                and self.design_map is not None):
             # Every eta is the intercept, so w is one number; orthogonalised columns have
             # Z1^T Z1 = N I (centred with an intercept): the curvature is w N I, no pass over the
             # rows (Newton's first step from the null model). The exact Gram matrix is left to
@@ -291,15 +344,12 @@ class Model:
             a = m[0] if self.intercept else 0.0
             p = 0.5 * (1.0 + np.tanh(0.5 * a))
             C[:k, :k] = p * (1.0 - p) * self.n_rows * np.eye(k)
-        else:
-            a = m[0] if self.intercept else 0.0
-            w_sum, zw, ztwz = self.rows.logistic_curvature(a, m[int(self.intercept):k])
-            self.curvature_passes += 1
-            if self.intercept:
-                C[:k, :k] = np.block([[np.array([[w_sum]]), zw[None, :]], [zw[:, None], ztwz]])
-            else:
-                C[:k, :k] = ztwz
-        return C
+            return C
+        H = self.rows.curvature(self.kernel_draws(m[None, :])[0])
+        self.curvature_passes += 1
+        if self._dispersion_histogram is not None:  # the Gamma terms of phi (negative binomial)
+            H[k, k] -= self._dispersion(m[None, k])[2, 0]
+        return H[:P, :P]
 
     def _prior_curvature(self) -> np.ndarray:
         """T_loc^T diag(c) T_loc: the location priors' curvature at their modes (c_j), mapped to
@@ -341,28 +391,78 @@ class Model:
             Ub = U[start:start + batch]
             with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
                 lp, _ = self.log_prior_grad(self.to_theta(Ub))
-                values = self.rows.loglik(self.kernel_draws(Ub)) + self.loglik_const + lp
+                values = (self.rows.loglik(self.kernel_draws(Ub)) + self.response_terms(Ub)[0]
+                          + self.loglik_const + lp)
             yield start, values
 
     def warm_up(self) -> None:
         """Compile the data kernels (or load them from Numba's cache) on a one-row slice."""
-        self.rows.warm_up(self.n_params + (self.fixed_t is not None))
+        self.rows.warm_up(self.n_params + self.fixed_tail.size)
 
     def kernel_draws(self, U: np.ndarray) -> np.ndarray:
-        """Draws in the kernel's layout: a known sigma is the fixed last column t."""
-        if self.fixed_t is None:
+        """Draws in the kernel's layout: known values (sigma, nu) are fixed trailing columns."""
+        if not self.fixed_tail.size:
             return U
-        return np.hstack([U, np.full((U.shape[0], 1), self.fixed_t)])
+        return np.hstack([U, np.broadcast_to(self.fixed_tail, (U.shape[0], self.fixed_tail.size))])
 
     def data_grad(self, G: np.ndarray) -> np.ndarray:
-        """The kernel's gradient without the column of a known sigma."""
-        return G if self.fixed_t is None else np.ascontiguousarray(G[:, :-1])
+        """The kernel's gradient without the columns of known values."""
+        return G if not self.fixed_tail.size else np.ascontiguousarray(G[:, :self.n_params])
+
+    def _dispersion(self, log_phi: np.ndarray) -> np.ndarray:
+        """``kernels.glm.dispersion_terms`` of the response's histogram at each log phi."""
+        from vireg.kernels.glm import dispersion_terms
+
+        values, counts = self._dispersion_histogram
+        return dispersion_terms(values.astype(np.float64), counts.astype(np.float64),
+                                np.ascontiguousarray(log_phi, dtype=np.float64))
+
+    def response_terms(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The log joint's terms over all rows that the data kernel leaves out because they
+        depend on the response alone (the negative binomial's sum of log Gamma(y + phi) -
+        log Gamma(phi)), and their gradient in u; zeros for other likelihoods. Always over the
+        full data, so a minibatch step gets them exactly."""
+        ll = np.zeros(U.shape[0])
+        G = np.zeros_like(U)
+        if self._dispersion_histogram is not None:
+            k = self.n_location
+            terms = self._dispersion(U[:, k])
+            ll += terms[0]
+            G[:, k] = terms[1]
+        return ll, G
 
     def add_prior(self, U: np.ndarray, ll: np.ndarray, G: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """log p(y, theta(u)) and its gradient in u from the data sums (ll, G) of the draws U."""
+        """log p(y, theta(u)) and its gradient in u from the data sums (ll, G) of the draws U:
+        with the constants, the response's own terms (``response_terms``) and the priors."""
         lp, g_theta = self.log_prior_grad(self.to_theta(U))
-        return ll + self.loglik_const + lp, G + g_theta @ self.T
+        ll_r, G_r = self.response_terms(U)
+        return ll + ll_r + self.loglik_const + lp, G + G_r + g_theta @ self.T
+
+    def from_natural(self, values: np.ndarray) -> np.ndarray:
+        """u of draws on the natural scale (S x P, ``param_names`` order; positive parameters
+        as themselves): the inverse of ``posterior.to_natural``."""
+        theta = np.array(values, dtype=np.float64)
+        if self.n_positive:
+            theta[:, self.n_location:] = np.log(theta[:, self.n_location:])
+        return np.linalg.solve(self.T, (theta - self.c).T).T
+
+    def pointwise_loglik(self, U: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """log p(y_i | theta(u_s)) for each draw s and observation i (S x n; ``rows``: the
+        observations' indices, default all), with every constant, on the response as given:
+        one parallel kernel pass (``kernels.glm.pointwise_loglik``). Rows in memory only."""
+        from vireg.kernels.glm import pointwise_loglik
+
+        if not self.in_memory:
+            raise InputError("per-observation log-likelihoods need the rows in memory: fit "
+                             "without runtime.out_of_core or the Dask backend")
+        idx = (np.arange(self.n_rows, dtype=np.int64) if rows is None
+               else np.ascontiguousarray(rows, dtype=np.int64))
+        Y = self.Y if self.Y.ndim == 2 else np.column_stack([self.Y, np.zeros(self.n_rows)])
+        Uk = np.ascontiguousarray(self.kernel_draws(np.atleast_2d(U)), dtype=np.float64)
+        L = pointwise_loglik(self.likelihood.CODE, self.Z, Y, Uk, self.intercept, idx)
+        shift = -np.log(self.y_scale) if self.likelihood.HAS_SCALE else 0.0
+        return L + shift
 
     def log_joint_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """log p(y, theta(u)) and its gradient with respect to u, for each draw (row) of U.
@@ -401,10 +501,16 @@ def _group_priors(priors: list[Prior]) -> list[tuple[Prior, np.ndarray]]:
     return [(p, np.array(idx)) for p, idx in groups.items()]
 
 
+def positive_parameters(family: str, link: str | None = None, fixed_sigma: float | None = None,
+                        fixed_nu: float | None = None) -> list[str]:
+    """The fitted positive parameters of a likelihood (sigma, phi, nu), known values left out."""
+    fixed = {"sigma": fixed_sigma, "nu": fixed_nu}
+    return [n for n in likelihood_module(family, link).AUX if fixed.get(n) is None]
+
+
 def resolve_priors(prior_cfg, family: str, intercept: bool, covariates: list[str],
-                   fixed_sigma: float | None = None, sources: list[str] | None = None
-                   ) -> list[Prior]:
-    """One parsed prior per parameter, in theta order."""
+                   positive: list[str], sources: list[str] | None = None) -> list[Prior]:
+    """One parsed prior per parameter, in theta order (``positive``: ``positive_parameters``)."""
     priors: list[Prior] = []
     if intercept:
         priors.append(parse_prior(prior_cfg.intercept, "model.prior.intercept", "location"))
@@ -422,6 +528,8 @@ def resolve_priors(prior_cfg, family: str, intercept: bool, covariates: list[str
                                       f"model.prior.overrides.{key}", "location"))
         else:
             priors.append(default)
-    if LIKELIHOODS[family].HAS_SCALE and fixed_sigma is None:
-        priors.append(parse_prior(prior_cfg.sigma or "flat", "model.prior.sigma", "scale"))
+    defaults = getattr(LIKELIHOODS[family], "DEFAULT_PRIORS", {})
+    for name in positive:
+        text = getattr(prior_cfg, name) or defaults.get(name, "flat")
+        priors.append(parse_prior(text, f"model.prior.{name}", "scale"))
     return priors

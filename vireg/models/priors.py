@@ -164,6 +164,34 @@ def _exponential_grad(tau, rate):
     return 1.0 - rate * np.exp(tau)
 
 
+def _gamma_logpdf(tau, shape, rate):
+    """Gamma(shape, rate) on x = exp(tau), with the Jacobian: a log b - lgamma(a) + a tau
+    - b exp(tau)."""
+    return shape * math.log(rate) - math.lgamma(shape) + shape * tau - rate * np.exp(tau)
+
+
+def _gamma_grad(tau, shape, rate):
+    return shape - rate * np.exp(tau)
+
+
+def _gamma_hess(tau, shape, rate):
+    return -rate * np.exp(tau)
+
+
+def _inv_sqrt_half_normal_logpdf(tau, s):
+    """1/sqrt(x) ~ half_normal(s) for x = exp(tau): with z = exp(-tau/2) and |dz/dtau| = z/2,
+    log p = -log(2 pi)/2 - log s - exp(-tau) / (2 s^2) - tau/2."""
+    return -0.5 * LOG_2PI - math.log(s) - np.exp(-tau) / (2.0 * s * s) - 0.5 * tau
+
+
+def _inv_sqrt_half_normal_grad(tau, s):
+    return np.exp(-tau) / (2.0 * s * s) - 0.5
+
+
+def _inv_sqrt_half_normal_hess(tau, s):
+    return -np.exp(-tau) / (2.0 * s * s)
+
+
 def _zero_hess(x, *args):
     return np.zeros_like(x)
 
@@ -210,6 +238,9 @@ _FUNCTIONS = {
     "half_cauchy": (_half_cauchy_logpdf, _half_cauchy_grad, _half_cauchy_hess),
     "half_student_t": (_half_student_t_logpdf, _half_student_t_grad, _half_student_t_hess),
     "exponential": (_exponential_logpdf, _exponential_grad, _exponential_hess),
+    "gamma": (_gamma_logpdf, _gamma_grad, _gamma_hess),
+    "inv_sqrt_half_normal": (_inv_sqrt_half_normal_logpdf, _inv_sqrt_half_normal_grad,
+                             _inv_sqrt_half_normal_hess),
 }
 
 # name -> (argument names, indices of arguments that must be > 0)
@@ -226,6 +257,8 @@ SCALE_PRIORS = {
     "half_cauchy": (("s",), (0,)),
     "half_student_t": (("nu", "s"), (0, 1)),
     "exponential": (("rate",), (0,)),
+    "gamma": (("shape", "rate"), (0, 1)),
+    "inv_sqrt_half_normal": (("s",), (0,)),  # 1/sqrt(x) ~ half_normal(s): for phi
 }
 
 _PRIOR_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$")
@@ -239,8 +272,8 @@ def _signature(name: str, table: dict) -> str:
 def parse_prior(text: str, where: str, kind: str) -> Prior:
     """Parse a prior string such as ``"normal(0, 2.5)"``.
 
-    ``kind`` is ``"location"`` (intercept, coefficients) or ``"scale"`` (sigma); ``where`` names
-    the config key for error messages.
+    ``kind`` is ``"location"`` (intercept, coefficients) or ``"scale"`` (a positive parameter:
+    sigma, phi, nu); ``where`` names the config key for error messages.
     """
     table = LOCATION_PRIORS if kind == "location" else SCALE_PRIORS
     allowed = ", ".join(_signature(n, table) for n in table)
@@ -252,7 +285,8 @@ def parse_prior(text: str, where: str, kind: str) -> Prior:
     if name not in table:
         other = SCALE_PRIORS if kind == "location" else LOCATION_PRIORS
         if name in other:
-            what = "sigma" if kind == "location" else "coefficients or the intercept"
+            what = ("positive parameters (sigma, phi, nu)" if kind == "location"
+                    else "coefficients or the intercept")
             raise InputError(f"{where}: '{name}' is a prior for {what}, not here: use one of {allowed}")
         close = difflib.get_close_matches(name, list(table), n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'? " if close else ""

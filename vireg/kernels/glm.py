@@ -1,0 +1,361 @@
+"""The data kernel of the count, proportion, probit and Student-t likelihoods, and the
+per-observation log-likelihood of every likelihood.
+
+Same contract as ``kernels.likelihood`` (docs/derivations.md): for the rows Z (N x D), the
+per-row data Y (N x 2: the response, then the binomial trials or the log exposure, else 0) and S
+draws U in the kernel's layout ``[a (if intercept), b_1 .. b_D, aux...]``, return the per-draw
+sums G = d/dU sum_i l_i (S x P) and ll = sum_i l_i (S,), one pass over the rows for all draws,
+per-chunk partials summed in chunk order (bit-identical at any thread count). The linear
+predictor eta_is = a_s + z_i . b_s (+ log exposure) and the gradient sums over Z are the same
+blocked loops as the Gaussian and logistic kernels (``linear_predictors``,
+``accumulate_gradient``); only the elementwise step differs, one flat loop per likelihood
+(chosen outside the loop, so each vectorises on its own).
+
+Per row, with x = eta (and r = dl/deta, which ``accumulate_gradient`` multiplies into Z):
+
+    binomial (logit)  l = y x - n softplus(x)                     r = y - n sigmoid(x)
+    bernoulli probit  l = log Phi(s x), s = 2y - 1                 r = s phi(s x) / Phi(s x)
+    poisson (log)     l = y x - exp(x)                             r = y - exp(x)
+    neg. binomial     with x' = x - log phi:
+                      l = y x' - (y + phi) softplus(x')            r = y - (y + phi) sigmoid(x')
+                      dl/dlog phi = -r - phi softplus(x')
+    student_t         with e = y - x, w = exp(-2t), q = e^2 w / nu:
+                      l = -(nu + 1)/2 log1p(q)                     r = (nu + 1) e w / (nu (1 + q))
+                      dl/dt = -1 + (nu + 1) q / (1 + q)
+                      dl/dlog nu = nu/2 (psi((nu+1)/2) - psi(nu/2)) - 1/2 - nu/2 log1p(q)
+                                   + (nu + 1)/2 q / (1 + q)
+
+The terms of each row that do not involve x are left to the model: log C(n, y) and -log y!
+(constants) and the negative binomial's log Gamma(y + phi) - log Gamma(phi), which depends on phi
+and y only, summed once from the response's histogram (``dispersion_terms``). The Student-t
+per-row constant log Gamma((nu+1)/2) - log Gamma(nu/2) - log(nu pi)/2 - t is added here, times
+the rows of the call.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from vireg.kernels.codes import (  # noqa: F401  (re-exported)
+    BINOMIAL,
+    GAUSSIAN,
+    LOGIT,
+    NEGATIVE_BINOMIAL,
+    POISSON,
+    PROBIT,
+    STUDENT_T,
+)
+from vireg.kernels.elementary import exp_nonpositive, log1p_unit
+from vireg.kernels.flags import JIT_OPTIONS
+from vireg.kernels.likelihood import (
+    HALF_LOG_2PI,
+    ROW_BLOCK_MIN_DRAWS,
+    _renamed,
+    _split_draws,
+    accumulate_gradient,
+    add_transposed,
+    block_rows,
+    block_rows_for,
+    linear_predictors,
+    prefetch_next_block,
+    widening_marker,
+    widening_rows,
+)
+from vireg.kernels.special import HALF_LOG_PI, digamma, log_ndtr_and_mills, trigamma
+
+# exp_nonpositive floors its argument at -40: log-means beyond +-EXP_EXACT are recomputed with
+# math.exp (a rare, scalar pass over the block).
+EXP_EXACT = 38.0
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def uses_offset(family):
+    return family == POISSON or family == NEGATIVE_BINOMIAL  # noqa: SIM109 (Numba: no tuple "in")
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _softplus_sigmoid(x):
+    """(softplus(x), sigmoid(x)) from e = exp(-|x|) <= 1, as in the logistic kernel."""
+    e = exp_nonpositive(-abs(x))
+    inv = 1.0 / (1.0 + e)
+    sig = inv if x >= 0.0 else e * inv
+    return max(x, 0.0) + log1p_unit(e), sig
+
+
+@njit(**JIT_OPTIONS)
+def _elementwise(family, q, yb, xb, a0, a1, llb, db, d2b, n):
+    """The likelihood's elementwise step over n = rows x draws entries: q holds eta on entry and
+    r = dl/deta on exit; llb, db, d2b the per-entry terms summed per draw (see module doc).
+    xb: trials (binomial) or the log exposure, already added into q; a0, a1 the per-entry
+    auxiliary parameters (``_entry_auxiliary``)."""
+    if family == BINOMIAL:
+        for k in range(n):
+            sp, sig = _softplus_sigmoid(q[k])
+            llb[k] = yb[k] * q[k] - xb[k] * sp
+            q[k] = yb[k] - xb[k] * sig
+    elif family == POISSON:
+        far = 0.0
+        for k in range(n):
+            x = q[k]
+            e = exp_nonpositive(-abs(x))
+            mu = 1.0 / e if x >= 0.0 else e
+            far = max(far, abs(x))
+            llb[k] = yb[k] * x - mu
+            db[k] = x
+            q[k] = yb[k] - mu
+        if far > EXP_EXACT:
+            for k in range(n):
+                if abs(db[k]) > EXP_EXACT:
+                    mu = math.exp(db[k])
+                    llb[k] = yb[k] * db[k] - mu
+                    q[k] = yb[k] - mu
+    elif family == NEGATIVE_BINOMIAL:
+        for k in range(n):
+            phi = a1[k]
+            x = q[k] - a0[k]
+            sp, sig = _softplus_sigmoid(x)
+            y = yb[k]
+            llb[k] = y * x - (y + phi) * sp
+            db[k] = sp
+            q[k] = y - (y + phi) * sig
+    elif family == STUDENT_T:
+        for k in range(n):
+            w = a0[k]
+            nu = a1[k]
+            e = yb[k] - q[k]
+            qq = e * e * w / nu
+            l1 = math.log1p(qq)
+            frac = qq / (1.0 + qq)
+            llb[k] = -0.5 * (nu + 1.0) * l1
+            db[k] = frac
+            d2b[k] = l1
+            q[k] = (nu + 1.0) * e * w / (nu * (1.0 + qq))
+    elif family == PROBIT:
+        for k in range(n):
+            s = 2.0 * yb[k] - 1.0
+            lp, mills = log_ndtr_and_mills(s * q[k])
+            llb[k] = lp
+            q[k] = s * mills
+
+
+@njit(**JIT_OPTIONS)
+def _entry_auxiliary(family, aux, a0, a1, block):
+    """Each draw's auxiliary parameters for every entry of a block (the same in every block),
+    in the form the elementwise step reads: negative binomial a0 = log phi, a1 = phi; Student-t
+    a0 = w = exp(-2t), a1 = nu (one exp per draw, not per row)."""
+    S = aux.shape[0]
+    for s in range(S):
+        if family == NEGATIVE_BINOMIAL:
+            u, v = aux[s, 0], math.exp(aux[s, 0])
+        elif family == STUDENT_T:
+            u, v = math.exp(-2.0 * aux[s, 0]), math.exp(aux[s, 1])
+        else:
+            u, v = aux[s, 0], aux[s, 1]
+        for r in range(block):
+            a0[r * S + s] = u
+            a1[r * S + s] = v
+
+
+@njit(**JIT_OPTIONS)
+def _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, G, Gt, sums, widen):
+    """Adds rows start .. stop - 1 to G (sum r z) and sums ([sum r, sum l, sum d, sum d2]);
+    widen as in ``likelihood._gaussian_chunk``."""
+    S = B.shape[0]
+    block = block_rows_for(Z, S)
+    work = np.empty((8, block * S))
+    q, yb, xb, a0, a1, llb, db, d2b = (work[0], work[1], work[2], work[3], work[4], work[5],
+                                       work[6], work[7])
+    _entry_auxiliary(family, aux, a0, a1, block)
+    db[:] = 0.0
+    d2b[:] = 0.0
+    offset = uses_offset(family)
+    wide = widening_rows(widen, block, Z.shape[1])
+    for b0 in range(start, stop, block):
+        nb = min(stop, b0 + block) - b0
+        rows, first = block_rows(Z, b0, nb, wide)
+        linear_predictors(rows, first, nb, B, Bt, a, q)
+        prefetch_next_block(Z, b0, block, S)
+        for r in range(nb):
+            yr = Y[b0 + r, 0]
+            xr = Y[b0 + r, 1]
+            for s in range(S):
+                yb[r * S + s] = yr
+                xb[r * S + s] = xr
+                if offset:
+                    q[r * S + s] += xr
+        _elementwise(family, q, yb, xb, a0, a1, llb, db, d2b, nb * S)
+        for s in range(S):
+            s0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            s3 = 0.0
+            for r in range(nb):
+                k = r * S + s
+                s0 += q[k]
+                s1 += llb[k]
+                s2 += db[k]
+                s3 += d2b[k]
+            sums[0, s] += s0
+            sums[1, s] += s1
+            sums[2, s] += s2
+            sums[3, s] += s3
+        if with_grad:
+            accumulate_gradient(rows, first, nb, q, G, Gt)
+    if with_grad:
+        add_transposed(G, Gt)
+
+
+@njit(**JIT_OPTIONS)
+def _auxiliary(U, first):
+    """(S, 2) auxiliary parameters: the kernel columns from ``first`` on (zeros if fewer)."""
+    S, P = U.shape
+    aux = np.zeros((S, 2))
+    for s in range(S):
+        for k in range(min(2, P - first)):
+            aux[s, k] = U[s, first + k]
+    return aux
+
+
+@njit(**JIT_OPTIONS)
+def _reduce(grad_part, sum_part):
+    n_chunks, S, D = grad_part.shape
+    G = np.zeros((S, D))
+    sums = np.zeros((4, S))
+    for c in range(n_chunks):
+        for s in range(S):
+            for j in range(D):
+                G[s, j] += grad_part[c, s, j]
+            for m in range(4):
+                sums[m, s] += sum_part[c, m, s]
+    return G, sums
+
+
+def _glm_loglik_grad(family, Z, Y, U, has_intercept, chunk_rows, with_grad):
+    """(G, ll) of the family's log-likelihood over the rows (module doc), for each draw."""
+    N, D = Z.shape
+    S, P = U.shape
+    off = 1 if has_intercept else 0
+    n_chunks = (N + chunk_rows - 1) // chunk_rows
+    grad_part = np.zeros((n_chunks, S, D if with_grad else 0))
+    group_part = np.zeros((n_chunks, S // 8, D if with_grad else 0, 8))
+    sum_part = np.zeros((n_chunks, 4, S))
+    widen = Z.itemsize < 8 and S >= ROW_BLOCK_MIN_DRAWS
+    marker = widening_marker(Z)
+    a, B, Bt = _split_draws(U, has_intercept, D)
+    aux = _auxiliary(U, off + D)
+    for c in prange(n_chunks):
+        start = c * chunk_rows
+        stop = min(N, start + chunk_rows)
+        if widen:
+            _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, grad_part[c],
+                       group_part[c], sum_part[c], marker)
+        else:
+            _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, grad_part[c],
+                       group_part[c], sum_part[c], None)
+    G_sum, sums = _reduce(grad_part, sum_part)
+    G = np.zeros((S, P))
+    ll = np.empty(S)
+    for s in range(S):
+        if has_intercept:
+            G[s, 0] = sums[0, s]
+        for j in range(G_sum.shape[1]):
+            G[s, off + j] = G_sum[s, j]
+        ll[s] = sums[1, s]
+        k = off + D
+        if family == NEGATIVE_BINOMIAL:
+            G[s, k] = -sums[0, s] - math.exp(aux[s, 0]) * sums[2, s]
+        elif family == STUDENT_T:
+            t, nu = aux[s, 0], math.exp(aux[s, 1])
+            ll[s] += N * (math.lgamma(0.5 * (nu + 1.0)) - math.lgamma(0.5 * nu)
+                          - 0.5 * math.log(nu) - HALF_LOG_PI - t)
+            G[s, k] = -N + (nu + 1.0) * sums[2, s]
+            G[s, k + 1] = (N * (0.5 * nu * (digamma(0.5 * (nu + 1.0)) - digamma(0.5 * nu)) - 0.5)
+                           - 0.5 * nu * sums[3, s] + 0.5 * (nu + 1.0) * sums[2, s])
+    return G, ll
+
+
+glm_loglik_grad = njit(parallel=True, **JIT_OPTIONS)(_glm_loglik_grad)
+glm_loglik_grad_serial = njit(parallel=False, **JIT_OPTIONS)(
+    _renamed(_glm_loglik_grad, "_serial"))
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _row_loglik(family, y, x, eta, aux0, aux1):
+    """log p(y | eta) of one row with every constant (x: trials, or the log exposure already in
+    eta); gaussian and student_t on the standardised response (the model adds -log s_y)."""
+    if family == GAUSSIAN:
+        e = y - eta
+        return -HALF_LOG_2PI - aux0 - 0.5 * e * e * math.exp(-2.0 * aux0)
+    if family == LOGIT:
+        sp, _ = _softplus_sigmoid(eta)
+        return y * eta - sp
+    if family == PROBIT:
+        return log_ndtr_and_mills((2.0 * y - 1.0) * eta)[0]
+    if family == BINOMIAL:
+        sp, _ = _softplus_sigmoid(eta)
+        return (y * eta - x * sp + math.lgamma(x + 1.0) - math.lgamma(y + 1.0)
+                - math.lgamma(x - y + 1.0))
+    if family == POISSON:
+        return y * eta - math.exp(eta) - math.lgamma(y + 1.0)
+    if family == NEGATIVE_BINOMIAL:
+        phi = math.exp(aux0)
+        xs = eta - aux0
+        sp, _ = _softplus_sigmoid(xs)
+        return (y * xs - (y + phi) * sp + math.lgamma(y + phi) - math.lgamma(phi)
+                - math.lgamma(y + 1.0))
+    # STUDENT_T
+    nu = math.exp(aux1)
+    e = y - eta
+    return (math.lgamma(0.5 * (nu + 1.0)) - math.lgamma(0.5 * nu) - 0.5 * math.log(nu)
+            - HALF_LOG_PI - aux0 - 0.5 * (nu + 1.0) * math.log1p(e * e * math.exp(-2.0 * aux0) / nu))
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def pointwise_loglik(family, Z, Y, U, has_intercept, rows):
+    """L[s, k] = log p(y_i | theta_s) for i = rows[k] and every draw s (S x len(rows)), with
+    every constant of the row (``_row_loglik``); rows in parallel, each entry computed alone, so
+    the result is the same at any thread count."""
+    S, P = U.shape
+    D = Z.shape[1]
+    off = 1 if has_intercept else 0
+    aux = _auxiliary(U, off + D)
+    L = np.empty((S, rows.shape[0]))
+    offset = uses_offset(family)
+    for k in prange(rows.shape[0]):
+        i = rows[k]
+        zi = Z[i]
+        for s in range(S):
+            eta = U[s, 0] if has_intercept else 0.0
+            for j in range(D):
+                eta += zi[j] * U[s, off + j]
+            if offset:
+                eta += Y[i, 1]
+            L[s, k] = _row_loglik(family, Y[i, 0], Y[i, 1], eta, aux[s, 0], aux[s, 1])
+    return L
+
+
+@njit(**JIT_OPTIONS)
+def dispersion_terms(values, counts, log_phi):
+    """For each draw's log phi: (sum_i log Gamma(y_i + phi) - log Gamma(phi), its derivative in
+    log phi, phi sum_i psi(y_i + phi) - psi(phi), and the second derivative, adding
+    phi^2 sum_i psi'(y_i + phi) - psi'(phi)) from the response's histogram (distinct values and
+    their counts), so the cost does not grow with the rows."""
+    S = log_phi.shape[0]
+    out = np.zeros((3, S))
+    for s in range(S):
+        phi = math.exp(log_phi[s])
+        lg0, dg0, tg0 = math.lgamma(phi), digamma(phi), trigamma(phi)
+        v0 = 0.0
+        d1 = 0.0
+        d2 = 0.0
+        for m in range(values.shape[0]):
+            c = counts[m]
+            yv = values[m] + phi
+            v0 += c * (math.lgamma(yv) - lg0)
+            d1 += c * (digamma(yv) - dg0)
+            d2 += c * (trigamma(yv) - tg0)
+        out[0, s] = v0
+        out[1, s] = phi * d1
+        out[2, s] = phi * d1 + phi * phi * d2
+    return out

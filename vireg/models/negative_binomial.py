@@ -1,0 +1,71 @@
+"""Negative binomial (NB2) likelihood with exposure: y_i ~ NB(mu_i, phi), mean
+mu_i = t_i exp(alpha + x_i . beta), variance mu + mu^2 / phi, fitted in log phi.
+
+With eta = alpha + x . beta + log t and x' = eta - log phi, per row
+l = log Gamma(y + phi) - log Gamma(phi) - log y! + y x' - (y + phi) softplus(x'). The kernel
+(``kernels.glm``) sums the last two terms and their derivatives; the Gamma terms depend on phi
+and y only and are summed from the response's histogram (``kernels.glm.dispersion_terms``).
+Curvature per row, s = sigmoid(x'), v = s (1 - s):
+
+    -d2l/deta2        = (y + phi) v
+    -d2l/deta dlogphi = phi s - (y + phi) v
+    -d2l/dlogphi2     = phi softplus(x') - 2 phi s + (y + phi) v   (+ the Gamma terms')
+"""
+
+import numpy as np
+
+from vireg.kernels.codes import NEGATIVE_BINOMIAL
+from vireg.models.counts import (
+    check_counts,
+    check_exposure,
+    glm_kernel,
+    log_factorials,
+    log_mean_rate,
+    response_scaling,
+    response_scaling_from_moments,
+    softplus_sigmoid,
+)
+
+NAME = "negative_binomial"
+HAS_SCALE = False
+AUX = ("phi",)
+ROW_DATA = "exposure"
+CODE = NEGATIVE_BINOMIAL
+DEFAULT_PRIORS = {"phi": "inv_sqrt_half_normal(1)"}
+__all__ = ["response_scaling", "response_scaling_from_moments"]
+
+
+def check_response(y: np.ndarray, name: str) -> None:
+    check_counts(y, name, NAME)
+
+
+def check_row_data(y: np.ndarray, t: np.ndarray, response: str, column: str) -> None:
+    check_exposure(t, column)
+
+
+def kernel_row_data(t: np.ndarray) -> np.ndarray:
+    return np.log(t)
+
+
+def row_constants(y: np.ndarray, t: np.ndarray | None) -> np.ndarray:
+    return -log_factorials(y)
+
+
+def curvature_terms(Y: np.ndarray, eta: np.ndarray, aux: np.ndarray):
+    log_phi = aux[0]
+    phi = np.exp(log_phi)
+    y = Y[:, 0]
+    sp, s = softplus_sigmoid(eta - log_phi)
+    v = (y + phi) * s * (1.0 - s)
+    c = phi * s - v
+    d = np.sum(phi * sp - 2.0 * phi * s + v)
+    return v, c[:, None], np.array([[d]])
+
+
+def start(y: np.ndarray, t: np.ndarray | None) -> tuple[float, list[float]]:
+    """The log mean rate, and log phi = 0 (phi = 1: overdispersed, as counts usually are)."""
+    return log_mean_rate(y, t), [0.0]
+
+
+def loglik_grad_kernel(parallel: bool):
+    return glm_kernel(CODE, parallel)
