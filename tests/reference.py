@@ -71,6 +71,11 @@ def log_prior(name: str, args: tuple, x: np.ndarray) -> np.ndarray:
         return np.log(2) + stats.t(args[0], 0, args[1]).logpdf(sigma) + x
     if name == "exponential":
         return stats.expon(scale=1 / args[0]).logpdf(sigma) + x
+    if name == "gamma":
+        return stats.gamma(args[0], scale=1 / args[1]).logpdf(sigma) + x
+    if name == "inv_sqrt_half_normal":  # 1/sqrt(sigma) ~ half_normal(s): z = exp(-x/2)
+        z = np.exp(-0.5 * x)
+        return stats.halfnorm(0, args[0]).logpdf(z) + np.log(0.5 * z)
     raise ValueError(name)
 
 
@@ -86,3 +91,61 @@ def log_joint_theta(X, y, theta, family, intercept, priors, fixed_sigma=None):
         ll = np.sum(y * eta - np.logaddexp(0.0, eta))
     lp = sum(float(log_prior(p.name, p.args, np.array([theta[i]]))[0]) for i, p in enumerate(priors))
     return ll + lp
+
+
+def glm_row_loglik(family, y, x, eta, aux):
+    """log p(y_i | eta_i) per row from scipy.stats, every constant included: ``x`` the trials
+    (binomial) or the exposure t (poisson, negative binomial: eta already holds log t), aux the
+    natural positive parameters (phi; sigma, nu)."""
+    if family == "binomial":
+        return stats.binom(x.astype(int), special.expit(eta)).logpmf(y)
+    if family == "poisson":
+        return stats.poisson(np.exp(eta)).logpmf(y)
+    if family == "negative_binomial":
+        phi = aux[0]
+        mu = np.exp(eta)
+        return stats.nbinom(phi, phi / (phi + mu)).logpmf(y)
+    if family == "student_t":
+        sigma, nu = aux
+        return stats.t(nu, eta, sigma).logpdf(y)
+    if family == "probit":
+        return np.where(y == 1, special.log_ndtr(eta), special.log_ndtr(-eta))
+    raise ValueError(family)
+
+
+def glm_loglik_grad(family, Z, Y, U, has_intercept, h=1e-6):
+    """Per-draw sums of the kernel's part of the log-likelihood (``kernels.glm`` module doc) and
+    their gradient in U by central differences, written from the per-row formulas directly
+    (the kernel leaves out, per row, log C(n, y), -log y! and the negative binomial's
+    log Gamma(y + phi) - log Gamma(phi))."""
+    off = int(has_intercept)
+    D = Z.shape[1]
+
+    def total(u):
+        eta = (u[0] if has_intercept else 0.0) + Z @ u[off:off + D]
+        y, x = Y[:, 0], Y[:, 1]
+        if family == "binomial":
+            return np.sum(y * eta - x * np.logaddexp(0.0, eta))
+        if family == "poisson":
+            eta = eta + x
+            return np.sum(y * eta - np.exp(eta))
+        if family == "negative_binomial":
+            xs = eta + x - u[off + D]
+            return np.sum(y * xs - (y + np.exp(u[off + D])) * np.logaddexp(0.0, xs))
+        if family == "student_t":
+            t, nu = u[off + D], math.exp(u[off + D + 1])
+            sigma = math.exp(t)
+            return np.sum(stats.t(nu, eta, sigma).logpdf(y))
+        if family == "probit":
+            return np.sum(special.log_ndtr((2 * y - 1) * eta))
+        raise ValueError(family)
+
+    ll = np.array([total(u) for u in U])
+    G = np.zeros_like(U)
+    for s, u in enumerate(U):
+        for j in range(U.shape[1]):
+            up, um = u.copy(), u.copy()
+            up[j] += h
+            um[j] -= h
+            G[s, j] = (total(up) - total(um)) / (2 * h)
+    return G, ll

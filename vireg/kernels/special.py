@@ -1,5 +1,5 @@
 """Special functions the count and Student-t likelihoods need, as Numba scalar functions:
-digamma and trigamma (recurrence up to x >= 6, then their asymptotic series, accurate to about
+digamma and trigamma (recurrence up to x >= 10, then their asymptotic series, accurate to about
 1e-15 relative for x > 0; tested against SciPy), and the log of the standard normal cdf with the
 inverse Mills ratio phi(z) / Phi(z), stable for every z."""
 
@@ -22,10 +22,11 @@ ERFC_Z = 20.0 / SQRT_HALF
 
 @njit(inline="always", **JIT_OPTIONS)
 def digamma(x):
-    """psi(x) = d/dx log Gamma(x) for x > 0: psi(x) = psi(x + k) - sum 1/(x + j), then
+    """psi(x) = d/dx log Gamma(x) for x > 0: psi(x) = psi(x + k) - sum 1/(x + j) up to
+    x + k >= 10 (where the series' next term is below 1e-13), then
     log x - 1/(2x) - sum B_2n / (2n x^2n)."""
     r = 0.0
-    while x < 6.0:
+    while x < 10.0:
         r -= 1.0 / x
         x += 1.0
     f = 1.0 / (x * x)
@@ -38,11 +39,12 @@ def trigamma(x):
     """psi'(x) for x > 0: psi'(x) = psi'(x + k) + sum 1/(x + j)^2, then
     1/x + 1/(2x^2) + sum B_2n / x^(2n+1)."""
     r = 0.0
-    while x < 6.0:
+    while x < 10.0:
         r += 1.0 / (x * x)
         x += 1.0
     f = 1.0 / (x * x)
-    return r + 1.0 / x + 0.5 * f + f / x * (1.0 / 6 - f * (1.0 / 30 - f * (1.0 / 42 - f / 30)))
+    series = 1.0 / 6 - f * (1.0 / 30 - f * (1.0 / 42 - f * (1.0 / 30 - f * 5.0 / 66)))
+    return r + 1.0 / x + 0.5 * f + f / x * series
 
 
 @njit(inline="always", **JIT_OPTIONS)
