@@ -169,6 +169,8 @@ def _corrupt(tmp_path, how):
             f"{line},{2 * float(line.split(',')[1])}" for line in lines[1:]) + "\n")
     elif how == "tiny prior scale":
         cfg["model"]["prior"] = {"coefficients": "normal(0, 1e-300)"}
+    elif how in COUNT_MISTAKES:
+        return _count_mistake(tmp_path, cfg, how)
     elif how == "empty data file":
         data.write_text("")
     elif how == "header only":
@@ -177,7 +179,34 @@ def _corrupt(tmp_path, how):
     return ["fit", config]
 
 
-BAD_INPUTS = ["missing config", "missing data file", "missing column", "missing response",
+COUNT_MISTAKES = {  # family, data.trials or data.exposure, the rows (y, n or t, x)
+    "non-integer count": ("poisson", None, [(1, None, 0.5), (2.5, None, 1.0), (3, None, 2.0)]),
+    "negative count": ("negative_binomial", None, [(1, None, 0.5), (-1, None, 1.0)]),
+    "successes above trials": ("binomial", "n", [(1, 3, 0.5), (4, 3, 1.0), (0, 2, 2.0)]),
+    "zero exposure": ("poisson", "t", [(1, 2.0, 0.5), (2, 0.0, 1.0), (0, 1.0, 2.0)]),
+    "negative exposure": ("negative_binomial", "t", [(1, 2.0, 0.5), (2, -1.0, 1.0)]),
+    "non-positive trials": ("binomial", "n", [(0, 0, 0.5), (1, 2, 1.0)]),
+    "fractional trials": ("binomial", "n", [(1, 2.5, 0.5), (1, 2, 1.0)]),
+    "missing trials": ("binomial", "n", [(1, 3, 0.5), (1, None, 1.0), (0, 2, 2.0)]),
+    "trials missing from config": ("binomial", "", [(1, 3, 0.5), (1, 2, 1.0)]),
+}
+
+
+def _count_mistake(tmp_path, cfg, how):
+    family, column, rows = COUNT_MISTAKES[how]
+    name = column or "n"
+    lines = [f"y,{name},x"] + [f"{y},{'' if n is None else n},{x}" for y, n, x in rows]
+    (tmp_path / "data.csv").write_text("\n".join(lines) + "\n")
+    cfg["data"] = {"path": "data.csv", "response": "y", "covariates": ["x"]}
+    if column:
+        cfg["data"]["trials" if family == "binomial" else "exposure"] = column
+    cfg["model"] = {"family": family}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    return ["fit", config]
+
+
+BAD_INPUTS = [*COUNT_MISTAKES, "missing config", "missing data file", "missing column", "missing response",
               "non-numeric value", "missing value", "non-binary response", "unknown config key",
               "unknown section", "invalid prior string", "unknown prior", "negative prior scale",
               "wrong type", "unknown family", "bad yaml", "bad set", "too many threads",

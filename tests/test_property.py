@@ -35,7 +35,9 @@ def projects(draw):
     names = draw(st.lists(st.text(string.ascii_lowercase, min_size=1, max_size=4),
                           min_size=n_cols, max_size=n_cols, unique=draw(st.integers(0, 9)) > 0))
     n_rows = draw(st.integers(0, 40))
-    family = sometimes(draw, st.sampled_from(["gaussian", "bernoulli"]), st.just("poisson"))
+    family = sometimes(draw, st.sampled_from(["gaussian", "bernoulli", "binomial", "poisson",
+                                              "negative_binomial", "student_t"]),
+                       st.just("quasipoisson"))
     rows = [[sometimes(draw, GOOD_CELLS, BAD_CELLS, 0 if draw(st.integers(0, 30)) else 5)
              for _ in range(n_cols)] for _ in range(n_rows)]
     response = sometimes(draw, st.sampled_from(names), st.just("missing"))
@@ -43,6 +45,11 @@ def projects(draw):
         j = names.index(response)  # mostly a 0/1 response, as a logistic user would give
         for row in rows:
             row[j] = draw(st.sampled_from(["0", "1"]))
+    if family in ("binomial", "poisson", "negative_binomial") and draw(st.integers(0, 3)):
+        for j in range(n_cols):  # mostly counts (and positive trials or exposures), some bad
+            for row in rows:
+                row[j] = sometimes(draw, st.integers(0, 9).map(str),
+                                   st.sampled_from(["-1", "2.5", "0", "", "1e300"]), 1)
     config = {
         "data": {"path": "t.csv", "response": response},
         "model": {"family": family, "intercept": draw(st.booleans()),
@@ -53,6 +60,11 @@ def projects(draw):
                       "samples": draw(st.integers(1, 4))},
         "output": {"draws": 5, "psis_draws": draw(st.sampled_from([0, 100]))},
     }
+    if family == "binomial" or (family in ("poisson", "negative_binomial") and draw(st.booleans())):
+        config["data"]["trials" if family == "binomial" else "exposure"] = draw(
+            st.sampled_from(names + ["zz"]))
+    if family == "bernoulli" and draw(st.booleans()):
+        config["model"]["link"] = draw(st.sampled_from(["logit", "probit", "log"]))
     if draw(st.booleans()):
         config["data"]["covariates"] = draw(st.lists(st.sampled_from(names + ["zz"]),
                                                      max_size=3))

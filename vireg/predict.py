@@ -1,10 +1,13 @@
 """``vireg predict``: the posterior predictive of a fitted run for new rows.
 
-For every new row, from draws theta ~ q: the linear predictor eta = alpha + x . beta and the
-response scale, the probability sigmoid(eta) for logistic models and y = eta + sigma z (z ~ N(0, 1),
-the noise included) for linear ones; mean, sd and 5/50/95% quantiles of each. New rows get the fit's
+For every new row, from draws theta ~ q: the linear predictor eta = alpha + x . beta, and on
+the response scale the probability (sigmoid(eta), or Phi(eta) with the probit link) for bernoulli
+models, and for the others a draw of the response from its predictive distribution, the noise
+included: y = eta + sigma z (z ~ N(0, 1), or Student-t with nu degrees of freedom), binomial
+counts of the row's trials, Poisson and negative binomial counts with the row's exposure
+(overdispersion included); mean, sd and 5/50/95% quantiles of each. New rows get the fit's
 encoding: the same columns, categorical levels against the same reference; an unseen level is an
-error.
+error; the trials or exposure column the fit used must be there too.
 """
 
 from __future__ import annotations
@@ -38,11 +41,10 @@ def load_run(run_dir: Path) -> dict:
     return doc
 
 
-def design_for(doc: dict, data: Path) -> np.ndarray:
-    """The new rows' design matrix, encoded as in the fit."""
-    from vireg.data import categorical_column, numeric_column, read_table
+def design_for(doc: dict, table) -> np.ndarray:
+    """The new rows' design matrix (from a ``data.Table``), encoded as in the fit."""
+    from vireg.data import categorical_column, numeric_column
 
-    table = read_table(data)
     design, encodings = doc["design"], doc.get("categorical", {})
     if design.get("formula"):  # data.formula: formulaic rebuilds the columns from its saved state
         from vireg.formula import formula_columns
@@ -79,9 +81,13 @@ def _standardized(X: np.ndarray, design: dict) -> np.ndarray:
 def predict(run_dir: Path, data: Path, draws: int = 1000, seed: int = 0) -> np.ndarray:
     """Rows of COLUMNS (without the row number) for every new data row."""
     from vireg.families import make_family
+    from vireg.models.model import positive_parameters
 
     doc = load_run(run_dir)
-    X = design_for(doc, data)
+    from vireg.data import read_table
+
+    table = read_table(data)
+    X = design_for(doc, table)
     T, c = np.asarray(doc["affine_map"]["T"]), np.asarray(doc["affine_map"]["c"])
     P = T.shape[0]
     family = make_family(doc["variational"]["family"], P)
@@ -93,19 +99,66 @@ def predict(run_dir: Path, data: Path, draws: int = 1000, seed: int = 0) -> np.n
     D = len(design["columns"])
     alpha = theta[:, 0] if design["intercept"] else np.zeros(draws)
     eta = X @ theta[:, off:off + D].T + alpha  # (rows, draws)
-    if design["family"] == "bernoulli":
-        response = 0.5 * (1.0 + np.tanh(0.5 * eta))
-    else:
-        fitted_sigma = off + D + 1 == P  # else sigma was known (model.sigma)
-        sigma = (np.exp(theta[:, -1]) if fitted_sigma
-                 else np.full(draws, doc["config"]["model"]["sigma"]))
-        response = eta + sigma * rng.standard_normal(eta.shape)
+    model = doc["config"]["model"]
+    names = positive_parameters(design["family"], model.get("link"), model.get("sigma"),
+                                model.get("nu"))
+    positive = dict(zip(names, np.exp(theta[:, off + D:]).T, strict=True))
+    positive.setdefault("sigma", np.full(draws, model.get("sigma") or np.nan))
+    positive.setdefault("nu", np.full(draws, model.get("nu") or np.nan))
+    row_data = _row_data_for(doc, table)
+    if row_data is not None and design["family"] != "binomial":
+        eta = eta + np.log(row_data)[:, None]  # the exposure's offset
+    response = response_draws(design["family"], model.get("link"), eta, positive, row_data, rng)
 
     def summary(v):
         q = np.quantile(v, [0.05, 0.5, 0.95], axis=1)
         return [v.mean(axis=1), v.std(axis=1, ddof=1), q[0], q[1], q[2]]
 
     return np.column_stack(summary(eta) + summary(response))
+
+
+def response_draws(family: str, link: str | None, eta: np.ndarray, positive: dict,
+                   row_data: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """Per row and draw (rows x draws): the probability for bernoulli, else a draw of y."""
+    if family == "bernoulli":
+        if link == "probit":
+            from math import erfc
+
+            return 0.5 * np.vectorize(erfc)(-eta / np.sqrt(2.0))
+        return 0.5 * (1.0 + np.tanh(0.5 * eta))
+    if family == "gaussian":
+        return eta + positive["sigma"] * rng.standard_normal(eta.shape)
+    if family == "student_t":
+        return eta + positive["sigma"] * rng.standard_t(positive["nu"], eta.shape)
+    if family == "binomial":
+        p = 0.5 * (1.0 + np.tanh(0.5 * eta))
+        return rng.binomial(row_data.astype(np.int64)[:, None], p).astype(np.float64)
+    with np.errstate(over="ignore"):
+        mu = np.exp(eta)
+    if family == "negative_binomial":  # Poisson with a gamma(phi, phi / mu) rate: NB2
+        phi = positive["phi"]
+        mu = rng.gamma(phi, mu / phi)
+    return rng.poisson(np.minimum(mu, 1e15)).astype(np.float64)
+
+
+def _row_data_for(doc: dict, table) -> np.ndarray | None:
+    """The new rows' trials (binomial) or exposure, from the column the fit used (None if it
+    used none)."""
+    from vireg.data import numeric_column
+
+    cfg, formula = doc["config"]["data"], doc["design"].get("formula") or {}
+    column = cfg.get("trials") or cfg.get("exposure") or formula.get("trials") or \
+        formula.get("exposure")
+    if column is None:
+        return None
+    if column not in table.columns:
+        what = "trials" if doc["design"]["family"] == "binomial" else "exposure"
+        raise InputError(f"column '{column}' (the fit's {what}) is missing from "
+                         f"'{table.source}': add it to the new data")
+    values = numeric_column(table, column)
+    if not np.all(values > 0):
+        raise InputError(f"column '{column}' of '{table.source}' must be positive in every row")
+    return values
 
 
 def predictions_csv(values: np.ndarray) -> str:

@@ -25,10 +25,20 @@ def _numeric_columns(table) -> tuple[list[str], list[str], dict[str, np.ndarray]
 
 
 def _guess_family(y: np.ndarray, response: str, notes: list[str]) -> str:
-    family = "bernoulli" if np.all((y == 0) | (y == 1)) else "gaussian"
-    notes.append(f"family guessed from '{response}': "
-                 + ("its values are all 0 or 1" if family == "bernoulli"
-                    else "it is not a 0/1 column"))
+    """bernoulli for a 0/1 response, poisson for other non-negative integers, else gaussian."""
+    if np.all((y == 0) | (y == 1)):
+        family, why = "bernoulli", "its values are all 0 or 1"
+    elif np.all((y >= 0) & (y == np.floor(y))):
+        family, why = "poisson", "its values are non-negative integers (counts)"
+        mean, var = float(np.mean(y)), float(np.var(y))
+        if var > 1.5 * mean:
+            why += (f"; their variance ({var:.3g}) is well above their mean ({mean:.3g}), so "
+                    "consider family: negative_binomial for overdispersed counts")
+        else:
+            why += "; family: negative_binomial fits overdispersed counts"
+    else:
+        family, why = "gaussian", "it is not a 0/1 or count column"
+    notes.append(f"family guessed from '{response}': {why}")
     return family
 
 
@@ -65,7 +75,8 @@ def starter_config(data: Path | None, response: str | None, family: str | None,
     response = response or "y"
     cov_text = "[" + ", ".join(covariates) + "]" if covariates else "[x1, x2]"
     sigma = ('    sigma: flat              # half_normal(s), half_cauchy(s), '
-             'half_student_t(nu, s), exponential(rate)\n') if family == "gaussian" else ""
+             'half_student_t(nu, s), exponential(rate)\n') if family in ("gaussian",
+                                                                           "student_t") else ""
     note_text = "".join(f"# {n}\n" for n in notes)
     return f"""# vireg config: run with  vireg fit {config_path.name}
 # Paths are relative to this file. Every key below is optional except data.path,
@@ -75,7 +86,8 @@ def starter_config(data: Path | None, response: str | None, family: str | None,
   response: {response}
   covariates: {cov_text}   # leave out to use every other column
 model:
-  family: {family}          # gaussian (alias linear) or bernoulli (alias logistic)
+  family: {family}          # gaussian, bernoulli, binomial (with data.trials), poisson or
+                            # negative_binomial (with data.exposure if any), student_t
   intercept: true
   prior:                    # on the scale of the data as given; flat is the default
     intercept: flat         # flat, normal(mu, s), student_t(nu, mu, s), cauchy(mu, s), laplace(mu, s)
