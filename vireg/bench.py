@@ -14,15 +14,33 @@ import numpy as np
 from vireg.data import Design
 
 
-def synthetic_data(model: str, n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Standard normal covariates and a response from a logistic or linear model."""
+# --model: the likelihood timed (logistic and linear are bernoulli-logit and gaussian)
+BENCH_MODELS = ("logistic", "linear", "binomial", "poisson", "negative_binomial", "student_t",
+                "probit")
+FAMILY_OF = {"logistic": "bernoulli", "linear": "gaussian", "probit": "bernoulli"}
+
+
+def synthetic_data(model: str, n: int, d: int, seed: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Standard normal covariates, a response from the model, and the binomial trials or the
+    count models' exposure (None for the others)."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))
     beta = rng.standard_normal(d) * (0.5 / np.sqrt(d))
     eta = 0.2 + X @ beta
-    if model == "logistic":
-        return X, (rng.random(n) < 1.0 / (1.0 + np.exp(-eta))).astype(float)
-    return X, eta + rng.standard_normal(n)
+    p = 1.0 / (1.0 + np.exp(-eta))
+    if model in ("logistic", "probit"):
+        return X, (rng.random(n) < p).astype(float), None
+    if model == "binomial":
+        trials = rng.integers(1, 20, n).astype(float)
+        return X, rng.binomial(trials.astype(np.int64), p).astype(float), trials
+    if model in ("poisson", "negative_binomial"):
+        exposure = rng.uniform(0.5, 2.0, n)
+        return X, rng.poisson(exposure * np.exp(eta) * rng.gamma(2.0, 0.5, n)).astype(float), \
+            exposure
+    if model == "student_t":
+        return X, eta + rng.standard_t(4, n), None
+    return X, eta + rng.standard_normal(n), None
 
 
 def add_kernel_problem_args(parser, samples: int = 1) -> None:
@@ -41,7 +59,7 @@ def kernel_problem(model: str, n: int, d: int, samples: int, dtype: str = "float
     kernel's dtype and S draws near 0 in its layout."""
     from vireg.kernels.flags import chunk_rows_for
 
-    X, y = synthetic_data(model, n, d)
+    X, y, _ = synthetic_data(model, n, d)
     Z = np.ascontiguousarray(X, dtype=dtype)
     P = d + 1 + (model == "linear")
     U = np.random.default_rng(0).standard_normal((samples, P)) * 0.05
@@ -51,22 +69,27 @@ def kernel_problem(model: str, n: int, d: int, samples: int, dtype: str = "float
 
 def synthetic_model(model: str, family: str, n: int, d: int, samples: int, seed: int = 0,
                     dtype: str = "float64"):
-    from vireg.models.model import Model
+    from vireg.models.model import Model, positive_parameters
     from vireg.models.priors import parse_prior
 
-    X, y = synthetic_data(model, n, d, seed)
-    fam = "bernoulli" if model == "logistic" else "gaussian"
-    design = Design(y=y, X=X, response="y", covariates=[f"x{j}" for j in range(d)])
+    X, y, row_data = synthetic_data(model, n, d, seed)
+    fam = FAMILY_OF.get(model, model)
+    link = "probit" if model == "probit" else None
+    design = Design(y=y, X=X, response="y", covariates=[f"x{j}" for j in range(d)],
+                    row_data=row_data, row_data_name=None if row_data is None else "n")
     priors = [parse_prior("normal(0, 5)", "bench", "location")] * (d + 1)
-    if fam == "gaussian":
-        priors.append(parse_prior("half_normal(5)", "bench", "scale"))
-    return Model(design, fam, True, priors, draws_per_step=samples, dtype=dtype)
+    priors += [parse_prior("half_normal(5)", "bench", "scale")
+               for _ in positive_parameters(fam, link)]
+    return Model(design, fam, True, priors, draws_per_step=samples, dtype=dtype, link=link)
 
 
-def numpy_step(model, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The data part of the same step in plain vectorised NumPy (BLAS for the products)."""
+def numpy_step(model, U: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The data part of the same step in plain vectorised NumPy (BLAS for the products); None
+    for the probit link (NumPy has no normal cdf)."""
     a, B = U[:, 0], U[:, 1:1 + model.n_cov]
     eta = model.Z @ B.T + a  # (N, S)
+    if model.likelihood.CODE not in (0, 1):  # the likelihoods of kernels.glm
+        return _numpy_glm_step(model, U, eta)
     if model.likelihood_name == "bernoulli":
         p = 0.5 * (1.0 + np.tanh(0.5 * eta))
         r = model.y[:, None] - p
@@ -80,6 +103,31 @@ def numpy_step(model, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ll = -model.n_rows * (0.5 * np.log(2 * np.pi) + t) - 0.5 * w * sse
         G = np.hstack([(w * e.sum(axis=0))[:, None], w[:, None] * (e.T @ model.Z),
                        (-model.n_rows + w * sse)[:, None]])
+    return G, ll
+
+
+def _numpy_glm_step(model, U: np.ndarray, eta: np.ndarray):
+    """``numpy_step`` for binomial, poisson and negative binomial (the kernel's terms)."""
+    name = model.likelihood.NAME
+    y, x = model.Y[:, :1], model.Y[:, 1:]
+    if name == "binomial":
+        ll = np.sum(y * eta - x * np.logaddexp(0.0, eta), axis=0)
+        r = y - x / (1.0 + np.exp(-eta))
+    elif name == "poisson":
+        eta = eta + x
+        mu = np.exp(eta)
+        ll, r = np.sum(y * eta - mu, axis=0), y - mu
+    elif name == "negative_binomial":
+        phi = np.exp(U[:, -1])
+        xs = eta + x - U[:, -1]
+        sp = np.logaddexp(0.0, xs)
+        ll = np.sum(y * xs - (y + phi) * sp, axis=0)
+        r = y - (y + phi) / (1.0 + np.exp(-xs))
+    else:
+        return None
+    G = np.hstack([r.sum(axis=0)[:, None], r.T @ model.Z])
+    if name == "negative_binomial":
+        G = np.hstack([G, (-r.sum(axis=0) - phi * sp.sum(axis=0))[:, None]])
     return G, ll
 
 
@@ -150,17 +198,20 @@ def run_bench(model: str = "logistic", family: str = "meanfield", n: int = 100_0
         streaming_sum(m.rows.Z, m.rows.chunk_rows)
         read_ms = median_ms(lambda: streaming_sum(m.rows.Z, m.rows.chunk_rows), max(5, steps // 2))
     # NumPy runs as a user would run it: BLAS with its own default threads.
-    numpy_step(m, U0)
-    numpy_ms = median_ms(lambda: numpy_step(m, U0), max(3, steps // 4))
-    G_np, ll_np = numpy_step(m, U0)
-    # float32 data are the float64 data rounded: compare to a relative precision it can reach.
-    tol = 1e-8 if dtype == "float64" else 1e-4
-    agree = bool(np.allclose(G_np, G_nb, rtol=tol, atol=tol * np.abs(G_np).max())
-                 and np.allclose(ll_np, ll_nb, rtol=tol * 1e-2))
+    numpy_ms, agree = None, None
+    if numpy_step(m, U0) is not None:
+        numpy_ms = median_ms(lambda: numpy_step(m, U0), max(3, steps // 4))
+        G_np, ll_np = numpy_step(m, U0)
+        # float32 data are the float64 data rounded: compare to a relative precision it can
+        # reach.
+        tol = 1e-8 if dtype == "float64" else 1e-4
+        agree = bool(np.allclose(G_np, G_nb, rtol=tol, atol=tol * np.abs(G_np).max())
+                     and np.allclose(ll_np, ll_nb, rtol=tol * 1e-2))
     return {
         "model": model, "family": family, "estimator": estimator, "n": n, "d": d,
         "samples": samples, "dtype": dtype, "threads": threads, "steps": steps,
-        "ms_per_step": ms, "numpy_ms_per_step": numpy_ms, "speedup_vs_numpy": numpy_ms / ms,
+        "ms_per_step": ms, "numpy_ms_per_step": numpy_ms,
+        "speedup_vs_numpy": numpy_ms / ms if numpy_ms else None,
         **_rooflines(ms, read_ms, m.rows.Z.nbytes, kernel_flops(n, d, samples)),
         "compile_s": compile_s, "kernel_matches_numpy": agree,
         "parallel_kernel": m.rows.parallel,

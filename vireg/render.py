@@ -153,6 +153,11 @@ class FitDisplay:
                                       "fit.json)"))
 
 
+def _maybe(value: float | None, fmt: str) -> str:
+    """A figure, or "-" where there is none (no NumPy step for the probit link)."""
+    return "-" if value is None else fmt.format(value)
+
+
 def bench_table(r: dict) -> None:
     console = Console()
     table = Table(title=(f"{r['model']} {r['family']} ({r['estimator']}), N={r['n']:,} D={r['d']} "
@@ -162,8 +167,8 @@ def bench_table(r: dict) -> None:
     table.add_column("value", justify="right")
     rows = [
         ("vireg ms per step (median)", f"{r['ms_per_step']:.2f}"),
-        ("NumPy ms per step (median)", f"{r['numpy_ms_per_step']:.2f}"),
-        ("speed-up vs NumPy", f"{r['speedup_vs_numpy']:.1f}x"),
+        ("NumPy ms per step (median)", _maybe(r["numpy_ms_per_step"], "{:.2f}")),
+        ("speed-up vs NumPy", _maybe(r["speedup_vs_numpy"], "{:.1f}x")),
         ("read bandwidth GB/s", f"{r['bandwidth_gb_s']:.1f}"),
         ("roofline ms per step (one read of X)", f"{r['roofline_ms_per_step']:.2f}"),
         ("efficiency (roofline / step)", f"{r['efficiency']:.2f}"),
@@ -173,7 +178,8 @@ def bench_table(r: dict) -> None:
         ("compute efficiency (compute roofline / step)", f"{r['compute_efficiency']:.2f}"),
         ("bound by", r["bound"]),
         ("compile or cache load s", f"{r['compile_s']:.2f}"),
-        ("kernel agrees with NumPy", "yes" if r["kernel_matches_numpy"] else "NO"),
+        ("kernel agrees with NumPy", {True: "yes", False: "NO", None: "-"}[
+            r["kernel_matches_numpy"]]),
     ]
     for k, v in rows:
         table.add_row(k, v)

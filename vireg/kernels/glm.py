@@ -95,21 +95,18 @@ def _elementwise(family, q, yb, xb, a0, a1, llb, db, d2b, n):
             llb[k] = yb[k] * q[k] - xb[k] * sp
             q[k] = yb[k] - xb[k] * sig
     elif family == POISSON:
-        far = 0.0
-        for k in range(n):
+        for k in range(n):  # branch-free, so that it vectorises
             x = q[k]
             e = exp_nonpositive(-abs(x))
             mu = 1.0 / e if x >= 0.0 else e
-            far = max(far, abs(x))
             llb[k] = yb[k] * x - mu
             db[k] = x
             q[k] = yb[k] - mu
-        if far > EXP_EXACT:
-            for k in range(n):
-                if abs(db[k]) > EXP_EXACT:
-                    mu = math.exp(db[k])
-                    llb[k] = yb[k] * db[k] - mu
-                    q[k] = yb[k] - mu
+        for k in range(n):  # log-means beyond the vector exp's range (rare): libm's exp
+            if abs(db[k]) > EXP_EXACT:
+                mu = math.exp(db[k])
+                llb[k] = yb[k] * db[k] - mu
+                q[k] = yb[k] - mu
     elif family == NEGATIVE_BINOMIAL:
         for k in range(n):
             phi = a1[k]
