@@ -46,7 +46,7 @@ from vireg.kernels.codes import (  # noqa: F401  (re-exported)
     PROBIT,
     STUDENT_T,
 )
-from vireg.kernels.elementary import exp_nonpositive, log1p_unit
+from vireg.kernels.elementary import exp_nonpositive, log1p_any, log1p_unit
 from vireg.kernels.flags import JIT_OPTIONS
 from vireg.kernels.likelihood import (
     HALF_LOG_2PI,
@@ -84,56 +84,83 @@ def _softplus_sigmoid(x):
 
 
 @njit(**JIT_OPTIONS)
+def _binomial_terms(q, yb, nb, llb, n):
+    for k in range(n):
+        sp, sig = _softplus_sigmoid(q[k])
+        llb[k] = yb[k] * q[k] - nb[k] * sp
+        q[k] = yb[k] - nb[k] * sig
+
+
+@njit(**JIT_OPTIONS)
+def _poisson_terms(q, yb, llb, xb, n):
+    """xb keeps eta, for the rare entries beyond the vector exp's range (libm's exp)."""
+    far = 0
+    for k in range(n):  # branch-free, so that it vectorises
+        x = q[k]
+        e = exp_nonpositive(-abs(x))
+        mu = 1.0 / e if x >= 0.0 else e
+        llb[k] = yb[k] * x - mu
+        xb[k] = x
+        far += abs(x) > EXP_EXACT
+        q[k] = yb[k] - mu
+    if far == 0:
+        return
+    for k in range(n):
+        if abs(xb[k]) > EXP_EXACT:
+            mu = math.exp(xb[k])
+            llb[k] = yb[k] * xb[k] - mu
+            q[k] = yb[k] - mu
+
+
+@njit(**JIT_OPTIONS)
+def _negative_binomial_terms(q, yb, log_phi, phi, llb, db, n):
+    for k in range(n):
+        x = q[k] - log_phi[k]
+        sp, sig = _softplus_sigmoid(x)
+        y = yb[k]
+        llb[k] = y * x - (y + phi[k]) * sp
+        db[k] = sp
+        q[k] = y - (y + phi[k]) * sig
+
+
+@njit(**JIT_OPTIONS)
+def _student_t_terms(q, yb, w, nu, llb, db, d2b, n):
+    for k in range(n):
+        e = yb[k] - q[k]
+        qq = e * e * w[k] / nu[k]
+        l1 = log1p_any(qq)
+        llb[k] = -0.5 * (nu[k] + 1.0) * l1
+        db[k] = qq / (1.0 + qq)
+        d2b[k] = l1
+        q[k] = (nu[k] + 1.0) * e * w[k] / (nu[k] * (1.0 + qq))
+
+
+@njit(**JIT_OPTIONS)
+def _probit_terms(q, yb, llb, n):
+    for k in range(n):
+        s = 2.0 * yb[k] - 1.0
+        lp, mills = log_ndtr_and_mills(s * q[k])
+        llb[k] = lp
+        q[k] = s * mills
+
+
+@njit(**JIT_OPTIONS)
 def _elementwise(family, q, yb, xb, a0, a1, llb, db, d2b, n):
     """The likelihood's elementwise step over n = rows x draws entries: q holds eta on entry and
     r = dl/deta on exit; llb, db, d2b the per-entry terms summed per draw (see module doc).
     xb: trials (binomial) or the log exposure, already added into q; a0, a1 the per-entry
-    auxiliary parameters (``_entry_auxiliary``)."""
+    auxiliary parameters (``_entry_auxiliary``). One function per likelihood, each with only the
+    arrays it reads, so that LLVM can prove them apart and vectorise its loop."""
     if family == BINOMIAL:
-        for k in range(n):
-            sp, sig = _softplus_sigmoid(q[k])
-            llb[k] = yb[k] * q[k] - xb[k] * sp
-            q[k] = yb[k] - xb[k] * sig
+        _binomial_terms(q, yb, xb, llb, n)
     elif family == POISSON:
-        for k in range(n):  # branch-free, so that it vectorises
-            x = q[k]
-            e = exp_nonpositive(-abs(x))
-            mu = 1.0 / e if x >= 0.0 else e
-            llb[k] = yb[k] * x - mu
-            db[k] = x
-            q[k] = yb[k] - mu
-        for k in range(n):  # log-means beyond the vector exp's range (rare): libm's exp
-            if abs(db[k]) > EXP_EXACT:
-                mu = math.exp(db[k])
-                llb[k] = yb[k] * db[k] - mu
-                q[k] = yb[k] - mu
+        _poisson_terms(q, yb, llb, xb, n)
     elif family == NEGATIVE_BINOMIAL:
-        for k in range(n):
-            phi = a1[k]
-            x = q[k] - a0[k]
-            sp, sig = _softplus_sigmoid(x)
-            y = yb[k]
-            llb[k] = y * x - (y + phi) * sp
-            db[k] = sp
-            q[k] = y - (y + phi) * sig
+        _negative_binomial_terms(q, yb, a0, a1, llb, db, n)
     elif family == STUDENT_T:
-        for k in range(n):
-            w = a0[k]
-            nu = a1[k]
-            e = yb[k] - q[k]
-            qq = e * e * w / nu
-            l1 = math.log1p(qq)
-            frac = qq / (1.0 + qq)
-            llb[k] = -0.5 * (nu + 1.0) * l1
-            db[k] = frac
-            d2b[k] = l1
-            q[k] = (nu + 1.0) * e * w / (nu * (1.0 + qq))
+        _student_t_terms(q, yb, a0, a1, llb, db, d2b, n)
     elif family == PROBIT:
-        for k in range(n):
-            s = 2.0 * yb[k] - 1.0
-            lp, mills = log_ndtr_and_mills(s * q[k])
-            llb[k] = lp
-            q[k] = s * mills
+        _probit_terms(q, yb, llb, n)
 
 
 @njit(**JIT_OPTIONS)
