@@ -76,21 +76,16 @@ def read_design(cfg: Config):
     """The design of a config: (Design, intercept, source). In memory the Design holds the data
     and source is None; out of core the Design holds only names and source streams the rows."""
     from vireg.data import build_design, read_table, release_reader_memory, standardize_design
+    from vireg.models.model import likelihood_module
 
     path = cfg.resolve_path(cfg.data.path)
     intercept = cfg.model.intercept
-    streamed = cfg.runtime.backend == "dask" or cfg.runtime.out_of_core
-    if streamed and (cfg.model.family not in ("gaussian", "bernoulli") or cfg.model.link):
-        what = cfg.model.family + (f" with link {cfg.model.link}" if cfg.model.link else "")
-        raise InputError(f"family {what} "
-                         "is fitted with the rows in memory only, not with runtime.out_of_core "
-                         "or the Dask backend: fit in memory (inference.batch_size gives "
-                         "minibatch steps)")
     if cfg.runtime.backend == "dask":
         from vireg.distributed import DaskSource
 
         source = DaskSource(path, cfg.data.response, cfg.data.covariates, cfg.data.missing,
-                            cfg.model.family, cfg.runtime.scheduler, cfg.runtime.partitions)
+                            cfg.model.family, cfg.runtime.scheduler, cfg.runtime.partitions,
+                            cfg.model.link, _row_data(cfg) and _row_data(cfg)[1])
         return source.design, intercept, source
     if cfg.runtime.out_of_core:
         from vireg.cache import CachedSource
@@ -98,8 +93,9 @@ def read_design(cfg: Config):
         cache_dir = (cfg.resolve_path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir
                      else path.parent / ".vireg-cache")
         source = CachedSource(path, cfg.data.response, cfg.data.covariates, cfg.data.missing,
-                              cfg.model.family, intercept, cfg.inference.dtype, cache_dir,
-                              cfg.runtime.memory_mb)
+                              likelihood_module(cfg.model.family, cfg.model.link), intercept,
+                              cfg.inference.dtype, cache_dir, cfg.runtime.memory_mb,
+                              _row_data(cfg) and _row_data(cfg)[1])
         return source.design, intercept, source
     table = read_table(path)
     if cfg.data.formula is not None:

@@ -38,10 +38,11 @@ from vireg.rows import (
     block_bounds,
     curvature_or_zeros,
     curvature_sums,
+    kernel_response,
     standardized_gram,
 )
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: y.bin holds the kernel's per-row data (``rows.kernel_response``)
 DTYPES = {"float64": np.float64, "float32": np.float32}
 
 
@@ -152,6 +153,21 @@ def _check_columns(path: Path, header: list[str], names: list[str]) -> None:
                              f"{', '.join(header)}")
 
 
+def checked_piece(cols: list[np.ndarray], names: list[str], missing: str, likelihood,
+                  has_row_data: bool, first_row: int, where
+                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, int]:
+    """(y, row data or None, X, dropped) of a streamed piece: ``checked_rows`` with the trials
+    or exposure as the last column, then the likelihood's own row checks (counts, trials,
+    exposure), rows numbered from ``first_row`` (without dropped rows)."""
+    y, X, dropped = checked_rows(cols, names, missing, likelihood.NAME == "bernoulli", where)
+    x = None
+    if has_row_data:
+        x, X = np.ascontiguousarray(X[:, -1]), np.ascontiguousarray(X[:, :-1])
+    if hasattr(likelihood, "check_rows"):
+        likelihood.check_rows(y, x, names[0], names[-1] if has_row_data else None, first_row)
+    return y, x, X, dropped
+
+
 def checked_rows(cols: list[np.ndarray], names: list[str], missing: str, binary: bool,
                  where) -> tuple[np.ndarray, np.ndarray, int]:
     """(y, X, dropped) from float64 columns (response first), checked as the in-memory reader
@@ -198,6 +214,7 @@ class CacheKey:
     family: str
     intercept: bool
     dtype: str
+    row_data: str | None = None  # the trials or exposure column
 
     def digest(self) -> str:
         text = json.dumps({**self.__dict__, "covariates": list(self.covariates),
@@ -209,19 +226,26 @@ class CachedSource:
     """The data of a config as a disk cache; ``Model(design, ..., source=this)`` fits it."""
 
     def __init__(self, path: Path, response: str, covariates: list[str] | None, missing: str,
-                 family: str, intercept: bool, dtype: str, cache_dir: Path, memory_mb: int):
+                 likelihood, intercept: bool, dtype: str, cache_dir: Path, memory_mb: int,
+                 row_data: str | None = None):
         if str(path) == "-":
             raise InputError("runtime.out_of_core needs a data file, not standard input")
         if not path.is_file():
             raise InputError(f"data file '{path}' not found: check data.path (relative to the "
                              "config file)")
-        covariates = default_covariates(path, response, covariates)
+        covariates = [c for c in default_covariates(path, response, covariates) if c != row_data]
         stat = path.stat()
+        family = likelihood.NAME + ("_probit" if likelihood.CODE == 2 else "")
         self.key = CacheKey(str(path.resolve()), stat.st_size, stat.st_mtime_ns, response,
-                            tuple(covariates), missing, family, intercept, dtype)
+                            tuple(covariates), missing, family, intercept, dtype, row_data)
         self.path = path
-        self.names = [response, *covariates]
-        self.binary = family == "bernoulli"
+        self.likelihood = likelihood
+        self.has_row_data = row_data is not None
+        # The response, the covariates, then the trials or exposure (split off when read)
+        self.names = [response, *covariates] + ([row_data] if row_data else [])
+        # Columns of y.bin: the response, or it and the kernel's row data (``kernel_response``)
+        self.y_cols = 1 if likelihood.CODE in (0, 1) else 2
+        self.binary = likelihood.NAME == "bernoulli"
         self.dtype = dtype
         self.memory_mb = memory_mb
         self.folder = cache_dir / self.key.digest()
@@ -240,7 +264,7 @@ class CachedSource:
     def _buffer_rows(self, n_cols: int) -> int:
         # One buffer of rows of the cached dtype within memory_mb (the cache build holds a
         # float64 piece and its standardised copy: it uses half as many rows).
-        per_row = (n_cols + 1) * np.dtype(DTYPES[self.dtype]).itemsize
+        per_row = (n_cols + self.y_cols) * np.dtype(DTYPES[self.dtype]).itemsize
         return max(1024, (self.memory_mb << 20) // per_row)
 
     def _first_pass(self, cache_dir: Path) -> tuple[ColumnMoments, int]:
@@ -256,21 +280,26 @@ class CachedSource:
                              "runtime.cache_dir to a writable folder") from None
         moments, dropped, first_row = None, 0, 0
         rows = self._buffer_rows(len(self.names) - 1) // 2  # float64 while building
+        n_cov = len(self.names) - 1 - self.has_row_data
         try:
             with open(self.building / "X.raw", "wb") as fx, open(self.building / "y.raw", "wb") as fy:
                 for batch in _reader_batches(self.path, self.names, rows):
                     cols = [np.asarray(batch.column(n).to_numpy(zero_copy_only=False),
                                        dtype=np.float64) for n in self.names]
-                    y, X, d = checked_rows(cols, self.names, self.key.missing, self.binary,
-                                           lambda i, r=first_row: f"data row {r + i + 1}")
+                    y, x, X, d = checked_piece(
+                        cols, self.names, self.key.missing, self.likelihood, self.has_row_data,
+                        first_row, lambda i, r=first_row: f"data row {r + i + 1}")
                     first_row += batch.num_rows
                     dropped += d
                     if len(y) == 0:
                         continue
-                    m = ColumnMoments.of_chunk(X, y, self.binary)
+                    counts = self.y_cols == 2
+                    m = ColumnMoments.of_chunk(X, y, self.binary, x,
+                                               self.likelihood if counts else None)
                     moments = m if moments is None else moments.merge(m)
-                    X.tofile(fx)
-                    y.tofile(fy)
+                    X.reshape(len(y), n_cov).tofile(fx)
+                    (np.column_stack([y, x if x is not None else np.zeros(len(y))])
+                     if counts else y).tofile(fy)
         except BaseException:
             shutil.rmtree(self.building, ignore_errors=True)
             raise
@@ -287,8 +316,9 @@ class CachedSource:
         returns (rows, gram)."""
         import time
 
-        D = len(self.names) - 1
+        D = len(self.names) - 1 - self.has_row_data
         N = self.moments.n_rows
+        k = self.y_cols
         if self._meta is None:
             t0 = time.perf_counter()
             np_dtype = DTYPES[dtype]
@@ -301,14 +331,16 @@ class CachedSource:
                     for start in range(0, N, rows):
                         m = min(rows, N - start)
                         X = np.fromfile(fx, np.float64, m * D).reshape(m, D)
-                        y = np.fromfile(fy, np.float64, m)
+                        yx = np.fromfile(fy, np.float64, m * k).reshape(m, k)
                         Z = (X - x_centre) / x_scale
-                        yz = (y - y_centre) / y_scale
+                        yz = (yx[:, 0] - y_centre) / y_scale
                         g = standardized_gram(Z, yz, intercept)
                         gram = g if gram is None else (gram[0] + g[0], gram[1] + g[1],
                                                        gram[2] + g[2])
+                        x = yx[:, 1] if self.has_row_data else None
                         np.ascontiguousarray(Z, dtype=np_dtype).tofile(fz)
-                        np.ascontiguousarray(yz, dtype=np_dtype).tofile(fyo)
+                        np.ascontiguousarray(kernel_response(likelihood, yz, x),
+                                             dtype=np_dtype).tofile(fyo)
                 (self.building / "X.raw").unlink()
                 (self.building / "y.raw").unlink()
                 meta = {"version": CACHE_VERSION, "key": {**self.key.__dict__,
@@ -333,7 +365,7 @@ class CachedSource:
         gram = (np.array(g[0], dtype=np.float64).reshape(k, k), np.array(g[1], dtype=np.float64),
                 float(g[2]))
         rows = CacheRows(self.folder, N, D, DTYPES[dtype], self._buffer_rows(D), likelihood,
-                         intercept, draws_per_step)
+                         intercept, draws_per_step, self.y_cols)
         rows.built = {"reused": self.reused, "build_seconds": round(self.build_seconds, 2)}
         return rows, gram
 
@@ -346,7 +378,7 @@ def _moments_to_json(m: ColumnMoments) -> dict:
 
 
 def _moments_from_json(d: dict) -> ColumnMoments:
-    arrays = {"x_mean", "x_m2", "x_min", "x_max", "class_extremes"}
+    arrays = {"x_mean", "x_m2", "x_min", "x_max", "class_extremes", "histogram"}
     return ColumnMoments(**{k: (np.array(v, dtype=np.float64) if k in arrays and v is not None
                                 else v) for k, v in d.items()})
 
@@ -355,7 +387,7 @@ class CacheRows:
     """Row source over the cache files, read in pieces of ``buffer_rows`` rows."""
 
     def __init__(self, folder: Path, n_rows: int, n_cov: int, dtype, buffer_rows: int,
-                 likelihood, intercept: bool, draws_per_step: int):
+                 likelihood, intercept: bool, draws_per_step: int, y_cols: int = 1):
         self.n_rows, self.n_cov = n_rows, n_cov
         self.folder = folder
         self.dtype = np.dtype(dtype)
@@ -369,7 +401,9 @@ class CacheRows:
         self._z = open(folder / "Z.bin", "rb", buffering=0)  # noqa: SIM115 - closed by close()
         self._y = open(folder / "y.bin", "rb", buffering=0)  # noqa: SIM115
         self._Zbuf = np.empty((self.buffer_rows, n_cov), self.dtype)
-        self._ybuf = np.empty(self.buffer_rows, self.dtype)
+        self.y_cols = y_cols
+        self._ybuf = np.empty((self.buffer_rows, y_cols) if y_cols > 1 else self.buffer_rows,
+                              self.dtype)
         self.bounds = np.array([0, n_rows], dtype=np.int64)
         self.bytes_read = 0
         self.built: dict = {}  # whether the cache was reused, how long building it took
@@ -389,8 +423,8 @@ class CacheRows:
         row = self.n_cov * self.dtype.itemsize
         if self.n_cov:  # (a model without covariates has an empty Z file)
             _read_exact(self._z, memoryview(z).cast("B"), start * row)
-        _read_exact(self._y, memoryview(y).cast("B"), start * self.dtype.itemsize)
-        self.bytes_read += m * (row + self.dtype.itemsize)
+        _read_exact(self._y, memoryview(y).cast("B"), start * self.y_cols * self.dtype.itemsize)
+        self.bytes_read += m * (row + self.y_cols * self.dtype.itemsize)
         return z, y
 
     def _range_sums(self, U: np.ndarray, lo: int, hi: int, with_grad: bool = True
@@ -423,7 +457,7 @@ class CacheRows:
         if not hasattr(os, "posix_fadvise"):  # not on macOS or Windows: plain reads
             return
         row = self.n_cov * self.dtype.itemsize
-        size = self.dtype.itemsize
+        size = self.y_cols * self.dtype.itemsize
         os.posix_fadvise(self._z.fileno(), start * row, (stop - start) * row,
                          os.POSIX_FADV_WILLNEED)
         os.posix_fadvise(self._y.fileno(), start * size, (stop - start) * size,

@@ -21,7 +21,7 @@ import logging
 
 import numpy as np
 
-from vireg.cache import check_source_columns, checked_rows
+from vireg.cache import check_source_columns, checked_piece
 from vireg.data import Design
 from vireg.errors import InputError
 from vireg.rows import ColumnMoments, standardized_gram
@@ -52,8 +52,15 @@ def _client(scheduler: str):
 
 # --- functions that run on the workers -------------------------------------------------------
 
-def _partition_arrays(df, names: list[str], missing: str, binary: bool, index: int):
-    """(y, X, dropped) of one partition as float64 arrays, checked (runs on a worker)."""
+def _likelihood(kind: tuple[str, str | None]):
+    from vireg.models.model import likelihood_module
+
+    return likelihood_module(*kind)
+
+
+def _partition_arrays(df, names: list[str], missing: str, kind, has_row_data: bool, index: int):
+    """(y, row data or None, X, dropped) of one partition as float64 arrays, checked (runs on a
+    worker); ``kind``: (model.family, model.link)."""
     cols = []
     for name in names:
         try:
@@ -61,19 +68,26 @@ def _partition_arrays(df, names: list[str], missing: str, binary: bool, index: i
         except (ValueError, TypeError):
             raise InputError(f"column '{name}' has a non-numeric value (partition {index}): the "
                              "Dask backend takes numeric columns only") from None
-    return checked_rows(cols, names, missing, binary, lambda i: f"partition {index}")
+    return checked_piece(cols, names, missing, _likelihood(kind), has_row_data, 0,
+                         lambda i: f"partition {index}")
 
 
-def _moments(part, binary: bool):
-    y, X, dropped = part
-    return (ColumnMoments.of_chunk(X, y, binary) if len(y) else None), dropped
+def _moments(part, kind):
+    y, x, X, dropped = part
+    lik = _likelihood(kind)
+    counts = lik.CODE not in (0, 1)
+    return (ColumnMoments.of_chunk(X, y, lik.NAME == "bernoulli", x, lik if counts else None)
+            if len(y) else None), dropped
 
 
-def _standardize(part, x_centre, x_scale, y_centre, y_scale, intercept, dtype):
-    y, X, _ = part
+def _standardize(part, x_centre, x_scale, y_centre, y_scale, intercept, dtype, kind):
+    from vireg.rows import kernel_response
+
+    y, x, X, _ = part
     Z = (X - x_centre) / x_scale
     yz = (y - y_centre) / y_scale
-    return (np.ascontiguousarray(Z, dtype=dtype), np.ascontiguousarray(yz, dtype=dtype),
+    return (np.ascontiguousarray(Z, dtype=dtype),
+            np.ascontiguousarray(kernel_response(_likelihood(kind), yz, x), dtype=dtype),
             standardized_gram(Z, yz, intercept))
 
 
@@ -89,13 +103,12 @@ def _rows_of(part):
     return len(part[1])
 
 
-def _partial_sums(parts, U, family: str, intercept: bool, draws: int, with_grad: bool):
+def _partial_sums(parts, U, kind, intercept: bool, draws: int, with_grad: bool):
     """The data kernel on each of a worker's partitions (runs on the worker, with its threads):
     one task per worker and step, since a task costs milliseconds of scheduling."""
     import numba
 
     from vireg.kernels.flags import chunk_rows_for, use_parallel
-    from vireg.rows import data_kernel
 
     try:
         from distributed import get_worker
@@ -107,17 +120,16 @@ def _partial_sums(parts, U, family: str, intercept: bool, draws: int, with_grad:
     out = []
     for Z, y in parts:
         n, d = Z.shape
-        kernel = data_kernel(family, use_parallel(n, d, draws))
+        kernel = _likelihood(kind).loglik_grad_kernel(use_parallel(n, d, draws))
         out.append(kernel(Z, y, U, intercept, chunk_rows_for(n, d), with_grad))
     return out
 
 
-def _partial_curvature(parts, u, family: str, intercept: bool):
+def _partial_curvature(parts, u, kind, intercept: bool):
     """``rows.curvature_sums`` of each of a worker's partitions (runs on the worker)."""
-    from vireg.models.model import LIKELIHOODS
     from vireg.rows import curvature_sums
 
-    return [curvature_sums(Z, y, u, intercept, LIKELIHOODS[family]) for Z, y in parts]
+    return [curvature_sums(Z, y, u, intercept, _likelihood(kind)) for Z, y in parts]
 
 
 # --- client side -----------------------------------------------------------------------------
@@ -126,7 +138,8 @@ class DaskSource:
     """The data of a config on Dask workers; ``Model(design, ..., source=this)`` fits it."""
 
     def __init__(self, path, response: str, covariates: list[str] | None, missing: str,
-                 family: str, scheduler: str, partitions: int | None = None):
+                 family: str, scheduler: str, partitions: int | None = None,
+                 link: str | None = None, row_data: str | None = None):
         try:
             import dask.dataframe as dd
         except ImportError:
@@ -136,10 +149,10 @@ class DaskSource:
                              "config file)")
         from vireg.cache import default_covariates
 
-        covariates = default_covariates(path, response, covariates)
-        self.names = [response, *covariates]
-        self.family = family
-        binary = family == "bernoulli"
+        covariates = [c for c in default_covariates(path, response, covariates) if c != row_data]
+        # The response, the covariates, then the trials or exposure (split off when read)
+        self.names = [response, *covariates] + ([row_data] if row_data else [])
+        self.kind = (family, link)
         check_source_columns(path, self.names)
         try:
             if path.suffix.lower() in (".parquet", ".pq"):
@@ -163,9 +176,10 @@ class DaskSource:
 
             parts = ddf.to_delayed()
             self.raw = self.client.compute(
-                [delayed(_partition_arrays)(p, self.names, missing, binary, k)
+                [delayed(_partition_arrays)(p, self.names, missing, self.kind,
+                                            row_data is not None, k)
                  for k, p in enumerate(parts)])
-            stats = self.client.gather(self.client.map(_moments, self.raw, binary=binary,
+            stats = self.client.gather(self.client.map(_moments, self.raw, kind=self.kind,
                                                        pure=False))
         except InputError:
             self.close()
@@ -188,8 +202,8 @@ class DaskSource:
         # so every worker gets an equal share of each step's work.
         workers = sorted(self.client.scheduler_info()["workers"])
         with_gram = [self.client.submit(_standardize, part, x_centre, x_scale, y_centre, y_scale,
-                                        intercept, np_dtype, workers=[workers[k % len(workers)]],
-                                        pure=False)
+                                        intercept, np_dtype, self.kind,
+                                        workers=[workers[k % len(workers)]], pure=False)
                      for k, part in enumerate(self.raw)]
         grams = self.client.gather(self.client.map(_gram_of, with_gram, pure=False))
         parts = [self.client.submit(_strip_gram, f, workers=[workers[k % len(workers)]], pure=False)
@@ -259,7 +273,7 @@ class DaskRows:
 
     def _sums(self, U: np.ndarray, indices: list[int], with_grad: bool = True
               ) -> tuple[np.ndarray, np.ndarray]:
-        results = self._per_partition(_partial_sums, indices, U, self.source.family,
+        results = self._per_partition(_partial_sums, indices, U, self.source.kind,
                                       self.intercept, self.draws, with_grad)
         G = np.zeros((U.shape[0], U.shape[1]))
         ll = np.zeros(U.shape[0])
@@ -276,7 +290,7 @@ class DaskRows:
         from vireg.rows import add_sums, curvature_or_zeros
 
         results = self._per_partition(_partial_curvature, list(range(len(self.parts))), u,
-                                      self.source.family, self.intercept)
+                                      self.source.kind, self.intercept)
         total = None
         for i in range(len(self.parts)):
             total = add_sums(total, results[i])

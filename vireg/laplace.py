@@ -182,7 +182,7 @@ def _start(model) -> np.ndarray:
         if "nu" in model.positive_names:
             u[P - 1] = np.log(lik.START_NU)
     elif hasattr(lik, "start"):
-        a, aux = lik.start(model.design.y, model.design.row_data)
+        a, aux = lik.start(model.response_sums)
         if model.intercept:
             u[0] = a
         u[k:] = aux

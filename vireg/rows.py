@@ -186,6 +186,29 @@ class MemoryRows:
 
 
 @dataclass(frozen=True)
+class ResponseSums:
+    """What Newton's start needs of the response: its sum, the sum of the trials or exposures
+    (None without them) and the row count."""
+
+    response: float
+    row_data: float | None
+    n_rows: int
+
+
+def kernel_response(likelihood, y: np.ndarray, row_data: np.ndarray | None) -> np.ndarray:
+    """The per-row data the likelihood's kernel reads: the (standardised) response itself for
+    the gaussian and logistic kernels, else the response beside the trials or log exposure
+    (zeros without them; ``kernels.glm``)."""
+    from vireg.kernels.codes import GAUSSIAN, LOGIT
+
+    if likelihood.CODE in (GAUSSIAN, LOGIT):
+        return np.ascontiguousarray(y)
+    extra = (np.zeros(len(y)) if row_data is None
+             else likelihood.kernel_row_data(np.asarray(row_data, dtype=np.float64)))
+    return np.ascontiguousarray(np.column_stack([y, extra]))
+
+
+@dataclass(frozen=True)
 class ColumnMoments:
     """What setting up a model needs from the raw data, gathered by a streaming pass when the
     rows are not in memory: counts, means, sums of squared deviations (merged chunk by chunk with
@@ -202,17 +225,29 @@ class ColumnMoments:
     y_min: float
     y_max: float
     class_extremes: np.ndarray | None  # (4, D): min/max over y=1, min/max over y=0
+    # Count likelihoods: the sum of the trials or exposures, of the rows' constant log-likelihood
+    # terms, and the response's histogram (2 x K: values, counts; the negative binomial's terms)
+    row_sum: float | None = None
+    const_sum: float = 0.0
+    histogram: np.ndarray | None = None
 
     @staticmethod
-    def of_chunk(X: np.ndarray, y: np.ndarray, binary: bool) -> ColumnMoments:
+    def of_chunk(X: np.ndarray, y: np.ndarray, binary: bool, x: np.ndarray | None = None,
+                 likelihood=None) -> ColumnMoments:
         xm, ym = X.mean(axis=0), float(y.mean())
         ext = None
         if binary:
             ones = y == 1
             ext = np.array([_min(X[ones]), _max(X[ones]), _min(X[~ones]), _max(X[~ones])])
+        const, hist = 0.0, None
+        if likelihood is not None:
+            const = float(np.sum(likelihood.row_constants(y, x)))
+            if likelihood.NAME == "negative_binomial":
+                hist = np.array(np.unique(y, return_counts=True), dtype=np.float64)
         return ColumnMoments(len(y), xm, ((X - xm) ** 2).sum(axis=0), X.min(axis=0),
                              X.max(axis=0), ym, float(((y - ym) ** 2).sum()), float(y.min()),
-                             float(y.max()), ext)
+                             float(y.max()), ext, None if x is None else float(np.sum(x)),
+                             const, hist)
 
     def merge(self, other: ColumnMoments) -> ColumnMoments:
         n = self.n_rows + other.n_rows
@@ -223,11 +258,23 @@ class ColumnMoments:
             a, b = self.class_extremes, other.class_extremes
             ext = np.array([np.minimum(a[0], b[0]), np.maximum(a[1], b[1]),
                             np.minimum(a[2], b[2]), np.maximum(a[3], b[3])])
+        hist = self.histogram
+        if hist is not None:  # sum the counts of equal values
+            values, inverse = np.unique(np.concatenate([hist[0], other.histogram[0]]),
+                                        return_inverse=True)
+            counts = np.bincount(inverse, np.concatenate([hist[1], other.histogram[1]]))
+            hist = np.array([values, counts])
         return ColumnMoments(
             n, self.x_mean + f * dx, self.x_m2 + other.x_m2 + dx**2 * self.n_rows * f,
             np.minimum(self.x_min, other.x_min), np.maximum(self.x_max, other.x_max),
             self.y_mean + f * dy, self.y_m2 + other.y_m2 + dy**2 * self.n_rows * f,
-            min(self.y_min, other.y_min), max(self.y_max, other.y_max), ext)
+            min(self.y_min, other.y_min), max(self.y_max, other.y_max), ext,
+            None if self.row_sum is None else self.row_sum + other.row_sum,
+            self.const_sum + other.const_sum, hist)
+
+    @property
+    def response_sums(self) -> ResponseSums:
+        return ResponseSums(self.y_mean * self.n_rows, self.row_sum, self.n_rows)
 
     @property
     def x_sd(self) -> np.ndarray:

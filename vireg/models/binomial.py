@@ -28,22 +28,21 @@ CODE = BINOMIAL
 __all__ = ["response_scaling", "response_scaling_from_moments"]
 
 
-def check_response(y: np.ndarray, name: str) -> None:
-    check_counts(y, name, NAME)
-
-
-def check_row_data(y: np.ndarray, n: np.ndarray, response: str, column: str) -> None:
-    """Trials positive integers with 0 <= y <= n, else one line naming the first bad row."""
+def check_rows(y: np.ndarray, n: np.ndarray, response: str, column: str,
+               first_row: int = 0) -> None:
+    """Counts; trials positive integers with 0 <= y <= n; one line naming the first bad row."""
+    check_counts(y, response, NAME, first_row)
     bad = np.flatnonzero(~((n >= 1) & (n == np.floor(n))))
     if bad.size:
         i = int(bad[0])
         raise InputError(f"trials column '{column}' must hold positive integers, but data row "
-                         f"{i + 1} has {n[i]:g}: fix the value or drop the row")
+                         f"{first_row + i + 1} has {n[i]:g}: fix the value or drop the row")
     bad = np.flatnonzero(y > n)
     if bad.size:
         i = int(bad[0])
         raise InputError(f"response '{response}' counts successes out of '{column}' trials, but "
-                         f"data row {i + 1} has {y[i]:g} > {n[i]:g}: check the two columns")
+                         f"data row {first_row + i + 1} has {y[i]:g} > {n[i]:g}: check the two "
+                         "columns")
 
 
 def kernel_row_data(n: np.ndarray) -> np.ndarray:
@@ -61,9 +60,10 @@ def curvature_terms(Y: np.ndarray, eta: np.ndarray, aux: np.ndarray):
     return Y[:, 1] * p * (1.0 - p), np.zeros((eta.size, 0)), np.zeros((0, 0))
 
 
-def start(y: np.ndarray, n: np.ndarray) -> tuple[float, list[float]]:
-    """(intercept, auxiliary parameters) where Newton starts: the log odds of sum y / sum n."""
-    rate = min(max(float(y.sum()) / float(n.sum()), 1e-6), 1.0 - 1e-6)
+def start(sums) -> tuple[float, list[float]]:
+    """(intercept, auxiliary parameters) where Newton starts: the log odds of sum y / sum n
+    (``ResponseSums``)."""
+    rate = min(max(sums.response / sums.row_data, 1e-6), 1.0 - 1e-6)
     return math.log(rate / (1.0 - rate)), []
 
 

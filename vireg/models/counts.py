@@ -19,22 +19,31 @@ def response_scaling_from_moments(mean: float, sd: float, intercept: bool) -> tu
     return 0.0, 1.0
 
 
-def check_counts(y: np.ndarray, name: str, family: str) -> None:
-    """Every y_i a non-negative integer, else a one-line error naming the first bad row."""
+def check_counts(y: np.ndarray, name: str, family: str, first_row: int = 0) -> None:
+    """Every y_i a non-negative integer, else a one-line error naming the first bad row (rows
+    numbered from ``first_row`` + 1: a streamed piece's place in the file)."""
     bad = np.flatnonzero(~((y >= 0) & (y == np.floor(y))))
     if bad.size:
         i = int(bad[0])
         raise InputError(f"response '{name}' must be a non-negative integer count for family "
-                         f"{family}, but data row {i + 1} has {y[i]:g}: fix the value or use "
-                         "family gaussian")
+                         f"{family}, but data row {first_row + i + 1} has {y[i]:g}: fix the "
+                         "value, or use family gaussian for a continuous response")
 
 
-def check_exposure(t: np.ndarray, name: str) -> None:
+def check_exposure(t: np.ndarray, name: str, first_row: int = 0) -> None:
     bad = np.flatnonzero(~(t > 0))
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"exposure column '{name}' must be positive, but data row {i + 1} has "
-                         f"{t[i]:g}: fix the value or drop the row")
+        raise InputError(f"exposure column '{name}' must be positive, but data row "
+                         f"{first_row + i + 1} has {t[i]:g}: fix the value or drop the row")
+
+
+def check_count_rows(family: str, y: np.ndarray, x: np.ndarray | None, response: str,
+                     column: str | None, first_row: int = 0) -> None:
+    """The row checks of a count likelihood with an optional exposure."""
+    check_counts(y, response, family, first_row)
+    if x is not None:
+        check_exposure(x, column, first_row)
 
 
 def log_factorials(y: np.ndarray) -> np.ndarray:
@@ -63,7 +72,8 @@ def softplus_sigmoid(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(x, 0.0) + np.log1p(e), sig
 
 
-def log_mean_rate(y: np.ndarray, exposure: np.ndarray | None) -> float:
-    """log(sum y / sum t): the intercept of a model with no covariates (Newton's start)."""
-    total = float(np.sum(exposure)) if exposure is not None else float(y.size)
-    return math.log(max(float(np.sum(y)), 0.5) / max(total, 1e-300))
+def log_mean_rate(sums) -> float:
+    """log(sum y / sum t) (t = 1 without an exposure): the intercept of a model with no
+    covariates (Newton's start), from ``ResponseSums``."""
+    total = sums.row_data if sums.row_data is not None else float(sums.n_rows)
+    return math.log(max(sums.response, 0.5) / max(total, 1e-300))

@@ -24,7 +24,6 @@ import numpy as np
 
 from vireg.data import Design
 from vireg.errors import InputError
-from vireg.kernels.codes import GAUSSIAN, LOGIT
 from vireg.kernels.flags import chunk_rows_for
 from vireg.models import (
     bernoulli,
@@ -36,7 +35,7 @@ from vireg.models import (
     student_t,
 )
 from vireg.models.priors import Prior, parse_prior
-from vireg.rows import MemoryRows, standardized_gram_f64
+from vireg.rows import MemoryRows, ResponseSums, kernel_response, standardized_gram_f64
 
 LIKELIHOODS: dict[str, ModuleType] = {
     "gaussian": gaussian, "bernoulli": bernoulli, "binomial": binomial, "poisson": poisson,
@@ -116,11 +115,14 @@ class Model:
     def _standardize_in_memory(self, design: Design, draws_per_step: int) -> None:
         y, X = design.y, design.X
         self.n_rows, self.n_cov = X.shape
-        self.likelihood.check_response(y, design.response)
         x = design.row_data
-        if self.likelihood.ROW_DATA is not None and x is not None:
-            self.likelihood.check_row_data(y, x, design.response, design.row_data_name)
+        if hasattr(self.likelihood, "check_rows"):  # counts (and their trials or exposure)
+            self.likelihood.check_rows(y, x, design.response, design.row_data_name)
+        else:
+            self.likelihood.check_response(y, design.response)
         self.loglik_const = float(np.sum(self.likelihood.row_constants(y, x)))
+        self.response_sums = ResponseSums(float(np.sum(y)), None if x is None else
+                                          float(np.sum(x)), len(y))
         if self.likelihood.NAME == "negative_binomial":
             self._dispersion_histogram = np.unique(y, return_counts=True)
 
@@ -144,13 +146,7 @@ class Model:
         self.Z = np.empty((self.n_rows, self.n_cov), dtype=self.dtype)
         standardize_into(X, self.x_centre, self.x_scale, self.Z, chunk)
         self.y = np.ascontiguousarray((y - self.y_centre) / self.y_scale)
-        # The kernel's per-row data: the response, or for the generic kernel (``kernels.glm``)
-        # the response beside the trials or log exposure
-        self.Y = self.y
-        if self.likelihood.CODE not in (GAUSSIAN, LOGIT):
-            extra = (np.zeros(self.n_rows) if x is None
-                     else self.likelihood.kernel_row_data(np.asarray(x, dtype=np.float64)))
-            self.Y = np.ascontiguousarray(np.column_stack([self.y, extra]))
+        self.Y = kernel_response(self.likelihood, self.y, x)
         yk = self.Y if self.dtype == "float64" else self.Y.astype(np.float32)
         self.rows = MemoryRows(self.Z, yk, self.likelihood, self.intercept, draws_per_step)
 
@@ -196,7 +192,10 @@ class Model:
         rows where it keeps them and returns the Gram matrix gathered on the way."""
         m = source.moments
         self.n_rows, self.n_cov = m.n_rows, len(m.x_mean)
-        self.loglik_const = 0.0
+        self.loglik_const = m.const_sum
+        self.response_sums = m.response_sums
+        if m.histogram is not None:
+            self._dispersion_histogram = (m.histogram[0], m.histogram[1])
         if self.likelihood.HAS_SCALE and m.y_min == m.y_max:  # (0/1 is checked row by row)
             self.likelihood.check_response(np.array([m.y_min, m.y_max]), self.design.response)
         mean, sd = m.x_mean, m.x_sd

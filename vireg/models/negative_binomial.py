@@ -16,8 +16,7 @@ import numpy as np
 
 from vireg.kernels.codes import NEGATIVE_BINOMIAL
 from vireg.models.counts import (
-    check_counts,
-    check_exposure,
+    check_count_rows,
     glm_kernel,
     log_factorials,
     log_mean_rate,
@@ -35,12 +34,10 @@ DEFAULT_PRIORS = {"phi": "inv_sqrt_half_normal(1)"}
 __all__ = ["response_scaling", "response_scaling_from_moments"]
 
 
-def check_response(y: np.ndarray, name: str) -> None:
-    check_counts(y, name, NAME)
-
-
-def check_row_data(y: np.ndarray, t: np.ndarray, response: str, column: str) -> None:
-    check_exposure(t, column)
+def check_rows(y: np.ndarray, t: np.ndarray | None, response: str, column: str | None,
+               first_row: int = 0) -> None:
+    """Counts, and a positive exposure; one line naming the first bad row."""
+    check_count_rows(NAME, y, t, response, column, first_row)
 
 
 def kernel_row_data(t: np.ndarray) -> np.ndarray:
@@ -62,9 +59,9 @@ def curvature_terms(Y: np.ndarray, eta: np.ndarray, aux: np.ndarray):
     return v, c[:, None], np.array([[d]])
 
 
-def start(y: np.ndarray, t: np.ndarray | None) -> tuple[float, list[float]]:
+def start(sums) -> tuple[float, list[float]]:
     """The log mean rate, and log phi = 0 (phi = 1: overdispersed, as counts usually are)."""
-    return log_mean_rate(y, t), [0.0]
+    return log_mean_rate(sums), [0.0]
 
 
 def loglik_grad_kernel(parallel: bool):

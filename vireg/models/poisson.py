@@ -8,8 +8,7 @@ import numpy as np
 
 from vireg.kernels.codes import POISSON
 from vireg.models.counts import (
-    check_counts,
-    check_exposure,
+    check_count_rows,
     glm_kernel,
     log_factorials,
     log_mean_rate,
@@ -25,12 +24,10 @@ CODE = POISSON
 __all__ = ["response_scaling", "response_scaling_from_moments"]
 
 
-def check_response(y: np.ndarray, name: str) -> None:
-    check_counts(y, name, NAME)
-
-
-def check_row_data(y: np.ndarray, t: np.ndarray, response: str, column: str) -> None:
-    check_exposure(t, column)
+def check_rows(y: np.ndarray, t: np.ndarray | None, response: str, column: str | None,
+               first_row: int = 0) -> None:
+    """Counts, and a positive exposure; one line naming the first bad row."""
+    check_count_rows(NAME, y, t, response, column, first_row)
 
 
 def kernel_row_data(t: np.ndarray) -> np.ndarray:
@@ -47,8 +44,8 @@ def curvature_terms(Y: np.ndarray, eta: np.ndarray, aux: np.ndarray):
         return np.exp(eta), np.zeros((eta.size, 0)), np.zeros((0, 0))
 
 
-def start(y: np.ndarray, t: np.ndarray | None) -> tuple[float, list[float]]:
-    return log_mean_rate(y, t), []
+def start(sums) -> tuple[float, list[float]]:
+    return log_mean_rate(sums), []
 
 
 def loglik_grad_kernel(parallel: bool):

@@ -34,9 +34,9 @@ def curvature_terms(Y: np.ndarray, eta: np.ndarray, aux: np.ndarray):
     return lam * (z + lam), np.zeros((eta.size, 0)), np.zeros((0, 0))
 
 
-def start(y: np.ndarray, x) -> tuple[float, list[float]]:
+def start(sums) -> tuple[float, list[float]]:
     """The intercept at Phi^-1 of the mean response (by bisection on erfc)."""
-    mean = min(max(float(np.mean(y)), 1e-6), 1.0 - 1e-6)
+    mean = min(max(sums.response / max(sums.n_rows, 1), 1e-6), 1.0 - 1e-6)
     lo, hi = -8.0, 8.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
