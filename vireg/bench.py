@@ -13,7 +13,6 @@ import numpy as np
 
 from vireg.data import Design
 
-
 # --model: the likelihood timed (logistic and linear are bernoulli-logit and gaussian)
 BENCH_MODELS = ("logistic", "linear", "binomial", "poisson", "negative_binomial", "student_t",
                 "probit")
