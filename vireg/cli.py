@@ -92,6 +92,10 @@ def _run_fit(config_path: Path, out: str | None, overrides: list[str], quiet: bo
     out_dir = export.output_dir(out, cfg, config_path)
     if out_dir is not None:
         export.check_output_dir(out_dir)
+        if cfg.output.arviz:
+            from vireg.workflow.inference_data import check_config
+
+            check_config(cfg)
     display = FitDisplay(enabled=not quiet)
     result = _fit_with_display(cfg, display)
     if out_dir is None:
@@ -292,8 +296,142 @@ def plot(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Folder of a run (vireg fit --out DIR).")],
+    to: Annotated[str, typer.Option("--to", help="Format: netcdf (ArviZ InferenceData).")
+                  ] = "netcdf",
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="File to write (.nc). Default: RUN_DIR/posterior.nc.")] = None,
+    log_likelihood: Annotated[str | None, typer.Option(
+        "--log-likelihood", help="true, false or auto (default: the run's "
+                                 "output.log_likelihood).")] = None,
+) -> None:
+    """Write an earlier run as ArviZ InferenceData (needs the arviz extra)."""
+    from vireg.errors import ViregError
+
+    try:
+        if to != "netcdf":
+            _fail(f"--to '{to}' is not known: use netcdf", 2)
+        choices = {"true": True, "false": False, "auto": "auto", None: None}
+        if log_likelihood not in choices:
+            _fail(f"--log-likelihood '{log_likelihood}' is not known: use true, false or auto", 2)
+        from vireg.workflow.inference_data import export_run
+
+        path = export_run(run_dir, out, choices[log_likelihood])
+    except ViregError as exc:
+        _fail(str(exc), exc.exit_code)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+@app.command()
+def loo(
+    run_dir: Annotated[Path, typer.Argument(help="Folder of a run (vireg fit --out DIR).")],
+    subsample: Annotated[int | None, typer.Option(
+        "--subsample", help="Estimate from this many observations (difference estimator).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the subsample.")] = 0,
+    uncorrected: Annotated[bool, typer.Option(
+        "--uncorrected", help="Take q's draws as posterior draws (no p/q correction).")] = False,
+    out: Annotated[str | None, typer.Option(
+        "--out", help="CSV file of the estimates, or '-' for standard output.")] = None,
+    pointwise: Annotated[str | None, typer.Option(
+        "--pointwise", help="CSV file of per-observation elpd, p_loo and Pareto k, or '-'.")
+    ] = None,
+) -> None:
+    """PSIS-LOO of a run (draws from q corrected by p/q): elpd_loo, se, p_loo, Pareto k."""
+    from vireg.errors import ViregError
+
+    try:
+        for name, value in (("--out", out), ("--pointwise", pointwise)):
+            if value is not None and not value.strip():
+                _fail(f"{name} needs a file name, or '-' for standard output", 2)
+        from vireg.workflow.loo import loo as run_loo
+        from vireg.workflow.loo import loo_csv, pointwise_csv
+        from vireg.workflow.report import loo_table
+
+        result = run_loo(run_dir, subsample, seed, correct=not uncorrected)
+        loo_table(result)
+        _emit(out, loo_csv([result]))
+        _emit(pointwise, pointwise_csv(result))
+    except ViregError as exc:
+        _fail(str(exc), exc.exit_code)
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run folders.")],
+    method: Annotated[str, typer.Option(
+        "--method", help="Weights: stacking or pseudo-bma+.")] = "stacking",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of pseudo-bma+'s bootstrap.")] = 0,
+    uncorrected: Annotated[bool, typer.Option(
+        "--uncorrected", help="Take q's draws as posterior draws (no p/q correction).")] = False,
+    out: Annotated[str | None, typer.Option(
+        "--out", help="CSV file of the table, or '-' for standard output.")] = None,
+) -> None:
+    """Compare runs fitted to the same rows by PSIS-LOO: elpd_diff, se_diff and weights."""
+    from vireg.errors import ViregError
+
+    try:
+        if out is not None and not out.strip():
+            _fail("--out needs a file name, or '-' for standard output", 2)
+        from vireg.workflow.compare import compare as run_compare
+        from vireg.workflow.compare import compare_csv
+        from vireg.workflow.report import compare_table
+
+        rows, _ = run_compare(run_dirs, method, seed, correct=not uncorrected)
+        compare_table(rows, method)
+        _emit(out, compare_csv(rows))
+    except ViregError as exc:
+        _fail(str(exc), exc.exit_code)
+
+
+@app.command()
+def ppc(
+    run_dir: Annotated[Path, typer.Argument(help="Folder of a run (vireg fit --out DIR).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Image file (.png, .svg or .pdf). Default: RUN_DIR/ppc.png.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the replicated data.")] = 0,
+) -> None:
+    """Posterior predictive check: a picture, and test statistics as CSV (plot extra)."""
+    from vireg.errors import ViregError
+
+    try:
+        from vireg.workflow.ppc import plot_ppc, ppc_csv
+        from vireg.workflow.ppc import ppc as run_ppc
+
+        target = out or run_dir / "ppc.png"
+        if target.suffix.lower() not in (".png", ".svg", ".pdf"):
+            _fail(f"--out '{target}' must end in .png, .svg or .pdf", 2)
+        result = run_ppc(run_dir, seed)
+        path = plot_ppc(result, target)
+        sys.stdout.write(ppc_csv(result))
+    except ViregError as exc:
+        _fail(str(exc), exc.exit_code)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _emit(out: str | None, text: str) -> None:
+    """Write a command's CSV to standard output ('-'), a file, or nowhere (None)."""
+    if out is None:
+        return
+    if out == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from vireg import export
+
+    target = Path(out)
+    export.check_output_dir(target.parent if str(target.parent) else Path("."))
+    export.write_atomically(target.parent if str(target.parent) else Path("."),
+                            {target.name: text})
+    print(f"wrote {target}", file=sys.stderr)
+
+
+@app.command()
 def bench(
-    model: Annotated[str, typer.Option("--model", help="logistic or linear.")] = "logistic",
+    model: Annotated[str, typer.Option(
+        "--model", help="logistic, linear, binomial, poisson, negative_binomial, student_t or "
+        "probit.")] = "logistic",
     family: Annotated[str, typer.Option("--family", help="meanfield or fullrank.")] = "meanfield",
     n: Annotated[int, typer.Option("--n", help="Rows of synthetic data.")] = 100_000,
     d: Annotated[int, typer.Option("--d", help="Covariates.")] = 50,
@@ -304,8 +442,10 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Measure gradient-step throughput on synthetic data against NumPy and memory bandwidth."""
-    if model not in ("logistic", "linear"):
-        _fail(f"--model '{model}' is not known: use logistic or linear", 2)
+    from vireg.bench import BENCH_MODELS
+
+    if model not in BENCH_MODELS:
+        _fail(f"--model '{model}' is not known: use one of {', '.join(BENCH_MODELS)}", 2)
     if family not in ("meanfield", "fullrank"):
         _fail(f"--family '{family}' is not known: use meanfield or fullrank", 2)
     if dtype not in ("float64", "float32"):

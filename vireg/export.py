@@ -9,6 +9,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -133,8 +134,9 @@ def check_output_dir(out_dir: Path) -> None:
 
 
 def write_results(result, out_dir: Path, versions: dict) -> list[Path]:
-    """Write summary.csv, draws.csv, elbo.csv and fit.json into ``out_dir`` atomically."""
-    files = {
+    """Write summary.csv, draws.csv, elbo.csv and fit.json into ``out_dir`` atomically, and
+    posterior.nc (ArviZ InferenceData) with ``output.arviz: true``."""
+    files: dict[str, str | Callable[[Path], None]] = {
         "summary.csv": summary_csv(result),
         "draws.csv": draws_csv(result),
         "elbo.csv": elbo_csv(result),
@@ -142,10 +144,20 @@ def write_results(result, out_dir: Path, versions: dict) -> list[Path]:
     }
     if result.summary_original is not None:
         files["summary_original.csv"] = summary_csv(result, result.summary_original)
+    if result.config.output.arviz:
+        from vireg.workflow.inference_data import inference_data, netcdf_writer, require_arviz
+        from vireg.workflow.run import run_of_result
+
+        require_arviz()
+        run = run_of_result(result, versions, label=out_dir.name)
+        files["posterior.nc"] = netcdf_writer(inference_data(run, result.config.output.log_likelihood))
     return write_atomically(out_dir, files)
 
 
-def write_atomically(out_dir: Path, files: dict[str, str]) -> list[Path]:
+def write_atomically(out_dir: Path, files: dict[str, str | Callable[[Path], None]]) -> list[Path]:
+    """Write every file under a temporary name in ``out_dir``, then rename them all into place.
+    A value is the file's text, or a function that writes the file at the path it is given
+    (binary formats: netCDF)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except (OSError, FileExistsError) as exc:
@@ -159,6 +171,12 @@ def write_atomically(out_dir: Path, files: dict[str, str]) -> list[Path]:
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
             temps[name] = tmp
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for sharing
+            if callable(text):
+                os.close(fd)
+                text(Path(tmp))
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                continue
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
                 fh.write(text)
                 fh.flush()
