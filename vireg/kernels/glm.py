@@ -69,6 +69,7 @@ from vireg.kernels.special import HALF_LOG_PI, digamma, log_ndtr_and_mills, trig
 EXP_EXACT = 38.0
 
 
+
 @njit(inline="always", **JIT_OPTIONS)
 def uses_offset(family):
     return family == POISSON or family == NEGATIVE_BINOMIAL  # noqa: SIM109 (Numba: no tuple "in")
@@ -81,6 +82,24 @@ def _softplus_sigmoid(x):
     inv = 1.0 / (1.0 + e)
     sig = inv if x >= 0.0 else e * inv
     return max(x, 0.0) + log1p_unit(e), sig
+
+
+@njit(**JIT_OPTIONS)
+def _gaussian_terms(q, yb, w, llb, db, n):
+    """e = y - eta: l = -e^2 w / 2 (the kernel part), r = e w, d = e^2 w."""
+    for k in range(n):
+        e = yb[k] - q[k]
+        llb[k] = -0.5 * e * e * w[k]
+        db[k] = e * e * w[k]
+        q[k] = e * w[k]
+
+
+@njit(**JIT_OPTIONS)
+def _logit_terms(q, yb, llb, n):
+    for k in range(n):
+        sp, sig = _softplus_sigmoid(q[k])
+        llb[k] = yb[k] * q[k] - sp
+        q[k] = yb[k] - sig
 
 
 @njit(**JIT_OPTIONS)
@@ -151,7 +170,11 @@ def _elementwise(family, q, yb, xb, a0, a1, llb, db, d2b, n):
     xb: trials (binomial) or the log exposure, already added into q; a0, a1 the per-entry
     auxiliary parameters (``_entry_auxiliary``). One function per likelihood, each with only the
     arrays it reads, so that LLVM can prove them apart and vectorise its loop."""
-    if family == BINOMIAL:
+    if family == GAUSSIAN:
+        _gaussian_terms(q, yb, a0, llb, db, n)
+    elif family == LOGIT:
+        _logit_terms(q, yb, llb, n)
+    elif family == BINOMIAL:
         _binomial_terms(q, yb, xb, llb, n)
     elif family == POISSON:
         _poisson_terms(q, yb, llb, xb, n)
@@ -174,6 +197,8 @@ def _entry_auxiliary(family, aux, a0, a1, block):
             u, v = aux[s, 0], math.exp(aux[s, 0])
         elif family == STUDENT_T:
             u, v = math.exp(-2.0 * aux[s, 0]), math.exp(aux[s, 1])
+        elif family == GAUSSIAN:
+            u, v = math.exp(-2.0 * aux[s, 0]), 0.0
         else:
             u, v = aux[s, 0], aux[s, 1]
         for r in range(block):
@@ -182,9 +207,12 @@ def _entry_auxiliary(family, aux, a0, a1, block):
 
 
 @njit(**JIT_OPTIONS)
-def _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, G, Gt, sums, widen):
+def _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, G, Gt, sums, widen,
+               W, gid, Bg, Sg):
     """Adds rows start .. stop - 1 to G (sum r z) and sums ([sum r, sum l, sum d, sum d2]);
-    widen as in ``likelihood._gaussian_chunk``."""
+    widen as in ``likelihood._gaussian_chunk``. With group terms (W: N x K, K > 0), eta_is
+    gains W_i . Bg[gid_i, :, s] and Sg[gid_i, :, s] gains r_is W_i, in row order (a chunk holds
+    whole groups, so no other chunk writes them)."""
     S = B.shape[0]
     block = block_rows_for(Z, S)
     work = np.empty((8, block * S))
@@ -208,7 +236,9 @@ def _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, G, Gt, sums,
                 xb[r * S + s] = xr
                 if offset:
                     q[r * S + s] += xr
+        _add_group_terms(W, gid, Bg, b0, nb, q, S)
         _elementwise(family, q, yb, xb, a0, a1, llb, db, d2b, nb * S)
+        _scatter_group_sums(W, gid, Sg, b0, nb, q, S)
         for s in range(S):
             s0 = 0.0
             s1 = 0.0
@@ -228,6 +258,38 @@ def _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, G, Gt, sums,
             accumulate_gradient(rows, first, nb, q, G, Gt)
     if with_grad:
         add_transposed(G, Gt)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _add_group_terms(W, gid, Bg, b0, nb, q, S):
+    """q[r S + s] += sum_k W[b0 + r, k] Bg[g, k, s], g the row's group (nothing for K = 0)."""
+    K = W.shape[1]
+    if K == 0:
+        return
+    for r in range(nb):
+        i = b0 + r
+        g = gid[i]
+        for k in range(K):
+            wk = W[i, k]
+            bgk = Bg[g, k]
+            for s in range(S):
+                q[r * S + s] += wk * bgk[s]
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _scatter_group_sums(W, gid, Sg, b0, nb, q, S):
+    """Sg[g, k, s] += q[r S + s] W[b0 + r, k] for each row (q holds r = dl/deta)."""
+    K = W.shape[1]
+    if K == 0:
+        return
+    for r in range(nb):
+        i = b0 + r
+        g = gid[i]
+        for k in range(K):
+            wk = W[i, k]
+            sgk = Sg[g, k]
+            for s in range(S):
+                sgk[s] += q[r * S + s] * wk
 
 
 @njit(**JIT_OPTIONS)
@@ -268,26 +330,40 @@ def _glm_loglik_grad(family, Z, Y, U, has_intercept, chunk_rows, with_grad):
     marker = widening_marker(Z)
     a, B, Bt = _split_draws(U, has_intercept, D)
     aux = _auxiliary(U, off + D)
+    no_w, no_id, no_b = np.zeros((0, 0)), np.zeros(0, dtype=np.int64), np.zeros((0, 0, 0))
     for c in prange(n_chunks):
         start = c * chunk_rows
         stop = min(N, start + chunk_rows)
         if widen:
             _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, grad_part[c],
-                       group_part[c], sum_part[c], marker)
+                       group_part[c], sum_part[c], marker, no_w, no_id, no_b, no_b)
         else:
             _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, grad_part[c],
-                       group_part[c], sum_part[c], None)
+                       group_part[c], sum_part[c], None, no_w, no_id, no_b, no_b)
     G_sum, sums = _reduce(grad_part, sum_part)
+    return _finish(family, G_sum, sums, aux, N, P, has_intercept)
+
+
+@njit(**JIT_OPTIONS)
+def _finish(family, G_sum, sums, aux, N, P, has_intercept):
+    """(G, ll) from the reduced sums: the intercept's and the auxiliary parameters' gradients and
+    the per-draw terms of the log-likelihood (module doc)."""
+    S = sums.shape[1]
+    off = 1 if has_intercept else 0
+    D = G_sum.shape[1]
     G = np.zeros((S, P))
     ll = np.empty(S)
     for s in range(S):
         if has_intercept:
             G[s, 0] = sums[0, s]
-        for j in range(G_sum.shape[1]):
+        for j in range(D):
             G[s, off + j] = G_sum[s, j]
         ll[s] = sums[1, s]
         k = off + D
-        if family == NEGATIVE_BINOMIAL:
+        if family == GAUSSIAN:
+            ll[s] -= N * (HALF_LOG_2PI + aux[s, 0])
+            G[s, k] = -N + sums[2, s]
+        elif family == NEGATIVE_BINOMIAL:
             G[s, k] = -sums[0, s] - math.exp(aux[s, 0]) * sums[2, s]
         elif family == STUDENT_T:
             t, nu = aux[s, 0], math.exp(aux[s, 1])
@@ -299,7 +375,39 @@ def _glm_loglik_grad(family, Z, Y, U, has_intercept, chunk_rows, with_grad):
     return G, ll
 
 
+def _grouped_loglik_grad(family, Z, Y, W, gid, chunk_starts, U, Bg, has_intercept, with_grad):
+    """``_glm_loglik_grad`` with group terms: rows sorted by group, chunk c the rows
+    chunk_starts[c] .. chunk_starts[c + 1] - 1 (whole groups); Bg (G x K x S) the draws' group
+    effects on the kernel's scale. Returns (G, ll, Sg), Sg[g, k, s] = sum over the group's rows
+    of r_is W_ik, each group's sum formed by one thread in row order (the same result at any
+    thread count)."""
+    N, D = Z.shape
+    S, P = U.shape
+    n_chunks = chunk_starts.shape[0] - 1
+    grad_part = np.zeros((n_chunks, S, D if with_grad else 0))
+    group_part = np.zeros((n_chunks, S // 8, D if with_grad else 0, 8))
+    sum_part = np.zeros((n_chunks, 4, S))
+    Sg = np.zeros(Bg.shape)
+    widen = Z.itemsize < 8 and S >= ROW_BLOCK_MIN_DRAWS
+    marker = widening_marker(Z)
+    a, B, Bt = _split_draws(U, has_intercept, D)
+    aux = _auxiliary(U, (1 if has_intercept else 0) + D)
+    for c in prange(n_chunks):
+        start = chunk_starts[c]
+        stop = chunk_starts[c + 1]
+        if widen:
+            _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, grad_part[c],
+                       group_part[c], sum_part[c], marker, W, gid, Bg, Sg)
+        else:
+            _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, grad_part[c],
+                       group_part[c], sum_part[c], None, W, gid, Bg, Sg)
+    G_sum, sums = _reduce(grad_part, sum_part)
+    G, ll = _finish(family, G_sum, sums, aux, N, P, has_intercept)
+    return G, ll, Sg
+
+
 glm_loglik_grad = njit(parallel=True, **JIT_OPTIONS)(_glm_loglik_grad)
+grouped_loglik_grad = njit(parallel=True, **JIT_OPTIONS)(_grouped_loglik_grad)
 glm_loglik_grad_serial = njit(parallel=False, **JIT_OPTIONS)(
     _renamed(_glm_loglik_grad, "_serial"))
 
