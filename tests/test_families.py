@@ -175,3 +175,61 @@ def test_fixed_nu_is_not_fitted_and_enters_the_likelihood(rng):
     eta = theta[0] + X @ theta[1:4]
     rows = reference.glm_row_loglik("student_t", y, None, eta, (np.exp(theta[-1]), 4.0))
     np.testing.assert_allclose(model.pointwise_loglik(U)[0], rows, rtol=1e-10)
+
+
+@pytest.mark.parametrize("family", ["gaussian", "logit", *CODES])
+@pytest.mark.parametrize("S", [1, 2, 9])
+def test_grouped_kernel_adds_group_terms_and_sums_them_per_group(rng, family, S):
+    """eta_is = a + z_i b + W_i . Bg[g_i, :, s]: the grouped kernel against the plain kernel fed
+    eta's group part as an offset, and its per-group sums against NumPy."""
+    codes = {"gaussian": glm.GAUSSIAN, "logit": glm.LOGIT, **CODES}
+    N, D, K, n_groups = 400, 3, 2, 13
+    gid = np.sort(rng.integers(0, n_groups, N))
+    W = np.ascontiguousarray(np.column_stack([np.ones(N), rng.standard_normal(N)]))
+    ref_family = {"gaussian": "student_t", "logit": "probit"}.get(family, family)
+    Z, Y, U = kernel_problem(rng, ref_family, N, D, S, True)
+    if family == "gaussian":
+        U = U[:, :-1]  # t only
+    if family == "logit":
+        Y[:, 0] = (Y[:, 0] > 0).astype(float)
+    Bg = 0.3 * rng.standard_normal((n_groups, K, S))
+    starts = np.searchsorted(gid, [0, 5, 9, n_groups]).astype(np.int64)  # chunks of whole groups
+    G, ll, Sg = glm.grouped_loglik_grad(codes[family], Z, Y, W, gid, starts, U, Bg, True, True)
+    # reference: each draw alone, the group part of eta moved into the intercept per row
+    for s in range(S):
+        extra = np.einsum("ik,ik->i", W, Bg[gid, :, s])
+        eta = U[s, 0] + Z @ U[s, 1:1 + D] + extra
+        if family in ("poisson", "negative_binomial"):
+            eta = eta + Y[:, 1]
+        h = 1e-6
+        total = _row_total(family, Y, eta, U[s, 1 + D:])
+        r = (_row_total(family, Y, eta + h, U[s, 1 + D:], rows=True)
+             - _row_total(family, Y, eta - h, U[s, 1 + D:], rows=True)) / (2 * h)
+        np.testing.assert_allclose(ll[s], total, rtol=1e-10)
+        np.testing.assert_allclose(G[s, 0], r.sum(), rtol=1e-5, atol=1e-5)
+        for g in range(n_groups):
+            np.testing.assert_allclose(Sg[g, :, s], (r[gid == g, None] * W[gid == g]).sum(axis=0),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def _row_total(family, Y, eta, aux, rows=False):
+    """The kernel part of the log-likelihood (``kernels.glm`` module doc) per row or summed."""
+    y, x = Y[:, 0], Y[:, 1]
+    if family == "gaussian":
+        v = -0.5 * np.log(2 * np.pi) - aux[0] - 0.5 * (y - eta) ** 2 * np.exp(-2 * aux[0])
+    elif family == "logit":
+        v = y * eta - np.logaddexp(0.0, eta)
+    elif family == "binomial":
+        v = y * eta - x * np.logaddexp(0.0, eta)
+    elif family == "poisson":
+        v = y * eta - np.exp(eta)
+    elif family == "negative_binomial":
+        xs = eta - aux[0]
+        v = y * xs - (y + np.exp(aux[0])) * np.logaddexp(0.0, xs)
+    elif family == "student_t":
+        from scipy import stats
+
+        v = stats.t(np.exp(aux[1]), eta, np.exp(aux[0])).logpdf(y)
+    else:
+        v = special.log_ndtr((2 * y - 1) * eta)
+    return v if rows else v.sum()
