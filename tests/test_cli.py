@@ -145,6 +145,8 @@ def _corrupt(tmp_path, how):
         cfg["model"]["prior"] = {"coefficients": "normal(0, -1)"}
     elif how == "wrong type":
         cfg["inference"]["samples"] = "many"
+    elif how == "flat phi prior":
+        cfg["model"] = {"family": "negative_binomial", "prior": {"phi": "flat"}}
     elif how == "unknown family":
         cfg["model"]["family"] = "quasipoisson"
     elif how == "bad yaml":
@@ -189,6 +191,10 @@ COUNT_MISTAKES = {  # family, data.trials or data.exposure, the rows (y, n or t,
     "fractional trials": ("binomial", "n", [(1, 2.5, 0.5), (1, 2, 1.0)]),
     "missing trials": ("binomial", "n", [(1, 3, 0.5), (1, None, 1.0), (0, 2, 2.0)]),
     "trials missing from config": ("binomial", "", [(1, 3, 0.5), (1, 2, 1.0)]),
+    "all-zero counts": ("poisson", None, [(0, None, 0.5), (0, None, 1.0), (0, None, 2.0)]),
+    "binomial always all trials": ("binomial", "n", [(3, 3, 0.5), (2, 2, 1.0), (4, 4, 2.0)]),
+    "counts zero on one level": ("poisson", None, [(0, None, 1.0), (0, None, 1.0),
+                                                   (3, None, 0.0), (5, None, 0.0)]),
 }
 
 
@@ -206,8 +212,9 @@ def _count_mistake(tmp_path, cfg, how):
     return ["fit", config]
 
 
-BAD_INPUTS = [*COUNT_MISTAKES, "missing config", "missing data file", "missing column", "missing response",
-              "non-numeric value", "missing value", "non-binary response", "unknown config key",
+BAD_INPUTS = [*COUNT_MISTAKES, "flat phi prior", "missing config", "missing data file",
+              "missing column", "missing response", "non-numeric value", "missing value",
+              "non-binary response", "unknown config key",
               "unknown section", "invalid prior string", "unknown prior", "negative prior scale",
               "wrong type", "unknown family", "bad yaml", "bad set", "too many threads",
               "empty data file", "header only", "infinite config number", "empty --out",

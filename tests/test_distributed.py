@@ -109,6 +109,6 @@ def test_bad_data_on_a_worker_is_one_line_from_the_cli(tmp_path):
                          text=True, cwd=tmp_path, timeout=300)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
-        "error: column 'x1' has missing values (partition 0): remove or impute them, or set "
-        "data.missing: drop"]
+        "error: column 'x1' has missing values (row 2 of partition 0): remove or impute them, "
+        "or set data.missing: drop"]
     assert not (tmp_path / "runs").exists()

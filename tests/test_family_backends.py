@@ -96,3 +96,34 @@ def test_dask_backend_gives_the_local_answer(tmp_path, name):
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(out["dask"], out["local"], rtol=1e-8, atol=1e-10)
+
+
+def test_a_covariate_that_is_also_the_trials_column_stays_a_covariate(tmp_path):
+    config = make_project(tmp_path, "binomial", n=600)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["covariates"] = ["x1", "n"]
+    config.write_text(yaml.safe_dump(cfg))
+    memory = vireg.fit(config)
+    cached = vireg.fit(config, overrides=["runtime.out_of_core=true"])
+    assert memory.param_names == cached.param_names == ["intercept", "x1", "n"]
+    np.testing.assert_allclose(cached.theta_mean, memory.theta_mean, rtol=1e-8, atol=1e-10)
+
+
+def test_count_errors_name_the_row_after_dropped_rows(tmp_path):
+    (tmp_path / "d.csv").write_text("y,x\n1,0.5\n2,\n3,0.1\n2.5,0.3\n")
+    cfg = {"data": {"path": "d.csv", "response": "y", "covariates": ["x"], "missing": "drop"},
+           "model": {"family": "poisson"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(vireg.InputError, match=r"row 3 of those kept after dropping 1 .* has 2.5"):
+        vireg.fit(tmp_path / "c.yaml")
+    with pytest.raises(vireg.InputError, match="data row 4 has 2.5"):
+        vireg.fit(tmp_path / "c.yaml", overrides=["runtime.out_of_core=true"])
+
+
+def test_student_t_with_flat_sigma_and_too_few_rows_is_refused(tmp_path):
+    (tmp_path / "d.csv").write_text("y,x\n1,0.5\n2,0.1\n3,0.3\n")
+    cfg = {"data": {"path": "d.csv", "response": "y", "covariates": ["x"]},
+           "model": {"family": "student_t"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(vireg.InputError, match="too few"):
+        vireg.fit(tmp_path / "c.yaml")

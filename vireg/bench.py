@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from vireg.data import Design
+from vireg.kernels.codes import GAUSSIAN, LOGIT
 
 # --model: the likelihood timed (logistic and linear are bernoulli-logit and gaussian)
 BENCH_MODELS = ("logistic", "linear", "binomial", "poisson", "negative_binomial", "student_t",
@@ -87,7 +88,7 @@ def numpy_step(model, U: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     for the probit link (NumPy has no normal cdf)."""
     a, B = U[:, 0], U[:, 1:1 + model.n_cov]
     eta = model.Z @ B.T + a  # (N, S)
-    if model.likelihood.CODE not in (0, 1):  # the likelihoods of kernels.glm
+    if model.likelihood.CODE not in (GAUSSIAN, LOGIT):  # the likelihoods of kernels.glm
         return _numpy_glm_step(model, U, eta)
     if model.likelihood_name == "bernoulli":
         p = 0.5 * (1.0 + np.tanh(0.5 * eta))

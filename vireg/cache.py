@@ -31,6 +31,7 @@ import numpy as np
 
 from vireg.data import MAX_ABS_VALUE, Design
 from vireg.errors import InputError
+from vireg.kernels.codes import GAUSSIAN, LOGIT, PROBIT
 from vireg.kernels.flags import chunk_rows_for, use_parallel
 from vireg.rows import (
     ColumnMoments,
@@ -154,22 +155,24 @@ def _check_columns(path: Path, header: list[str], names: list[str]) -> None:
 
 
 def checked_piece(cols: list[np.ndarray], names: list[str], missing: str, likelihood,
-                  has_row_data: bool, first_row: int, where
+                  has_row_data: bool, where
                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, int]:
     """(y, row data or None, X, dropped) of a streamed piece: ``checked_rows`` with the trials
     or exposure as the last column, then the likelihood's own row checks (counts, trials,
-    exposure), rows numbered from ``first_row`` (without dropped rows)."""
-    y, X, dropped = checked_rows(cols, names, missing, likelihood.NAME == "bernoulli", where)
+    exposure), each row named by ``where`` of its place in the piece."""
+    y, X, dropped, kept = checked_rows(cols, names, missing, likelihood.NAME == "bernoulli",
+                                       where, with_rows=True)
     x = None
     if has_row_data:
         x, X = np.ascontiguousarray(X[:, -1]), np.ascontiguousarray(X[:, :-1])
     if hasattr(likelihood, "check_rows"):
-        likelihood.check_rows(y, x, names[0], names[-1] if has_row_data else None, first_row)
+        likelihood.check_rows(y, x, names[0], names[-1] if has_row_data else None,
+                              lambda i: where(int(kept[i])))
     return y, x, X, dropped
 
 
 def checked_rows(cols: list[np.ndarray], names: list[str], missing: str, binary: bool,
-                 where) -> tuple[np.ndarray, np.ndarray, int]:
+                 where, with_rows: bool = False):
     """(y, X, dropped) from float64 columns (response first), checked as the in-memory reader
     checks them: missing values (an error, or with missing == "drop" the rows are left out),
     values that are not finite or above MAX_ABS_VALUE, a response other than 0/1 for bernoulli.
@@ -198,6 +201,8 @@ def checked_rows(cols: list[np.ndarray], names: list[str], missing: str, binary:
             raise InputError(f"response '{names[0]}' must be 0 or 1 for family bernoulli, but "
                              f"{where(rows[bad_y[0]])} has {y[bad_y[0]]:g}: recode it as 0/1 or "
                              "use family gaussian")
+    if with_rows:  # and the kept rows' places in the piece
+        return np.ascontiguousarray(y), np.ascontiguousarray(X), dropped, rows
     return np.ascontiguousarray(y), np.ascontiguousarray(X), dropped
 
 
@@ -233,18 +238,20 @@ class CachedSource:
         if not path.is_file():
             raise InputError(f"data file '{path}' not found: check data.path (relative to the "
                              "config file)")
-        covariates = [c for c in default_covariates(path, response, covariates) if c != row_data]
+        covariates = (default_covariates(path, response, covariates) if covariates is not None
+                      else [c for c in default_covariates(path, response, None) if c != row_data])
         stat = path.stat()
-        family = likelihood.NAME + ("_probit" if likelihood.CODE == 2 else "")
+        family = likelihood.NAME + ("_probit" if likelihood.CODE == PROBIT else "")
         self.key = CacheKey(str(path.resolve()), stat.st_size, stat.st_mtime_ns, response,
                             tuple(covariates), missing, family, intercept, dtype, row_data)
         self.path = path
         self.likelihood = likelihood
         self.has_row_data = row_data is not None
+        check_source_columns(path, [response, *covariates])
         # The response, the covariates, then the trials or exposure (split off when read)
         self.names = [response, *covariates] + ([row_data] if row_data else [])
         # Columns of y.bin: the response, or it and the kernel's row data (``kernel_response``)
-        self.y_cols = 1 if likelihood.CODE in (0, 1) else 2
+        self.y_cols = 1 if likelihood.CODE in (GAUSSIAN, LOGIT) else 2
         self.binary = likelihood.NAME == "bernoulli"
         self.dtype = dtype
         self.memory_mb = memory_mb
@@ -283,12 +290,12 @@ class CachedSource:
         n_cov = len(self.names) - 1 - self.has_row_data
         try:
             with open(self.building / "X.raw", "wb") as fx, open(self.building / "y.raw", "wb") as fy:
-                for batch in _reader_batches(self.path, self.names, rows):
+                for batch in _reader_batches(self.path, list(dict.fromkeys(self.names)), rows):
                     cols = [np.asarray(batch.column(n).to_numpy(zero_copy_only=False),
                                        dtype=np.float64) for n in self.names]
                     y, x, X, d = checked_piece(
                         cols, self.names, self.key.missing, self.likelihood, self.has_row_data,
-                        first_row, lambda i, r=first_row: f"data row {r + i + 1}")
+                        lambda i, r=first_row: f"data row {r + i + 1}")
                     first_row += batch.num_rows
                     dropped += d
                     if len(y) == 0:

@@ -270,6 +270,12 @@ def _check_model(model: dict[str, Any]) -> None:
     if fam not in FAMILIES_WITH_SIGMA and prior.get("sigma") is not None:
         raise InputError(f"model.prior.sigma applies only to families gaussian and student_t (a "
                          f"{fam} model has no noise scale): remove it")
+    for key in ("phi", "nu"):
+        if str(prior.get(key) or "").strip().lower() == "flat":
+            raise InputError(f"model.prior.{key}: flat makes the posterior improper (the "
+                             f"likelihood stays positive as {key} grows without bound): give a "
+                             "proper prior such as "
+                             + ("'inv_sqrt_half_normal(1)'" if key == "phi" else "'gamma(2, 0.1)'"))
     if fam != "negative_binomial" and prior.get("phi") is not None:
         raise InputError("model.prior.phi (the dispersion) applies only to family "
                          "negative_binomial: remove it")

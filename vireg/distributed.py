@@ -24,6 +24,7 @@ import numpy as np
 from vireg.cache import check_source_columns, checked_piece
 from vireg.data import Design
 from vireg.errors import InputError
+from vireg.kernels.codes import GAUSSIAN, LOGIT
 from vireg.rows import ColumnMoments, standardized_gram
 
 NEEDS_DASK = ("runtime.backend: dask needs Dask: pip install 'vireg[dask]' (or use "
@@ -68,14 +69,14 @@ def _partition_arrays(df, names: list[str], missing: str, kind, has_row_data: bo
         except (ValueError, TypeError):
             raise InputError(f"column '{name}' has a non-numeric value (partition {index}): the "
                              "Dask backend takes numeric columns only") from None
-    return checked_piece(cols, names, missing, _likelihood(kind), has_row_data, 0,
-                         lambda i: f"partition {index}")
+    return checked_piece(cols, names, missing, _likelihood(kind), has_row_data,
+                         lambda i: f"row {i + 1} of partition {index}")
 
 
 def _moments(part, kind):
     y, x, X, dropped = part
     lik = _likelihood(kind)
-    counts = lik.CODE not in (0, 1)
+    counts = lik.CODE not in (GAUSSIAN, LOGIT)
     return (ColumnMoments.of_chunk(X, y, lik.NAME == "bernoulli", x, lik if counts else None)
             if len(y) else None), dropped
 
@@ -149,16 +150,18 @@ class DaskSource:
                              "config file)")
         from vireg.cache import default_covariates
 
-        covariates = [c for c in default_covariates(path, response, covariates) if c != row_data]
+        covariates = (default_covariates(path, response, covariates) if covariates is not None
+                      else [c for c in default_covariates(path, response, None) if c != row_data])
         # The response, the covariates, then the trials or exposure (split off when read)
         self.names = [response, *covariates] + ([row_data] if row_data else [])
         self.kind = (family, link)
         check_source_columns(path, self.names)
         try:
             if path.suffix.lower() in (".parquet", ".pq"):
-                ddf = dd.read_parquet(str(path), columns=self.names)
+                ddf = dd.read_parquet(str(path), columns=list(dict.fromkeys(self.names)))
             else:
-                ddf = dd.read_csv(str(path), usecols=self.names, blocksize="64MB")
+                ddf = dd.read_csv(str(path), usecols=list(dict.fromkeys(self.names)),
+                                  blocksize="64MB")
         except (ValueError, KeyError) as exc:
             raise InputError(f"cannot read '{path}' with Dask: {str(exc).splitlines()[0]}; check "
                              "data.response and data.covariates") from None

@@ -529,12 +529,12 @@ def uses_quadratic_cv(model, icfg) -> bool:
         return bool(icfg.quadratic_cv)
     if icfg.estimator != "reparam" or model.n_rows < QCV_AUTO_ROWS_PER_PARAM * model.n_params:
         return False
-    # With minibatches a logistic curvature pass (all N rows, D^2 work each) can cost more than
+    # With minibatches a curvature pass (all N rows, D^2 work each) can cost more than
     # the window of steps it serves (window x batch rows, D (S + 1) work each): then it is off.
     # Measured: 10,000,000 x 50 with batch 100,000 took 1,400 steps and 32 s with it against
     # 2,400 steps and 21 s without; 100,000 x 50 with batch 10,000, 1.0 s against 1.9 s.
     minibatch = icfg.batch_size is not None and icfg.batch_size < model.n_rows
-    if minibatch and not model.likelihood.HAS_SCALE:
+    if minibatch and model.likelihood.NAME != "gaussian":  # (gaussian: from the Gram matrix)
         samples = QCV_SAMPLES if icfg.samples == "auto" else icfg.samples
         return (model.n_rows * model.n_cov
                 <= icfg.window * icfg.batch_size * (samples + 1))

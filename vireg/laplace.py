@@ -27,8 +27,8 @@ from vireg.errors import FitError
 MAX_NEWTON_STEPS = 100
 # g^T H^-1 g at which the mode is found: the distance to it is about 1e-6 posterior sd.
 DECREMENT_TOL = 1e-12
-# When rounding stops Newton's steps from improving log p, a mode this close (about 1e-3 sd) is
-# accepted.
+# Below this squared decrement (about 1e-3 sd from the mode) log p's rounding decides Armijo's
+# test: full steps are kept while they shrink the decrement, and a mode this close is accepted.
 ROUNDING_DECREMENT_TOL = 1e-6
 ARMIJO = 1e-4
 # Within about 0.1 posterior sd of the mode the Hessian barely changes: later steps reuse the
@@ -109,6 +109,17 @@ def find_mode(model) -> Laplace:
             direction, decrement = _newton_direction(H, g)
         if decrement < DECREMENT_TOL:
             break
+        if decrement < ROUNDING_DECREMENT_TOL:
+            # Within 1e-3 sd of the mode, log p changes less than its rounding (sums of terms
+            # of size 1e3 carry 1e-12 noise), so Armijo's test is a coin toss: a full step is
+            # kept while it shrinks the decrement, and the search stops when it no longer does.
+            step = _full_step(model, H, u, direction, decrement)
+            passes += 1
+            if step is None:
+                break
+            u, lp, g, fresh = *step, False
+            steps += 1
+            continue
         t = 1.0
         while True:
             u_new = u + t * direction
@@ -121,10 +132,16 @@ def find_mode(model) -> Laplace:
             if t < MIN_STEP_FRACTION:
                 break
         if t < MIN_STEP_FRACTION:  # no step improves log p: rounding, or a broken model
-            if decrement < ROUNDING_DECREMENT_TOL:
-                break
-            raise FitError(_not_found(f"no Newton step increased log p (squared decrement "
-                                      f"{decrement:.3g})"))
+            # log p of huge counts (1e9 and more) rounds at 1e-3 and beyond: the gradient still
+            # says whether the full step went toward the mode
+            step = _full_step(model, H, u, direction, decrement)
+            passes += 1
+            if step is None:
+                raise FitError(_not_found(f"no Newton step increased log p (squared decrement "
+                                          f"{decrement:.3g})"))
+            u, lp, g, fresh = *step, False
+            steps += 1
+            continue
         u, lp, g, fresh = u_new, lp_new, g_new, False
         steps += 1
         if np.max(np.abs(u)) > RUNAWAY_U:
@@ -135,6 +152,19 @@ def find_mode(model) -> Laplace:
     if not fresh:  # the approximation's curvature is the one at the mode itself
         H = model.hessian_at(u)
     return Laplace(u, H, float(lp), steps, passes + model.curvature_passes - curvature_passes)
+
+
+def _full_step(model, H: np.ndarray, u: np.ndarray, direction: np.ndarray, decrement: float):
+    """(u, log p, gradient) after the full Newton step if it shrinks the squared decrement (with
+    the same H), else None."""
+    u_new = u + direction
+    lp_new, g_new = _log_joint_grad(model, u_new)
+    if not (np.isfinite(lp_new) and np.all(np.isfinite(g_new))):
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not _newton_direction(H, g_new)[1] < decrement:
+            return None
+    return u_new, lp_new, g_new
 
 
 def _not_found(why: str) -> str:

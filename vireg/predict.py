@@ -1,6 +1,7 @@
 """``vireg predict``: the posterior predictive of a fitted run for new rows.
 
-For every new row, from draws theta ~ q: the linear predictor eta = alpha + x . beta, and on
+For every new row, from draws theta ~ q: the linear predictor eta = alpha + x . beta (plus the
+row's log exposure for a count model that has one), and on
 the response scale the probability (sigmoid(eta), or Phi(eta) with the probit link) for bernoulli
 models, and for the others a draw of the response from its predictive distribution, the noise
 included: y = eta + sigma z (z ~ N(0, 1), or Student-t with nu degrees of freedom), binomial
@@ -158,6 +159,8 @@ def _row_data_for(doc: dict, table) -> np.ndarray | None:
     values = numeric_column(table, column)
     if not np.all(values > 0):
         raise InputError(f"column '{column}' of '{table.source}' must be positive in every row")
+    if doc["design"]["family"] == "binomial" and not np.all(values == np.floor(values)):
+        raise InputError(f"trials column '{column}' of '{table.source}' must hold whole numbers")
     return values
 
 

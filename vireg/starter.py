@@ -28,14 +28,17 @@ def _guess_family(y: np.ndarray, response: str, notes: list[str]) -> str:
     """bernoulli for a 0/1 response, poisson for other non-negative integers, else gaussian."""
     if np.all((y == 0) | (y == 1)):
         family, why = "bernoulli", "its values are all 0 or 1"
-    elif np.all((y >= 0) & (y == np.floor(y))):
-        family, why = "poisson", "its values are non-negative integers (counts)"
+    elif np.all((y >= 0) & (y == np.floor(y))) and np.any(y == 0):
+        family, why = "poisson", "its values are non-negative integers with zeros (counts)"
         mean, var = float(np.mean(y)), float(np.var(y))
         if var > 1.5 * mean:
             why += (f"; their variance ({var:.3g}) is well above their mean ({mean:.3g}), so "
                     "consider family: negative_binomial for overdispersed counts")
         else:
             why += "; family: negative_binomial fits overdispersed counts"
+    elif np.all((y >= 0) & (y == np.floor(y))):
+        family, why = "gaussian", ("its values are positive integers: if they are counts, "
+                                   "set family: poisson (or negative_binomial)")
     else:
         family, why = "gaussian", "it is not a 0/1 or count column"
     notes.append(f"family guessed from '{response}': {why}")

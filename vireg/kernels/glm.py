@@ -76,6 +76,17 @@ def uses_offset(family):
 
 
 @njit(inline="always", **JIT_OPTIONS)
+def _softplus_sigmoid_exact(x):
+    """``_softplus_sigmoid`` through libm, exact for every x (exp_nonpositive floors its
+    argument at -40, which a large n or phi multiplying softplus would show)."""
+    if x > 0.0:
+        e = math.exp(-x)
+        return x + math.log1p(e), 1.0 / (1.0 + e)
+    e = math.exp(x)
+    return math.log1p(e), e / (1.0 + e)
+
+
+@njit(inline="always", **JIT_OPTIONS)
 def _softplus_sigmoid(x):
     """(softplus(x), sigmoid(x)) from e = exp(-|x|) <= 1, as in the logistic kernel."""
     e = exp_nonpositive(-abs(x))
@@ -103,11 +114,24 @@ def _logit_terms(q, yb, llb, n):
 
 
 @njit(**JIT_OPTIONS)
-def _binomial_terms(q, yb, nb, llb, n):
+def _binomial_terms(q, yb, nb, llb, xs, n):
+    """xs keeps eta for the entries below the vector exp's range, recomputed with libm (n times
+    a floored softplus would be off by n e^-40)."""
+    far = 0
     for k in range(n):
-        sp, sig = _softplus_sigmoid(q[k])
-        llb[k] = yb[k] * q[k] - nb[k] * sp
+        x = q[k]
+        sp, sig = _softplus_sigmoid(x)
+        llb[k] = yb[k] * x - nb[k] * sp
+        xs[k] = x
+        far += x < -EXP_EXACT
         q[k] = yb[k] - nb[k] * sig
+    if far == 0:
+        return
+    for k in range(n):
+        if xs[k] < -EXP_EXACT:
+            sp, sig = _softplus_sigmoid_exact(xs[k])
+            llb[k] = yb[k] * xs[k] - nb[k] * sp
+            q[k] = yb[k] - nb[k] * sig
 
 
 @njit(**JIT_OPTIONS)
@@ -132,14 +156,28 @@ def _poisson_terms(q, yb, llb, xb, n):
 
 
 @njit(**JIT_OPTIONS)
-def _negative_binomial_terms(q, yb, log_phi, phi, llb, db, n):
+def _negative_binomial_terms(q, yb, log_phi, phi, llb, db, xs, n):
+    """xs keeps x' for the entries below the vector exp's range (phi far above the mean),
+    recomputed with libm: (y + phi) times a floored softplus would be off by phi e^-40."""
+    far = 0
     for k in range(n):
         x = q[k] - log_phi[k]
         sp, sig = _softplus_sigmoid(x)
         y = yb[k]
         llb[k] = y * x - (y + phi[k]) * sp
         db[k] = sp
+        xs[k] = x
+        far += x < -EXP_EXACT
         q[k] = y - (y + phi[k]) * sig
+    if far == 0:
+        return
+    for k in range(n):
+        if xs[k] < -EXP_EXACT:
+            sp, sig = _softplus_sigmoid_exact(xs[k])
+            y = yb[k]
+            llb[k] = y * xs[k] - (y + phi[k]) * sp
+            db[k] = sp
+            q[k] = y - (y + phi[k]) * sig
 
 
 @njit(**JIT_OPTIONS)
@@ -175,11 +213,11 @@ def _elementwise(family, q, yb, xb, a0, a1, llb, db, d2b, n):
     elif family == LOGIT:
         _logit_terms(q, yb, llb, n)
     elif family == BINOMIAL:
-        _binomial_terms(q, yb, xb, llb, n)
+        _binomial_terms(q, yb, xb, llb, a0, n)
     elif family == POISSON:
         _poisson_terms(q, yb, llb, xb, n)
     elif family == NEGATIVE_BINOMIAL:
-        _negative_binomial_terms(q, yb, a0, a1, llb, db, n)
+        _negative_binomial_terms(q, yb, a0, a1, llb, db, d2b, n)
     elif family == STUDENT_T:
         _student_t_terms(q, yb, a0, a1, llb, db, d2b, n)
     elif family == PROBIT:
@@ -420,12 +458,12 @@ def _row_loglik(family, y, x, eta, aux0, aux1):
         e = y - eta
         return -HALF_LOG_2PI - aux0 - 0.5 * e * e * math.exp(-2.0 * aux0)
     if family == LOGIT:
-        sp, _ = _softplus_sigmoid(eta)
+        sp, _ = _softplus_sigmoid_exact(eta)
         return y * eta - sp
     if family == PROBIT:
         return log_ndtr_and_mills((2.0 * y - 1.0) * eta)[0]
     if family == BINOMIAL:
-        sp, _ = _softplus_sigmoid(eta)
+        sp, _ = _softplus_sigmoid_exact(eta)
         return (y * eta - x * sp + math.lgamma(x + 1.0) - math.lgamma(y + 1.0)
                 - math.lgamma(x - y + 1.0))
     if family == POISSON:
@@ -433,9 +471,8 @@ def _row_loglik(family, y, x, eta, aux0, aux1):
     if family == NEGATIVE_BINOMIAL:
         phi = math.exp(aux0)
         xs = eta - aux0
-        sp, _ = _softplus_sigmoid(xs)
-        return (y * xs - (y + phi) * sp + math.lgamma(y + phi) - math.lgamma(phi)
-                - math.lgamma(y + 1.0))
+        sp, _ = _softplus_sigmoid_exact(xs)
+        return y * xs - (y + phi) * sp + rising_log_terms(y, phi)[0] - math.lgamma(y + 1.0)
     # STUDENT_T
     nu = math.exp(aux1)
     e = y - eta
@@ -467,26 +504,49 @@ def pointwise_loglik(family, Z, Y, U, has_intercept, rows):
     return L
 
 
+# Below this count the negative binomial's Gamma ratios are summed term by term: the difference
+# lgamma(y + phi) - lgamma(phi) loses lgamma(phi) x 1e-16 to cancellation (0.04 at phi = e^25)
+RISING_SUM_MAX = 4096
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def rising_log_terms(y, phi):
+    """(log Gamma(y + phi) - log Gamma(phi), psi(y + phi) - psi(phi), psi'(y + phi) - psi'(phi))
+    for a count y: the sums over j < y of log(phi + j), 1/(phi + j) and -1/(phi + j)^2 for y
+    below RISING_SUM_MAX, else the differences of the functions."""
+    if y < RISING_SUM_MAX:
+        lg = 0.0
+        d1 = 0.0
+        d2 = 0.0
+        for j in range(int(y)):
+            v = phi + j
+            lg += math.log(v)
+            d1 += 1.0 / v
+            d2 -= 1.0 / (v * v)
+        return lg, d1, d2
+    return (math.lgamma(y + phi) - math.lgamma(phi), digamma(y + phi) - digamma(phi),
+            trigamma(y + phi) - trigamma(phi))
+
+
 @njit(**JIT_OPTIONS)
 def dispersion_terms(values, counts, log_phi):
     """For each draw's log phi: (sum_i log Gamma(y_i + phi) - log Gamma(phi), its derivative in
     log phi, phi sum_i psi(y_i + phi) - psi(phi), and the second derivative, adding
     phi^2 sum_i psi'(y_i + phi) - psi'(phi)) from the response's histogram (distinct values and
-    their counts), so the cost does not grow with the rows."""
+    their counts, ``rising_log_terms``), so the cost does not grow with the rows."""
     S = log_phi.shape[0]
     out = np.zeros((3, S))
     for s in range(S):
         phi = math.exp(log_phi[s])
-        lg0, dg0, tg0 = math.lgamma(phi), digamma(phi), trigamma(phi)
         v0 = 0.0
         d1 = 0.0
         d2 = 0.0
         for m in range(values.shape[0]):
             c = counts[m]
-            yv = values[m] + phi
-            v0 += c * (math.lgamma(yv) - lg0)
-            d1 += c * (digamma(yv) - dg0)
-            d2 += c * (trigamma(yv) - tg0)
+            lg, dg, tg = rising_log_terms(values[m], phi)
+            v0 += c * lg
+            d1 += c * dg
+            d2 += c * tg
         out[0, s] = v0
         out[1, s] = phi * d1
         out[2, s] = phi * d1 + phi * phi * d2

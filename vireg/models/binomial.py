@@ -13,10 +13,12 @@ from vireg.errors import InputError
 from vireg.kernels.codes import BINOMIAL
 from vireg.models.counts import (
     check_counts,
+    data_row,
     glm_kernel,
     log_factorials,
     response_scaling,
     response_scaling_from_moments,
+    shown,
     softplus_sigmoid,
 )
 
@@ -29,20 +31,19 @@ __all__ = ["response_scaling", "response_scaling_from_moments"]
 
 
 def check_rows(y: np.ndarray, n: np.ndarray, response: str, column: str,
-               first_row: int = 0) -> None:
+               where=data_row) -> None:
     """Counts; trials positive integers with 0 <= y <= n; one line naming the first bad row."""
-    check_counts(y, response, NAME, first_row)
+    check_counts(y, response, NAME, where)
     bad = np.flatnonzero(~((n >= 1) & (n == np.floor(n))))
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"trials column '{column}' must hold positive integers, but data row "
-                         f"{first_row + i + 1} has {n[i]:g}: fix the value or drop the row")
+        raise InputError(f"trials column '{column}' must hold positive integers, but {where(i)} "
+                         f"has {shown(n[i])}: fix the value or drop the row")
     bad = np.flatnonzero(y > n)
     if bad.size:
         i = int(bad[0])
         raise InputError(f"response '{response}' counts successes out of '{column}' trials, but "
-                         f"data row {first_row + i + 1} has {y[i]:g} > {n[i]:g}: check the two "
-                         "columns")
+                         f"{where(i)} has {shown(y[i])} > {shown(n[i])}: check the two columns")
 
 
 def kernel_row_data(n: np.ndarray) -> np.ndarray:

@@ -19,31 +19,41 @@ def response_scaling_from_moments(mean: float, sd: float, intercept: bool) -> tu
     return 0.0, 1.0
 
 
-def check_counts(y: np.ndarray, name: str, family: str, first_row: int = 0) -> None:
-    """Every y_i a non-negative integer, else a one-line error naming the first bad row (rows
-    numbered from ``first_row`` + 1: a streamed piece's place in the file)."""
+def data_row(i: int) -> str:
+    """Where row i of the data is, in words (the default of the row checks' ``where``)."""
+    return f"data row {i + 1}"
+
+
+def shown(value: float) -> str:
+    """A value as it is, every digit (2.0000001 is not 2)."""
+    return repr(float(value)).removesuffix(".0")
+
+
+def check_counts(y: np.ndarray, name: str, family: str, where=data_row) -> None:
+    """Every y_i a non-negative integer, else a one-line error naming the first bad row
+    (``where(i)``: its place in the file, for a streamed piece or after dropped rows)."""
     bad = np.flatnonzero(~((y >= 0) & (y == np.floor(y))))
     if bad.size:
         i = int(bad[0])
         raise InputError(f"response '{name}' must be a non-negative integer count for family "
-                         f"{family}, but data row {first_row + i + 1} has {y[i]:g}: fix the "
-                         "value, or use family gaussian for a continuous response")
+                         f"{family}, but {where(i)} has {shown(y[i])}: fix the value, or use "
+                         "family gaussian for a continuous response")
 
 
-def check_exposure(t: np.ndarray, name: str, first_row: int = 0) -> None:
+def check_exposure(t: np.ndarray, name: str, where=data_row) -> None:
     bad = np.flatnonzero(~(t > 0))
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"exposure column '{name}' must be positive, but data row "
-                         f"{first_row + i + 1} has {t[i]:g}: fix the value or drop the row")
+        raise InputError(f"exposure column '{name}' must be positive, but {where(i)} has "
+                         f"{shown(t[i])}: fix the value or drop the row")
 
 
 def check_count_rows(family: str, y: np.ndarray, x: np.ndarray | None, response: str,
-                     column: str | None, first_row: int = 0) -> None:
+                     column: str | None, where=data_row) -> None:
     """The row checks of a count likelihood with an optional exposure."""
-    check_counts(y, response, family, first_row)
+    check_counts(y, response, family, where)
     if x is not None:
-        check_exposure(x, column, first_row)
+        check_exposure(x, column, where)
 
 
 def log_factorials(y: np.ndarray) -> np.ndarray:

@@ -45,9 +45,3 @@ def loglik_grad_kernel(parallel: bool):
 def row_constants(y: np.ndarray, x) -> float:
     return 0.0
 
-
-def curvature_terms(Y: np.ndarray, eta: np.ndarray, aux: np.ndarray):
-    """w = exp(-2t); -d2l/deta dt = 2 w e; -d2l/dt2 = 2 w sum e^2 (e = y - eta)."""
-    w = np.exp(-2.0 * aux[0])
-    e = Y[:, 0] - eta
-    return np.full(eta.size, w), (2.0 * w * e)[:, None], np.array([[2.0 * w * float(e @ e)]])

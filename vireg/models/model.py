@@ -117,7 +117,8 @@ class Model:
         self.n_rows, self.n_cov = X.shape
         x = design.row_data
         if hasattr(self.likelihood, "check_rows"):  # counts (and their trials or exposure)
-            self.likelihood.check_rows(y, x, design.response, design.row_data_name)
+            self.likelihood.check_rows(y, x, design.response, design.row_data_name,
+                                       _row_words(design.dropped_rows))
         else:
             self.likelihood.check_response(y, design.response)
         self.loglik_const = float(np.sum(self.likelihood.row_constants(y, x)))
@@ -147,7 +148,9 @@ class Model:
         standardize_into(X, self.x_centre, self.x_scale, self.Z, chunk)
         self.y = np.ascontiguousarray((y - self.y_centre) / self.y_scale)
         self.Y = kernel_response(self.likelihood, self.y, x)
-        yk = self.Y if self.dtype == "float64" else self.Y.astype(np.float32)
+        # float32 halves the response's bytes; counts, trials and log exposures stay float64
+        # (a count above 2^24 would round)
+        yk = self.Y if self.dtype == "float64" or self.Y.ndim == 2 else self.Y.astype(np.float32)
         self.rows = MemoryRows(self.Z, yk, self.likelihood, self.intercept, draws_per_step)
 
     def _orthogonalize(self) -> None:
@@ -470,6 +473,14 @@ class Model:
         """
         G, ll = self.rows.loglik_grad(self.kernel_draws(U))
         return self.add_prior(U, ll, self.data_grad(G))
+
+
+def _row_words(dropped: int):
+    """How the row checks name row i: its data row, or with rows dropped for missing values
+    its place among the rows kept."""
+    if not dropped:
+        return lambda i: f"data row {i + 1}"
+    return lambda i: f"row {i + 1} of those kept after dropping {dropped} with missing values"
 
 
 def column_scaling(mean: np.ndarray, sd: np.ndarray, intercept: bool

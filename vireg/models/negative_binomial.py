@@ -17,6 +17,7 @@ import numpy as np
 from vireg.kernels.codes import NEGATIVE_BINOMIAL
 from vireg.models.counts import (
     check_count_rows,
+    data_row,
     glm_kernel,
     log_factorials,
     log_mean_rate,
@@ -35,9 +36,9 @@ __all__ = ["response_scaling", "response_scaling_from_moments"]
 
 
 def check_rows(y: np.ndarray, t: np.ndarray | None, response: str, column: str | None,
-               first_row: int = 0) -> None:
+               where=data_row) -> None:
     """Counts, and a positive exposure; one line naming the first bad row."""
-    check_count_rows(NAME, y, t, response, column, first_row)
+    check_count_rows(NAME, y, t, response, column, where)
 
 
 def kernel_row_data(t: np.ndarray) -> np.ndarray:

@@ -35,6 +35,8 @@ def check_posterior_exists(model) -> None:
     _check_design_rank(model, flat, names)
     if model.likelihood_name == "bernoulli":
         _check_bernoulli(model, flat, names)
+    elif model.likelihood_name in ("binomial", "poisson", "negative_binomial"):
+        _check_counts(model, flat, names)
     elif model.has_scale:
         _check_gaussian(model, flat)
 
@@ -97,11 +99,52 @@ def _check_gaussian(model, flat: list[int]) -> None:
                          "covariate is a copy of (or computed from) the response")
     # With a flat prior on sigma, p(sigma | y) ~ sigma^-(N - k) exp(-RSS / 2 sigma^2), which is
     # integrable only when N - k >= 2 (k = parameters with flat priors).
-    if not model.priors[-1].is_proper and model.n_rows < len(flat) + 2:
+    sigma_prior = model.priors[model.n_location + model.positive_names.index("sigma")]
+    if not sigma_prior.is_proper and model.n_rows < len(flat) + 2:
         raise InputError(f"{model.n_rows} rows are too few for {len(flat)} flat-prior "
                          "coefficients and a flat prior on sigma (the posterior needs at least "
                          f"{len(flat) + 2} rows): give sigma a proper prior such as "
                          "'half_normal(10)' or use more rows")
+
+
+def _check_counts(model, flat: list[int], names: list[str]) -> None:
+    """A count response that is always 0 (or, binomial, always all its trials) under a flat
+    intercept, or a two-valued flat-prior column on one of whose values it is: the mode runs off
+    to infinity (a log rate or log odds of minus or plus infinity fits best)."""
+    response, binomial = model.design.response, model.likelihood_name == "binomial"
+    y, n = model.design.y, model.design.row_data
+    if y.size == 0:  # streamed rows: the moments tell whether the response is all zero
+        if model.intercept and 0 in flat and model.column_stats[0][4] == 0:
+            raise InputError(_count_message(response, "always 0", "intercept"))
+        return
+    extreme = y == 0 if not binomial else (y == 0) | (y == n)
+    if model.intercept and 0 in flat and _one_sided(y, n, binomial):
+        raise InputError(_count_message(response, "always 0" if not np.any(y) else
+                                        "always 0 or always all its trials", "intercept"))
+    off = int(model.intercept)
+    for i in (i for i in flat if i >= off):
+        x = model.design.X[:, i - off]
+        values = np.unique(x)
+        if values.size != 2:
+            continue
+        for v in values:
+            rows = x == v
+            if np.all(extreme[rows]) and _one_sided(y[rows], None if n is None else n[rows],
+                                                    binomial):
+                raise InputError(_count_message(
+                    response, f"always at its bound where '{names[i]}' is {v:g}",
+                    f"'{names[i]}'"))
+
+
+def _one_sided(y: np.ndarray, n: np.ndarray | None, binomial: bool) -> bool:
+    """All counts 0, or (binomial) all equal to their trials."""
+    return bool(np.all(y == 0) or (binomial and np.all(y == n)))
+
+
+def _count_message(response: str, what: str, param: str) -> str:
+    return (f"response '{response}' is {what}, so with a flat prior on {param} the posterior "
+            f"is improper (its best fit is at infinity): give {param} a proper prior such as "
+            "'normal(0, 2.5)'")
 
 
 def _flat_columns_by_rms(model, flat: list[int]) -> np.ndarray:
