@@ -73,19 +73,20 @@ def log1p_unit(e):
     return 2.0 * t * p
 
 
-# log1p_any: (1 + q)^(1 / 2^LOG1P_HALVINGS) by repeated square roots brings any q up to 1e300
-# within log1p_unit's range [0, 1]
-LOG1P_HALVINGS = 10
+# log1p_any: (1 + q)^(1 / 2^LOG1P_HALVINGS) by repeated square roots brings q up to LOG1P_MAX
+# within log1p_unit's range [0, 1] (log(1 + q) <= 2^6 log 2)
+LOG1P_HALVINGS = 6
+LOG1P_MAX = 1e19
 
 
 @njit(inline="always", **JIT_OPTIONS)
 def log1p_any(q):
-    """log(1 + q) for q >= 0 as vector arithmetic: log1p_unit(q) for q <= 1, else
-    2^10 log1p_unit(m - 1) with m = (1 + q)^(1/2^10) from ten square roots (m - 1 >= 6.8e-4 is
-    exact, so the relative error stays below about 5e-13)."""
+    """log(1 + q) for 0 <= q <= LOG1P_MAX as vector arithmetic: log1p_unit(q) for q <= 1, else
+    2^6 log1p_unit(m - 1) with m = (1 + q)^(1/2^6) from six square roots (m - 1 >= 0.0109 is
+    exact, so the relative error stays below about 5e-14); one polynomial either way. Callers
+    recompute larger q with libm."""
     m = 1.0 + q
     for _ in range(LOG1P_HALVINGS):
         m = math.sqrt(m)
-    small = log1p_unit(min(q, 1.0))
-    large = 1024.0 * log1p_unit(min(m - 1.0, 1.0))
-    return small if q <= 1.0 else large
+    small = q <= 1.0
+    return (1.0 if small else 64.0) * log1p_unit(min(q, 1.0) if small else min(m - 1.0, 1.0))

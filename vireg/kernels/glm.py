@@ -46,7 +46,7 @@ from vireg.kernels.codes import (  # noqa: F401  (re-exported)
     PROBIT,
     STUDENT_T,
 )
-from vireg.kernels.elementary import exp_nonpositive, log1p_any, log1p_unit
+from vireg.kernels.elementary import LOG1P_MAX, exp_nonpositive, log1p_any, log1p_unit
 from vireg.kernels.flags import JIT_OPTIONS
 from vireg.kernels.likelihood import (
     HALF_LOG_2PI,
@@ -181,15 +181,29 @@ def _negative_binomial_terms(q, yb, log_phi, phi, llb, db, xs, n):
 
 
 @njit(**JIT_OPTIONS)
-def _student_t_terms(q, yb, w, nu, llb, db, d2b, n):
+def _student_t_terms(q, yb, w_nu, nu1, llb, db, d2b, qs, n):
+    """w_nu = exp(-2t) / nu and nu1 = nu + 1 per entry (``_entry_auxiliary``): one division
+    per entry. qs keeps q for the entries beyond log1p_any's range (a residual of some 1e9
+    sigma), whose log1p is recomputed with libm."""
+    far = 0
     for k in range(n):
         e = yb[k] - q[k]
-        qq = e * e * w[k] / nu[k]
-        l1 = log1p_any(qq)
-        llb[k] = -0.5 * (nu[k] + 1.0) * l1
-        db[k] = qq / (1.0 + qq)
+        qq = e * e * w_nu[k]
+        inv = 1.0 / (1.0 + qq)
+        l1 = log1p_any(min(qq, LOG1P_MAX))
+        qs[k] = qq
+        far += qq > LOG1P_MAX
+        llb[k] = -0.5 * nu1[k] * l1
+        db[k] = qq * inv
         d2b[k] = l1
-        q[k] = (nu[k] + 1.0) * e * w[k] / (nu[k] * (1.0 + qq))
+        q[k] = nu1[k] * e * w_nu[k] * inv
+    if far == 0:
+        return
+    for k in range(n):
+        if qs[k] > LOG1P_MAX:
+            l1 = math.log1p(qs[k])
+            llb[k] = -0.5 * nu1[k] * l1
+            d2b[k] = l1
 
 
 @njit(**JIT_OPTIONS)
@@ -219,7 +233,7 @@ def _elementwise(family, q, yb, xb, a0, a1, llb, db, d2b, n):
     elif family == NEGATIVE_BINOMIAL:
         _negative_binomial_terms(q, yb, a0, a1, llb, db, d2b, n)
     elif family == STUDENT_T:
-        _student_t_terms(q, yb, a0, a1, llb, db, d2b, n)
+        _student_t_terms(q, yb, a0, a1, llb, db, d2b, xb, n)
     elif family == PROBIT:
         _probit_terms(q, yb, llb, n)
 
@@ -234,7 +248,8 @@ def _entry_auxiliary(family, aux, a0, a1, block):
         if family == NEGATIVE_BINOMIAL:
             u, v = aux[s, 0], math.exp(aux[s, 0])
         elif family == STUDENT_T:
-            u, v = math.exp(-2.0 * aux[s, 0]), math.exp(aux[s, 1])
+            nu = math.exp(aux[s, 1])
+            u, v = math.exp(-2.0 * aux[s, 0]) / nu, nu + 1.0
         elif family == GAUSSIAN:
             u, v = math.exp(-2.0 * aux[s, 0]), 0.0
         else:
