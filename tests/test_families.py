@@ -189,7 +189,7 @@ def test_grouped_kernel_adds_group_terms_and_sums_them_per_group(rng, family, S)
     ref_family = {"gaussian": "student_t", "logit": "probit"}.get(family, family)
     Z, Y, U = kernel_problem(rng, ref_family, N, D, S, True)
     if family == "gaussian":
-        U = U[:, :-1]  # t only
+        U = np.ascontiguousarray(U[:, :-1])  # t only
     if family == "logit":
         Y[:, 0] = (Y[:, 0] > 0).astype(float)
     Bg = 0.3 * rng.standard_normal((n_groups, K, S))
