@@ -40,14 +40,13 @@ import time
 import warnings
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
 import nuts_common as nc  # sets up JAX (2 host devices, float64) on import
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import numpyro  # noqa: E402
-import numpyro.distributions as dist  # noqa: E402
-import pandas as pd  # noqa: E402
-from jax.scipy.special import log_ndtr  # noqa: E402
+import pandas as pd
+from jax.scipy.special import log_ndtr
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -419,11 +418,11 @@ def build(name: str, log=print) -> dict:
         "priors": priors, "prior_note": spec.get("prior_note", ""),
         "parameters": parameters,
         **summary,
-        "mcse_mean": {p: rnd(x, 3) for p, x in zip(parameters, fit["mcse_mean"])},
+        "mcse_mean": {p: rnd(x, 3) for p, x in zip(parameters, fit["mcse_mean"], strict=True)},
         "corr": nc.correlation(fit["draws"]),
-        "rhat": {p: round(float(x), 5) for p, x in zip(parameters, fit["rhat"])},
-        "ess_bulk": {p: round(float(x)) for p, x in zip(parameters, fit["ess_bulk"])},
-        "ess_tail": {p: round(float(x)) for p, x in zip(parameters, fit["ess_tail"])},
+        "rhat": {p: round(float(x), 5) for p, x in zip(parameters, fit["rhat"], strict=True)},
+        "ess_bulk": {p: round(float(x)) for p, x in zip(parameters, fit["ess_bulk"], strict=True)},
+        "ess_tail": {p: round(float(x)) for p, x in zip(parameters, fit["ess_tail"], strict=True)},
         "n_draws": int(fit["draws"].shape[0] * fit["draws"].shape[1]),
         "n_chains": int(fit["draws"].shape[0]),
         "n_rows": int(len(df)),
@@ -431,7 +430,8 @@ def build(name: str, log=print) -> dict:
         "source": src,
         "sampler": {"library": f"numpyro {v['numpyro']}", "jax": v["jax"],
                     "jaxlib": v["jaxlib"], "arviz": v["arviz"], "algorithm": "NUTS",
-                    "dense_mass": True, "float64": True, "warmup": WARMUP,
+                    "dense_mass": True, "regularize_mass_matrix": False, "float64": True,
+                    "warmup": WARMUP,
                     "draws_per_chain": fit["draws_per_chain"],
                     "target_accept": target_accept, "seed": seed,
                     "init": "mode + 2 x Laplace sd (over-dispersed), per chain",
@@ -458,7 +458,7 @@ def main(argv=None) -> int:
         ordered = {k: current[k] for k in REFERENCES if k in current}
         ordered.update({k: v for k, v in current.items() if k not in ordered})
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(ordered, indent=1) + "\n")
+        tmp.write_text(nc.dumps(ordered) + "\n")
         tmp.replace(path)
         print(f"{name}: written", file=sys.stderr, flush=True)
     return 0

@@ -160,8 +160,10 @@ def run_nuts(model, model_kwargs: dict, seed: int, warmup: int, draws: int,
     for b, key in enumerate(keys):
         group = inits[b * CHAINS_AT_ONCE:(b + 1) * CHAINS_AT_ONCE]
         init_params = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *group)
+        # No shrinkage of the adapted mass matrix towards 1e-3 I: it would swamp parameters whose
+        # posterior sd is ~1e-3 or less (uncentred covariates, large data sets).
         kernel = NUTS(model, target_accept_prob=target_accept, dense_mass=dense_mass,
-                      max_tree_depth=max_tree_depth)
+                      max_tree_depth=max_tree_depth, regularize_mass_matrix=False)
         mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=CHAINS_AT_ONCE,
                     chain_method="parallel", progress_bar=False)
         mcmc.run(key, init_params=init_params, extra_fields=("diverging", "num_steps"),
@@ -241,11 +243,11 @@ def summarise(names: list[str], arr: np.ndarray) -> dict:
     flat = arr.reshape(-1, arr.shape[2])
     q = np.quantile(flat, [0.05, 0.5, 0.95], axis=0)
     out = {
-        "mean": {n: sig(v) for n, v in zip(names, flat.mean(axis=0))},
-        "sd": {n: sig(v) for n, v in zip(names, flat.std(axis=0, ddof=1))},
-        "q05": {n: sig(v) for n, v in zip(names, q[0])},
-        "q50": {n: sig(v) for n, v in zip(names, q[1])},
-        "q95": {n: sig(v) for n, v in zip(names, q[2])},
+        "mean": {n: sig(v) for n, v in zip(names, flat.mean(axis=0), strict=True)},
+        "sd": {n: sig(v) for n, v in zip(names, flat.std(axis=0, ddof=1), strict=True)},
+        "q05": {n: sig(v) for n, v in zip(names, q[0], strict=True)},
+        "q50": {n: sig(v) for n, v in zip(names, q[1], strict=True)},
+        "q95": {n: sig(v) for n, v in zip(names, q[2], strict=True)},
     }
     return out
 
@@ -260,3 +262,20 @@ def versions() -> dict:
     import jaxlib
     return {"numpyro": numpyro.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
             "arviz": az.__version__, "numpy": np.__version__}
+
+
+def dumps(obj, indent: int = 1, _level: int = 0) -> str:
+    """JSON text with one key per line, but lists of scalars on one line and a list of lists
+    (the correlation matrix) one row per line."""
+    import json
+
+    pad, inner = " " * (indent * _level), " " * (indent * (_level + 1))
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = [f"{inner}{json.dumps(k)}: {dumps(v, indent, _level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list) and obj and all(isinstance(r, list) for r in obj):
+        rows = [f"{inner}{json.dumps(r)}" for r in obj]
+        return "[\n" + ",\n".join(rows) + "\n" + pad + "]"
+    return json.dumps(obj)
