@@ -74,19 +74,19 @@ def log1p_unit(e):
 
 
 # log1p_any: (1 + q)^(1 / 2^LOG1P_HALVINGS) by repeated square roots brings q up to LOG1P_MAX
-# within log1p_unit's range [0, 1] (log(1 + q) <= 2^6 log 2)
-LOG1P_HALVINGS = 6
-LOG1P_MAX = 1e19
+# within log1p_unit's range [0, 1] (1 + q <= 2^(2^3)); a Student-t residual beyond that (16
+# sqrt(nu) sigma) is rare, and its callers recompute it with libm
+LOG1P_HALVINGS = 3
+LOG1P_MAX = 255.0
 
 
 @njit(inline="always", **JIT_OPTIONS)
 def log1p_any(q):
     """log(1 + q) for 0 <= q <= LOG1P_MAX as vector arithmetic: log1p_unit(q) for q <= 1, else
-    2^6 log1p_unit(m - 1) with m = (1 + q)^(1/2^6) from six square roots (m - 1 >= 0.0109 is
-    exact, so the relative error stays below about 5e-14); one polynomial either way. Callers
-    recompute larger q with libm."""
+    8 log1p_unit(m - 1) with m = (1 + q)^(1/8) from three square roots (m - 1 >= 0.09 is exact,
+    so the relative error stays below about 1e-14); one polynomial either way."""
     m = 1.0 + q
     for _ in range(LOG1P_HALVINGS):
         m = math.sqrt(m)
     small = q <= 1.0
-    return (1.0 if small else 64.0) * log1p_unit(min(q, 1.0) if small else min(m - 1.0, 1.0))
+    return (1.0 if small else 8.0) * log1p_unit(min(q, 1.0) if small else min(m - 1.0, 1.0))

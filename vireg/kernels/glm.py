@@ -183,8 +183,8 @@ def _negative_binomial_terms(q, yb, log_phi, phi, llb, db, xs, n):
 @njit(**JIT_OPTIONS)
 def _student_t_terms(q, yb, w_nu, nu1, llb, db, d2b, qs, n):
     """w_nu = exp(-2t) / nu and nu1 = nu + 1 per entry (``_entry_auxiliary``): one division
-    per entry. qs keeps q for the entries beyond log1p_any's range (a residual of some 1e9
-    sigma), whose log1p is recomputed with libm."""
+    per entry. qs keeps q for the entries beyond log1p_any's range (a residual beyond 16
+    sqrt(nu) sigma), whose log1p is recomputed with libm."""
     far = 0
     for k in range(n):
         e = yb[k] - q[k]
