@@ -33,8 +33,6 @@ numpy 2.4.6 on CPU in float64.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 import warnings
@@ -293,26 +291,7 @@ def build(name: str, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="*", help=f"references to rebuild (default: all): "
-                    f"{', '.join(REFERENCES)}")
-    args = ap.parse_args(argv)
-    names = args.names or list(REFERENCES)
-    unknown = [n for n in names if n not in REFERENCES]
-    if unknown:
-        ap.error(f"unknown reference(s): {', '.join(unknown)}")
-    path = OUT / "reference.json"
-    for name in names:
-        entry = build(name, log=lambda m: print(m, file=sys.stderr, flush=True))
-        current = json.loads(path.read_text()) if path.exists() else {}
-        current[name] = entry
-        ordered = {k: current[k] for k in REFERENCES if k in current}
-        ordered.update({k: v for k, v in current.items() if k not in ordered})
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(nc.dumps(ordered) + "\n")
-        tmp.replace(path)
-        print(f"{name}: written", file=sys.stderr, flush=True)
-    return 0
+    return nc.rebuild(__doc__, REFERENCES, OUT / "reference.json", build, argv)
 
 
 if __name__ == "__main__":

@@ -279,3 +279,32 @@ def dumps(obj, indent: int = 1, _level: int = 0) -> str:
         rows = [f"{inner}{json.dumps(r)}" for r in obj]
         return "[\n" + ",\n".join(rows) + "\n" + pad + "]"
     return json.dumps(obj)
+
+
+def rebuild(doc: str, references, path, build, argv=None) -> int:
+    """The scripts' command line: rebuild the named references (default: all) with
+    ``build(name, log)`` and write each into ``path`` (a JSON object keyed by name, in the
+    order of ``references``) as soon as it is made."""
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("names", nargs="*", help=f"references to rebuild (default: all): "
+                    f"{', '.join(references)}")
+    args = ap.parse_args(argv)
+    names = args.names or list(references)
+    unknown = [n for n in names if n not in references]
+    if unknown:
+        ap.error(f"unknown reference(s): {', '.join(unknown)}")
+    for name in names:
+        entry = build(name, log=lambda m: print(m, file=sys.stderr, flush=True))
+        current = json.loads(path.read_text()) if path.exists() else {}
+        current[name] = entry
+        ordered = {k: current[k] for k in references if k in current}
+        ordered.update({k: v for k, v in current.items() if k not in ordered})
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(dumps(ordered) + "\n")
+        tmp.replace(path)
+        print(f"{name}: written", file=sys.stderr, flush=True)
+    return 0

@@ -51,6 +51,7 @@ from vireg.kernels.flags import JIT_OPTIONS
 from vireg.kernels.likelihood import (
     HALF_LOG_2PI,
     ROW_BLOCK_MIN_DRAWS,
+    _reduce_chunks,
     _renamed,
     _split_draws,
     accumulate_gradient,
@@ -356,20 +357,6 @@ def _auxiliary(U, first):
     return aux
 
 
-@njit(**JIT_OPTIONS)
-def _reduce(grad_part, sum_part):
-    n_chunks, S, D = grad_part.shape
-    G = np.zeros((S, D))
-    sums = np.zeros((4, S))
-    for c in range(n_chunks):
-        for s in range(S):
-            for j in range(D):
-                G[s, j] += grad_part[c, s, j]
-            for m in range(4):
-                sums[m, s] += sum_part[c, m, s]
-    return G, sums
-
-
 def _glm_loglik_grad(family, Z, Y, U, has_intercept, chunk_rows, with_grad):
     """(G, ll) of the family's log-likelihood over the rows (module doc), for each draw."""
     N, D = Z.shape
@@ -393,7 +380,7 @@ def _glm_loglik_grad(family, Z, Y, U, has_intercept, chunk_rows, with_grad):
         else:
             _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, grad_part[c],
                        group_part[c], sum_part[c], None, no_w, no_id, no_b, no_b)
-    G_sum, sums = _reduce(grad_part, sum_part)
+    G_sum, sums = _reduce_chunks(grad_part, sum_part)
     return _finish(family, G_sum, sums, aux, N, P, has_intercept)
 
 
@@ -454,7 +441,7 @@ def _grouped_loglik_grad(family, Z, Y, W, gid, chunk_starts, U, Bg, has_intercep
         else:
             _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, grad_part[c],
                        group_part[c], sum_part[c], None, W, gid, Bg, Sg)
-    G_sum, sums = _reduce(grad_part, sum_part)
+    G_sum, sums = _reduce_chunks(grad_part, sum_part)
     G, ll = _finish(family, G_sum, sums, aux, N, P, has_intercept)
     return G, ll, Sg
 

@@ -177,13 +177,13 @@ def _reduce_chunks(grad_part, sum_part):
     """
     n_chunks, S, D = grad_part.shape
     G = np.zeros((S, D))
-    sums = np.zeros((2, S))
+    sums = np.zeros((sum_part.shape[1], S))
     for c in range(n_chunks):
         for s in range(S):
             for j in range(D):
                 G[s, j] += grad_part[c, s, j]
-            sums[0, s] += sum_part[c, 0, s]
-            sums[1, s] += sum_part[c, 1, s]
+            for m in range(sum_part.shape[1]):
+                sums[m, s] += sum_part[c, m, s]
     return G, sums
 
 

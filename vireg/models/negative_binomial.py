@@ -19,12 +19,12 @@ from vireg.models.counts import (
     check_count_rows,
     data_row,
     glm_kernel,
-    log_factorials,
     log_mean_rate,
     response_scaling,
     response_scaling_from_moments,
     softplus_sigmoid,
 )
+from vireg.models.poisson import kernel_row_data, row_constants
 
 NAME = "negative_binomial"
 HAS_SCALE = False
@@ -32,21 +32,15 @@ AUX = ("phi",)
 ROW_DATA = "exposure"
 CODE = NEGATIVE_BINOMIAL
 DEFAULT_PRIORS = {"phi": "inv_sqrt_half_normal(1)"}
-__all__ = ["response_scaling", "response_scaling_from_moments"]
+# The exposure's offset and -log y!, as for poisson
+__all__ = ["kernel_row_data", "response_scaling", "response_scaling_from_moments",
+           "row_constants"]
 
 
 def check_rows(y: np.ndarray, t: np.ndarray | None, response: str, column: str | None,
                where=data_row) -> None:
     """Counts, and a positive exposure; one line naming the first bad row."""
     check_count_rows(NAME, y, t, response, column, where)
-
-
-def kernel_row_data(t: np.ndarray) -> np.ndarray:
-    return np.log(t)
-
-
-def row_constants(y: np.ndarray, t: np.ndarray | None) -> np.ndarray:
-    return -log_factorials(y)
 
 
 def curvature_terms(Y: np.ndarray, eta: np.ndarray, aux: np.ndarray):
