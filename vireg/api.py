@@ -61,6 +61,8 @@ class FitResult:
     summary_method: str  # "q": exact summaries of q; "psis": Pareto-smoothed importance weights
     diagnostics_seconds: float
     extras: dict = field(default_factory=dict)
+    theta_names: list[str] | None = None  # names of theta's coordinates (fit.json)
+    group_rows: list[dict] | None = None  # groups.csv: each group effect's summary
 
     def warnings(self) -> list[str]:
         """What a user must be told of this fit: a k-hat above its threshold (with advice for
@@ -175,8 +177,14 @@ def _optimise(cfg: Config, model, minibatch, rng: np.random.Generator) -> Iterat
     from vireg.families import make_family
     from vireg.laplace import find_mode
 
-    laplace = find_mode(model)
-    family = make_family(cfg.inference.family, model.n_params, laplace)
+    if getattr(model, "groups", None) is not None:
+        from vireg.grouped_start import find_start
+        from vireg.laplace import base_start
+
+        laplace = find_start(model, base_start(model))
+    else:
+        laplace = find_mode(model)
+    family = make_family(cfg.inference.family, model.n_params, laplace, model)
     # Without the control variate, minibatch noise dwarfs the posterior sd: levels lengthen
     # as the step size falls (Robbins-Monro), or the averages freeze before they arrive.
     growth = 2 if minibatch is not None and not cfg.inference.control_variate else 1
@@ -191,7 +199,12 @@ def _optimise(cfg: Config, model, minibatch, rng: np.random.Generator) -> Iterat
 
 def _result(cfg: Config, model, run: _Run, post, timing: dict, threads: int) -> FitResult:
     outcome, family = run.outcome, run.family
-    summary, mean_t, cov_t = natural_summary(model, *family.mean_cov(outcome.phi))
+    grouped = getattr(model, "groups", None) is not None
+    if grouped:
+        summary, mean_t, cov_t, nat_cov = _multilevel_summary(model, family, outcome.phi, post)
+    else:
+        summary, mean_t, cov_t = natural_summary(model, *family.mean_cov(outcome.phi))
+        nat_cov = natural_cov(model, mean_t, cov_t)
     summary_method = "q"
     if cfg.output.psis:
         from vireg.diagnostics import weighted_summary
@@ -202,8 +215,8 @@ def _result(cfg: Config, model, run: _Run, post, timing: dict, threads: int) -> 
     n_out = cfg.output.draws
     return FitResult(
         config=cfg, param_names=model.param_names, summary=summary, theta_mean=mean_t,
-        theta_cov=cov_t, natural_cov=natural_cov(model, mean_t, cov_t),
-        summary_original=original_scale(model, mean_t, cov_t),
+        theta_cov=cov_t, natural_cov=nat_cov,
+        summary_original=None if grouped else original_scale(model, mean_t, cov_t),
         variational={"family": family.name, "space": "standardised (u)",
                      **family.to_dict(outcome.phi)},
         affine={"T": model.T.tolist(), "c": model.c.tolist()},
@@ -215,7 +228,37 @@ def _result(cfg: Config, model, run: _Run, post, timing: dict, threads: int) -> 
         draws_log_p=post.log_p[:n_out], draws_log_q=post.log_q[:n_out], khat=post.khat,
         log_ratio_sd=post.log_ratio_sd, psis_ess=post.ess,
         summary_method=summary_method, diagnostics_seconds=timing["diagnostics"],
-        extras=_extras(cfg, model, run))
+        extras=_extras(cfg, model, run), theta_names=model.theta_names,
+        group_rows=getattr(model, "fitted_groups", None))
+
+
+def _multilevel_summary(model, family, phi, post):
+    """A model with group terms: the summaries of its reported quantities from q's draws (tau
+    and the correlation are not normal), q's mean and covariance over the global coordinates,
+    and the groups' effects (``group_table``) into ``model.fitted_groups``."""
+    from vireg.models.multilevel import group_table
+
+    values = post.natural
+    q = np.quantile(values, [0.05, 0.5, 0.95], axis=0)
+    summary = Summary(model.param_names, values.mean(axis=0), values.std(axis=0, ddof=1),
+                      q[0], q[1], q[2])
+    n = model.n_global
+    mean_u, cov_u = _global_moments(family, phi, n)
+    mean_t = model.T[:n, :n] @ mean_u[:n] + model.c[:n]
+    cov_t = model.T[:n, :n] @ cov_u[:n, :n] @ model.T[:n, :n].T
+    model.fitted_groups = group_table(model, post.group_effects)
+    return summary, mean_t, cov_t, np.cov(values, rowvar=False)
+
+
+def _global_moments(family, phi: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """q's mean and covariance over the first n coordinates of u (never dense over all)."""
+    if hasattr(family, "global_mean_cov"):
+        return family.global_mean_cov(phi)
+    if family.name == "meanfield":
+        m, omega = family.split(phi)
+        return m[:n].copy(), np.diag(np.exp(2.0 * omega[:n]))
+    mean_u, cov_u = family.mean_cov(phi)
+    return mean_u[:n], cov_u[:n, :n]
 
 
 def _extras(cfg: Config, model, run: _Run) -> dict:

@@ -28,15 +28,17 @@ def build(cfg: Config):
         raise
 
 
-def settle(cfg: Config, n_rows: int, n_params: int, n_cov: int, likelihood: str) -> Config:
+def settle(cfg: Config, n_rows: int, n_params: int, n_cov: int, likelihood: str,
+           groups=None) -> Config:
     """The config with inference.family, estimator and samples decided, once, for a model of
-    this shape (``config.resolve_inference``, ``engine.draws_per_step``)."""
+    this shape (``config.resolve_inference``, ``engine.draws_per_step``); ``groups``: its
+    group terms, if any."""
     from vireg.engine import draws_per_step
     from vireg.models.model import LIKELIHOODS
 
-    cfg = resolve_inference(cfg, n_params)
+    cfg = resolve_inference(cfg, n_params, groups is not None)
     shape = SimpleNamespace(n_rows=n_rows, n_params=n_params, n_cov=n_cov,
-                            likelihood=LIKELIHOODS[likelihood])
+                            likelihood=LIKELIHOODS[likelihood], groups=groups)
     return replace(cfg, inference=replace(cfg.inference,
                                           samples=draws_per_step(shape, cfg.inference)))
 
@@ -60,12 +62,18 @@ def model_of(cfg: Config, design, intercept: bool, source):
             raise InputError(f"covariate '{name}' has the name of vireg's own parameter "
                              f"'{name}': rename the column")
     n_rows = source.moments.n_rows if source is not None else len(design.y)
-    cfg = settle(cfg, n_rows, len(priors), len(design.covariates), cfg.model.family)
+    n_params = len(priors) + (0 if design.groups is None else design.groups.K * (
+        1 + design.groups.n_groups) + design.groups.n_cor)
+    cfg = settle(cfg, n_rows, n_params, len(design.covariates), cfg.model.family, design.groups)
     # A full-rank q is the same family in any affine coordinates, so its kernel can read the
     # columns orthogonalised; mean-field is defined on the standardised columns themselves.
-    model = Model(design, m.family, intercept, priors, m.sigma,
-                  draws_per_step=cfg.inference.samples, dtype=cfg.inference.dtype, source=source,
+    kwargs = dict(fixed_sigma=m.sigma, draws_per_step=cfg.inference.samples,
+                  dtype=cfg.inference.dtype, source=source,
                   orthogonalize=cfg.inference.family == "fullrank", link=m.link, fixed_nu=m.nu)
+    if design.groups is not None:
+        model = _multilevel_model(cfg, design, intercept, priors, kwargs)
+    else:
+        model = Model(design, m.family, intercept, priors, **kwargs)
     check_posterior_exists(model)
     # The kernel reads the standardised copy; the raw covariates were needed only up to here.
     model.design = replace(model.design, X=np.empty((0, model.n_cov)))
@@ -98,10 +106,13 @@ def read_design(cfg: Config):
                               _row_data(cfg) and _row_data(cfg)[1])
         return source.design, intercept, source
     table = read_table(path)
+    group_spec = [(f, t, True) for f, t in (cfg.data.groups or {}).items()]
     if cfg.data.formula is not None:
         from vireg.formula import design_from_formula
+        from vireg.models.multilevel import split_group_terms
 
-        design, intercept = design_from_formula(table, cfg.data.formula, cfg.data.missing)
+        fixed, group_spec = split_group_terms(cfg.data.formula)
+        design, intercept = design_from_formula(table, fixed, cfg.data.missing)
         _check_formula_row_data(cfg.model.family, design.formula)
         if intercept and not cfg.model.intercept:
             raise InputError("model.intercept: false conflicts with data.formula, which has an "
@@ -109,11 +120,54 @@ def read_design(cfg: Config):
     else:
         design = build_design(table, cfg.data.response, cfg.data.covariates, cfg.data.missing,
                               _row_data(cfg))
+    if group_spec:
+        design = replace(design, groups=_group_terms(table, group_spec))
     del table  # the columns as read: the design holds its own copy
     release_reader_memory()
     if cfg.data.standardize:
         design = standardize_design(design)
     return design, intercept, None
+
+
+def _group_terms(table, spec: list[tuple[str, list[str], bool]]):
+    """The design's GroupTerms from the table (one grouping factor)."""
+    from vireg.data import numeric_column
+    from vireg.models.multilevel import INTERCEPT, group_terms
+
+    if len(spec) != 1:
+        raise InputError(f"the model has {len(spec)} grouping factors "
+                         f"({', '.join(f for f, _, _ in spec)}): one is fitted")
+    factor, terms, correlated = spec[0]
+    if factor not in table.columns:
+        raise InputError(f"group column '{factor}' is not a column of '{table.source}': columns "
+                         f"are {', '.join(table.columns)}")
+    names = [INTERCEPT if t.lower() in ("intercept", "1", INTERCEPT.lower()) else t
+             for t in terms]
+    for t in names:
+        if t != INTERCEPT and t not in table.columns:
+            raise InputError(f"the group term on '{t}' (varying by '{factor}') names a column "
+                             f"that '{table.source}' does not have: columns are "
+                             f"{', '.join(table.columns)}")
+    return group_terms(factor, names, correlated, table.columns[factor],
+                       lambda name: numeric_column(table, name))
+
+
+def _multilevel_model(cfg: Config, design, intercept: bool, priors, kwargs):
+    """A MultilevelModel with the config's group priors (defaults: half_student_t(3, s) with s
+    the response's sd for gaussian and student_t, 2.5 for the others; lkj(1))."""
+    from vireg.models.multilevel import MultilevelModel, lkj_prior
+    from vireg.models.priors import parse_prior
+
+    prior = cfg.model.prior
+    if prior.group_sd is not None:
+        group_sd = parse_prior(prior.group_sd, "model.prior.group_sd", "scale")
+    else:
+        scale = float(np.std(design.y)) if cfg.model.family in ("gaussian", "student_t") else 2.5
+        group_sd = parse_prior(f"half_student_t(3, {max(scale, 1e-12):.6g})",
+                               "model.prior.group_sd", "scale")
+    eta = lkj_prior(prior.group_cor, "model.prior.group_cor")
+    return MultilevelModel(design, cfg.model.family, intercept, priors, design.groups, group_sd,
+                           eta, **kwargs)
 
 
 def _check_formula_row_data(family: str, state: dict) -> None:

@@ -30,11 +30,13 @@ FAMILY_ALIASES = {"gaussian": "gaussian", "linear": "gaussian", "bernoulli": "be
 FAMILIES_WITH_SIGMA = ("gaussian", "student_t")
 FAMILIES_WITH_EXPOSURE = ("poisson", "negative_binomial")
 LINKS = {"bernoulli": ("logit", "probit")}
-VARIATIONAL_FAMILIES = ("meanfield", "fullrank")
+VARIATIONAL_FAMILIES = ("meanfield", "fullrank", "structured")
 # inference.family: auto is fullrank up to this many parameters, meanfield above (a full-rank
 # step's extra work, O(draws x parameters^2), then outweighs the pass over the rows)
 FULLRANK_MAX_PARAMS = 200
-DEFAULT_ESTIMATOR = {"meanfield": "reparam", "fullrank": "stl"}
+# A full-rank q over a model with group terms: its P^2 / 2 scale entries grow with the groups
+FULLRANK_MAX_GROUP_PARAMS = 2000
+DEFAULT_ESTIMATOR = {"meanfield": "reparam", "fullrank": "stl", "structured": "stl"}
 ESTIMATORS = ("reparam", "stl", "score")
 
 
@@ -48,6 +50,8 @@ class DataConfig:
     standardize: bool = False  # fit on z-scored covariates; report both scales
     trials: str | None = None  # binomial: the column of trials n_i (response: successes)
     exposure: str | None = None  # poisson, negative_binomial: the column t_i (log t_i offset)
+    # group terms: {factor column: [intercept, covariate, ...]} (or (1 + x | g) in a formula)
+    groups: dict[str, list[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ class PriorConfig:
     sigma: str | None = None  # gaussian, student_t: "flat" unless given
     phi: str | None = None  # negative_binomial: default inv_sqrt_half_normal(1)
     nu: str | None = None  # student_t: default gamma(2, 0.1)
+    group_sd: str | None = None  # group terms' sds: default half_student_t(3, s), s as documented
+    group_cor: str = "lkj(1)"  # their correlation
     overrides: dict[str, str] = field(default_factory=dict)
 
 
@@ -246,6 +252,7 @@ def _check_values(d: dict[str, Any]) -> None:
     data = {**_defaults(DataConfig), **d["data"]}
     _check_data(data, streamed=bool(runtime["out_of_core"] or runtime["backend"] == "dask"))
     _check_family_columns(FAMILY_ALIASES[d["model"]["family"]], data)
+    _check_groups(data, {**_defaults(InferenceConfig), **d.get("inference", {})}, runtime)
 
 
 def _check_model(model: dict[str, Any]) -> None:
@@ -418,6 +425,27 @@ def _check_family_columns(family: str, data: dict[str, Any]) -> None:
                          f"{family}: remove it")
 
 
+def _check_groups(data: dict[str, Any], inference: dict[str, Any], runtime: dict[str, Any]
+                  ) -> None:
+    groups = data.get("groups")
+    has_terms = bool(groups) or "|" in str(data.get("formula") or "")
+    if groups is not None:
+        if len(groups) != 1:
+            raise InputError(f"data.groups names {len(groups)} grouping factors: one is fitted "
+                             "(e.g. groups: {county: [intercept, floor]})")
+        for factor, terms in groups.items():
+            if not isinstance(terms, list) or not terms or not all(
+                    isinstance(t, str) for t in terms):
+                raise InputError(f"data.groups.{factor} must list the terms that vary by "
+                                 f"'{factor}', e.g. [intercept, floor]")
+    if has_terms and inference.get("batch_size") is not None:
+        raise InputError("group terms are fitted with all rows every step: remove "
+                         "inference.batch_size")
+    if has_terms and (runtime["out_of_core"] or runtime["backend"] == "dask"):
+        raise InputError("group terms are fitted with the rows in memory: remove "
+                         "runtime.out_of_core and the Dask backend")
+
+
 def parse_overrides(items: list[str]) -> list[tuple[list[str], Any]]:
     """Parse ``key.path=value`` strings; the value is read as YAML (so 0.1 is a number)."""
     parsed = []
@@ -478,19 +506,31 @@ def config_from_dict(raw: Any, base_dir: str | Path = ".",
     )
 
 
-def variational_family(name: str, n_params: int) -> str:
-    """The variational family a config asks for, with "auto" resolved: fullrank up to
-    FULLRANK_MAX_PARAMS parameters, else meanfield."""
-    if name != "auto":
-        return name
-    return "fullrank" if n_params <= FULLRANK_MAX_PARAMS else "meanfield"
+def variational_family(name: str, n_params: int, grouped: bool = False) -> str:
+    """The variational family a config asks for, with "auto" resolved: structured for a model
+    with group terms (``grouped``), else fullrank up to FULLRANK_MAX_PARAMS parameters, else
+    meanfield. Structured needs group terms; fullrank over group terms stops at
+    FULLRANK_MAX_GROUP_PARAMS parameters."""
+    if name == "auto":
+        if grouped:
+            return "structured"
+        return "fullrank" if n_params <= FULLRANK_MAX_PARAMS else "meanfield"
+    if name == "structured" and not grouped:
+        raise InputError("inference.family: structured is the family of models with group "
+                         "terms such as (1 | g): add one, or use fullrank or meanfield")
+    if name == "fullrank" and grouped and n_params > FULLRANK_MAX_GROUP_PARAMS:
+        raise InputError(f"inference.family: fullrank over {n_params} parameters (group effects "
+                         f"included) would step a {n_params} x {n_params} factor; above "
+                         f"{FULLRANK_MAX_GROUP_PARAMS} use structured (the default), which "
+                         "keeps each group's block and its dependence on the globals")
+    return name
 
 
-def resolve_inference(cfg: Config, n_params: int) -> Config:
+def resolve_inference(cfg: Config, n_params: int, grouped: bool = False) -> Config:
     """The config with inference.family and inference.estimator settled for a model of
-    n_params parameters (what fit.json records)."""
+    n_params parameters (what fit.json records); ``grouped``: it has group terms."""
     inf = cfg.inference
-    family = variational_family(inf.family, n_params)
+    family = variational_family(inf.family, n_params, grouped)
     estimator = inf.estimator or DEFAULT_ESTIMATOR[family]
     if inf.quadratic_cv is True and estimator != "reparam":
         raise InputError(f"inference.quadratic_cv applies to the reparam estimator, not "

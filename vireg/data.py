@@ -54,6 +54,7 @@ class Design:
     formula: dict | None = None  # data.formula: what vireg.formula.formula_columns needs (JSON)
     row_data: np.ndarray | None = None  # binomial trials or count exposure, as given
     row_data_name: str | None = None  # its column
+    groups: object | None = None  # models.multilevel.GroupTerms of the group terms, if any
 
     @classmethod
     def names_only(cls, response: str, covariates: list[str], dropped_rows: int) -> Design:

@@ -42,6 +42,21 @@ def summary_csv(result, summary=None) -> str:
     return buf.getvalue()
 
 
+GROUP_COLUMNS = ["group", "level", "term", "mean", "sd", "q5", "q50", "q95"]
+
+
+def groups_csv(rows: list[dict]) -> str:
+    """groups.csv: one row per group effect (a level's deviation from the fixed effect, as
+    lme4's ranef)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(GROUP_COLUMNS)
+    for row in rows:
+        w.writerow([row["group"], row["level"], row["term"]]
+                   + [_num(row[c]) for c in GROUP_COLUMNS[3:]])
+    return buf.getvalue()
+
+
 def draws_csv(result) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -64,8 +79,7 @@ def _corr(cov: np.ndarray) -> np.ndarray:
 
 def fit_json(result, versions: dict) -> str:
     names = result.param_names
-    k = len(names) - result.n_positive
-    theta_names = names[:k] + [f"log_{n}" for n in names[k:]]
+    theta_names = result.theta_names
     doc = {
         "config": result.config.to_dict(),
         "converged": result.converged,
@@ -144,6 +158,8 @@ def write_results(result, out_dir: Path, versions: dict) -> list[Path]:
     }
     if result.summary_original is not None:
         files["summary_original.csv"] = summary_csv(result, result.summary_original)
+    if result.group_rows is not None:
+        files["groups.csv"] = groups_csv(result.group_rows)
     if result.config.output.arviz:
         from vireg.workflow.inference_data import inference_data, netcdf_writer, require_arviz
         from vireg.workflow.run import run_of_result

@@ -93,7 +93,7 @@ def whitening(H: np.ndarray) -> tuple[np.ndarray, float]:
 
 def find_mode(model) -> Laplace:
     """The Laplace approximation of the model's posterior (see the module docstring)."""
-    u = _start(model)
+    u = base_start(model)
     lp, g = _log_joint_grad(model, u)
     passes = 1
     if not (np.isfinite(lp) and np.all(np.isfinite(g))):
@@ -193,14 +193,14 @@ def _newton_direction(H: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, float]:
     return g / scale, float(g @ g) / scale
 
 
-def _start(model) -> np.ndarray:
+def base_start(model) -> np.ndarray:
     """Newton's start: for gaussian and Student-t models the least-squares coefficients on the
     standardised scale (from the Gram matrix) and log of their residual sd (Student-t's nu at
     its ``START_NU``); for logistic ones 0 with the intercept at the log odds of the mean
     response (when it has one and both classes occur); for the others the likelihood's own
     null-model start (``start``: the intercept at the link of the mean rate)."""
-    P, k = model.n_params, model.n_location
-    u = np.zeros(P)
+    k = model.n_location
+    u = np.zeros(model.n_params)
     lik = model.likelihood
     if lik.HAS_SCALE:
         gram, zty, yty = model.gram()
@@ -210,12 +210,12 @@ def _start(model) -> np.ndarray:
             rss = max(yty - float(u[:k] @ zty), 1e-12 * max(yty, 1e-300))
             u[k] = 0.5 * np.log(max(rss / model.n_rows, 1e-300))
         if "nu" in model.positive_names:
-            u[P - 1] = np.log(lik.START_NU)
+            u[k + model.positive_names.index("nu")] = np.log(lik.START_NU)
     elif hasattr(lik, "start"):
         a, aux = lik.start(model.response_sums)
         if model.intercept:
             u[0] = a
-        u[k:] = aux
+        u[k:k + len(aux)] = aux
     elif model.intercept:
         mean = model.column_stats[0][1]
         if 0.0 < mean < 1.0:

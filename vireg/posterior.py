@@ -98,7 +98,9 @@ def original_scale(model, mean_t: np.ndarray, cov_t: np.ndarray) -> Summary | No
 
 def to_natural(model, U: np.ndarray) -> np.ndarray:
     """Draws in u to the natural scale (intercept, coefficients, then sigma, phi or nu), one row
-    per draw."""
+    per draw (a model with group terms: ``natural``, its reported quantities)."""
+    if hasattr(model, "natural"):
+        return model.natural(U)
     theta = model.to_theta(U)
     k = model.n_location
     theta[:, k:] = np.exp(theta[:, k:])
@@ -128,6 +130,7 @@ class PosteriorDraws:
     ess: float | None  # relative effective sample size of the smoothed weights
     elbo: float
     elbo_se: float
+    group_effects: np.ndarray | None = None  # models with group terms: b (draws, G, K)
 
 
 def draw_posterior(model, family, phi: np.ndarray, n_draws: int, psis_draws: int,
@@ -155,5 +158,6 @@ def draw_posterior(model, family, phi: np.ndarray, n_draws: int, psis_draws: int
         khat = float(khat)
         ratio_sd = float(np.std(log_ratio)) if np.all(np.isfinite(log_ratio)) else float("inf")
         ess = relative_ess(log_w)
+    groups = model.group_effects(U) if hasattr(model, "group_effects") else None
     return PosteriorDraws(to_natural(model, U), log_p, log_q, khat, log_w, ratio_sd, ess, elbo,
-                          elbo_se)
+                          elbo_se, groups)

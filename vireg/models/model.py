@@ -241,6 +241,11 @@ class Model:
 
     @property
     def n_params(self) -> int:
+        return self.n_base_params
+
+    @property
+    def n_base_params(self) -> int:
+        """The regression's own parameters: intercept, coefficients, positive ones."""
         return int(self.intercept) + self.n_cov + self.n_positive
 
     @property
@@ -249,13 +254,19 @@ class Model:
         names = (["intercept"] if self.intercept else []) + list(self.design.covariates)
         return names + self.positive_names
 
+    @property
+    def theta_names(self) -> list[str]:
+        """Names of theta = T u + c: the location parameters, then log of the positive ones."""
+        names, k = self.param_names, self.n_location
+        return names[:k] + [f"log_{n}" for n in names[k:]]
+
     def affine_map(self) -> tuple[np.ndarray, np.ndarray]:
         """T and c with theta = T u + c.
 
         eta = alpha + x . beta = m_y + s_y (a + sum_j (x_j - c_j) / s_j b_j) gives
         beta_j = s_y b_j / s_j,  alpha = m_y + s_y a - sum_j c_j beta_j,  tau = t + log s_y.
         """
-        P, off = self.n_params, int(self.intercept)
+        P, off = self.n_base_params, int(self.intercept)
         T = np.zeros((P, P))
         c = np.zeros(P)
         slope = self.y_scale / self.x_scale

@@ -1,0 +1,255 @@
+"""Where a fit of a model with group terms starts, and the frame it runs in.
+
+The joint mode of log p(y, u) is no start for such a model: in non-centred coordinates it puts
+the group sds tau far above the posterior (it ignores the volume of the group effects; radon:
+tau 2 against 0.15), and in centred ones it collapses to tau = 0. The start is instead the
+Laplace-approximate marginal mode of the globals (lme4's and TMB's estimate), found by EM in
+centred coordinates:
+
+1. given the globals, each group's effects b_g have the conditional mode b^_g and curvature H_g
+   (Newton on the groups alone: their Hessian is block-diagonal);
+2. the group covariance becomes Psi = mean over groups of b^_g b^_g^T + H_g^-1, i.e. tau and
+   the correlation (the M-step for a normal population of effects);
+3. one Newton step moves the base model's coordinates (intercept, coefficients, sigma, ...)
+   with the effects held at b^.
+
+EM stops when tau and the base coordinates change by less than ``EM_TOL``. Each group's
+centring lambda_gk = 1 / (1 + tau_k^2 J_gk) then follows from the data's information about its
+effect, J_gk = (H_g - Psi^-1)_kk (``MultilevelModel`` doc: 1 is non-centred, for groups the data
+say little about; 0 centred, for groups they pin down). The frame is the Laplace approximation
+at that point: the arrowhead Hessian (globals dense, each group a K x K block, every group
+coupled to the globals) by central differences of the hand-derived gradient, all of them in
+one pass of the grouped kernel (the groups are independent given the globals, so one
+perturbation of term k in every group at once gives every group's column k), inverted
+blockwise into a structured factor (``families.structured.StructuredFactor.from_precision``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from vireg.errors import FitError
+
+EM_MAX_ITERATIONS = 200
+EM_TOL = 1e-4
+NEWTON_MAX_STEPS = 30
+NEWTON_TOL = 1e-10
+FD_STEP = 1e-5
+# Group sds are kept above this fraction of the response's scale: EM's fixed point for a
+# population of effects the data cannot tell apart from 0 is tau = 0, which has no log.
+MIN_TAU_FRACTION = 1e-3
+MAX_START_CORRELATION = 0.9
+QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
+
+
+@dataclass(frozen=True)
+class GroupedLaplace:
+    """The start of a model with group terms (module doc): the point ``mode`` (the marginal
+    mode of the globals, the groups' conditional modes), the arrowhead precision there as a
+    structured factor ``frame``, log p at the point, and the passes it took."""
+
+    mode: np.ndarray
+    factor: object
+    log_p: float
+    em_iterations: int
+    passes: int
+    newton_steps: int = 0
+
+    @property
+    def frame(self):
+        return self.factor, self.factor.log_det
+
+    @cached_property
+    def sd(self) -> np.ndarray:
+        """Marginal sds of the Laplace approximation (rows of the factor)."""
+        return np.sqrt(self.factor.row_norms2())
+
+    @property
+    def meanfield_sd(self) -> np.ndarray:
+        return self.sd
+
+
+def arrowhead_hessian(model, u: np.ndarray, with_point: bool = False):
+    """-d2 log p / du2 at u in arrowhead blocks (H_GG (Pg, Pg), H_cross (G, K, Pg),
+    H_blocks (G, K, K)) by central differences of the gradient: 2 (Pg + K) draws in one pass;
+    ``with_point`` adds u itself as a draw and returns (log p, gradient, blocks)."""
+    Pg, K, G = model.n_global, model.groups.K, model.groups.n_groups
+    h = FD_STEP * np.maximum(1.0, np.abs(u))
+    n = Pg + K
+    U = np.repeat(u[None, :], 2 * n + 1, axis=0)
+    for j in range(Pg):
+        U[j, j] += h[j]
+        U[n + j, j] -= h[j]
+    steps = np.empty((K, G))
+    for k in range(K):
+        cols = Pg + np.arange(G) * K + k
+        U[Pg + k, cols] += h[cols]
+        U[n + Pg + k, cols] -= h[cols]
+        steps[k] = h[cols]
+    with np.errstate(**QUIET):
+        lp, grads = model.log_joint_grad(U if with_point else U[:2 * n])
+    D = -(grads[:n] - grads[n:2 * n])  # (n, P): row j is 2 h_j times column j of H
+    H_GG = D[:Pg, :Pg] / (2.0 * h[:Pg, None])
+    H_GG = 0.5 * (H_GG + H_GG.T)
+    H_cross = (D[:Pg, Pg:] / (2.0 * h[:Pg, None])).reshape(Pg, G, K).transpose(1, 2, 0)
+    blocks = D[Pg:, Pg:].reshape(K, G, K) / (2.0 * steps[:, :, None])  # [k, g, l] = H_g[l, k]
+    H_blocks = blocks.transpose(1, 2, 0)
+    H_blocks = 0.5 * (H_blocks + H_blocks.transpose(0, 2, 1))
+    if with_point:
+        return float(lp[-1]), grads[-1], (H_GG, H_cross, H_blocks)
+    return H_GG, H_cross, H_blocks
+
+
+def arrowhead_solve(H_GG, H_cross, H_blocks, g_G, g_w):
+    """x = H^-1 g for the arrowhead H (globals block H_GG, coupling H_cross, blocks H_blocks) by
+    elimination of the groups: S = H_GG - sum_g C_g^T D_g^-1 C_g, x_G = S^-1 (g_G - sum_g
+    C_g^T D_g^-1 g_g), x_g = D_g^-1 (g_g - C_g x_G). Raises LinAlgError where S or a D_g is
+    singular."""
+    Dinv_C = np.linalg.solve(H_blocks, H_cross)  # (G, K, Pg)
+    Dinv_g = np.linalg.solve(H_blocks, g_w[:, :, None])[:, :, 0]
+    S = H_GG - np.einsum("gkp,gkq->pq", H_cross, Dinv_C)
+    x_G = np.linalg.solve(S, g_G - np.einsum("gkp,gk->p", H_cross, Dinv_g))
+    return x_G, Dinv_g - Dinv_C @ x_G
+
+
+def _log_joint_grad(model, u: np.ndarray) -> tuple[float, np.ndarray]:
+    with np.errstate(**QUIET):
+        lp, g = model.log_joint_grad(u[None, :])
+    return float(lp[0]), g[0]
+
+
+def em_map(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
+    """One EM iteration in centred coordinates (module doc), the E-step's conditional mode taken
+    as one Newton step of the base coordinates and the effects jointly (tau and the
+    correlation held), halved while log p falls; returns (u, passes)."""
+    nb, Pg, K, G = model.n_base_params, model.n_global, model.groups.K, model.groups.n_groups
+    lp, g, (H_GG, H_cross, H_blocks) = arrowhead_hessian(model, u, with_point=True)
+    passes = 1
+    g_w = g[Pg:].reshape(G, K)
+    try:
+        x_b, x_w = arrowhead_solve(H_GG[:nb, :nb], H_cross[:, :, :nb], H_blocks, g[:nb], g_w)
+    except np.linalg.LinAlgError:
+        x_b, x_w = np.zeros(nb), g_w / np.maximum(np.abs(np.diagonal(H_blocks, 0, 1, 2)), 1.0)
+    t, out = 1.0, u
+    while t > 1e-6:
+        trial = u.copy()
+        trial[:nb] += t * x_b
+        trial[Pg:] += t * x_w.ravel()
+        lp_trial, _ = _log_joint_grad(model, trial)
+        passes += 1
+        if lp_trial >= lp - 1e-12 * abs(lp):
+            out = trial
+            break
+        t *= 0.5
+    b = out[Pg:].reshape(G, K)
+    V = np.linalg.inv(H_blocks)
+    psi = (b.T @ b + V.sum(axis=0)) / G
+    out = out.copy()
+    _set_population(model, out, psi, floor)
+    return out, passes
+
+
+def _set_population(model, u: np.ndarray, psi: np.ndarray, floor: float) -> None:
+    """Write tau = sqrt(diag Psi) (at least ``floor``) and the correlation into u."""
+    nb, K = model.n_base_params, model.groups.K
+    tau = np.sqrt(np.maximum(np.diag(psi), floor * floor))
+    u[nb:nb + K] = np.log(tau)
+    if model.groups.n_cor:
+        rho = psi[0, 1] / (tau[0] * tau[1])
+        u[nb + K] = np.arctanh(np.clip(rho, -MAX_START_CORRELATION, MAX_START_CORRELATION))
+
+
+def _clamp(model, u: np.ndarray, floor: float) -> np.ndarray:
+    """u with log tau at least log ``floor`` and the correlation within MAX_START_CORRELATION
+    (SQUAREM's extrapolation can overshoot them)."""
+    nb, K = model.n_base_params, model.groups.K
+    u = u.copy()
+    u[nb:nb + K] = np.maximum(u[nb:nb + K], np.log(floor))
+    if model.groups.n_cor:
+        c = np.arctanh(MAX_START_CORRELATION)
+        u[nb + K] = np.clip(u[nb + K], -c, c)
+    return u
+
+
+def run_em(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int, int]:
+    """EM to its fixed point, accelerated by SQUAREM (Varadhan and Roland 2008: from u0 two EM
+    maps u1, u2, r = u1 - u0, v = u2 - u1 - r, alpha = -|r| / |v|, the extrapolation
+    u0 - 2 alpha r + alpha^2 v, then one more map), which takes EM's many small steps where the
+    data say little about the groups in a few; returns (u, iterations, passes)."""
+    nb, K = model.n_base_params, model.groups.K
+    passes = 0
+    for iteration in range(1, EM_MAX_ITERATIONS + 1):
+        u1, p1 = em_map(model, u, floor)
+        u2, p2 = em_map(model, u1, floor)
+        passes += p1 + p2
+        r, v = u1 - u, u2 - u1 - (u1 - u)
+        alpha = -np.sqrt((r @ r) / (v @ v)) if v @ v > 0 else -1.0
+        alpha = min(alpha, -1.0)
+        extrapolated = _clamp(model, u - 2.0 * alpha * r + alpha * alpha * v, floor)
+        lp_ok = np.all(np.isfinite(extrapolated)) and np.isfinite(
+            _log_joint_grad(model, extrapolated)[0])
+        u_next, p3 = em_map(model, extrapolated if lp_ok else u2, floor)
+        passes += p3 + 1
+        change = np.max(np.abs(u_next[:nb + K] - u[:nb + K]))
+        u = u_next
+        if change < EM_TOL:
+            return u, iteration, passes
+    return u, EM_MAX_ITERATIONS, passes
+
+
+def find_start(model, u0: np.ndarray) -> GroupedLaplace:
+    """The start of a fit of a ``MultilevelModel`` (module doc) from u0 (the base model's
+    start in its base coordinates); sets the model's centring."""
+    from vireg.families.structured import StructuredFactor
+
+    nb, K, G = model.n_base_params, model.groups.K, model.groups.n_groups
+    scale = model.y_scale if model.likelihood.HAS_SCALE else 1.0
+    model.centring = np.zeros((G, K))
+    u = np.array(u0, dtype=np.float64)
+    u[nb:nb + K] = np.log(0.5 * scale)
+    u, iterations, passes = run_em(model, u, MIN_TAU_FRACTION * scale)
+    if not np.all(np.isfinite(u)):
+        raise FitError("the start of the fit with group terms is not finite: check the data "
+                       "and priors")
+    _, _, H_blocks = arrowhead_hessian(model, u)
+    tau = np.exp(u[nb:nb + K])
+    psi_inv = np.linalg.inv(_population_cov(model, u))
+    info = np.diagonal(H_blocks - psi_inv[None], axis1=1, axis2=2)
+    lam = 1.0 / (1.0 + tau[None, :] ** 2 * np.maximum(info, 0.0))
+    u = model.set_centring(lam, u)[0]
+    H_GG, H_cross, H_blocks = arrowhead_hessian(model, u)
+    factor = _factor(StructuredFactor, H_GG, H_cross, H_blocks)
+    log_p, _ = _log_joint_grad(model, u)
+    return GroupedLaplace(u, factor, log_p, iterations, passes + 3)
+
+
+def _population_cov(model, u: np.ndarray) -> np.ndarray:
+    """Psi = diag(tau) R diag(tau) at u."""
+    nb, K = model.n_base_params, model.groups.K
+    tau = np.exp(u[nb:nb + K])
+    R = np.eye(K)
+    if model.groups.n_cor:
+        R[0, 1] = R[1, 0] = np.tanh(u[nb + K])
+    return tau[:, None] * R * tau[None, :]
+
+
+def _factor(cls, H_GG, H_cross, H_blocks):
+    """The structured factor of the arrowhead precision; where the globals' Schur complement is
+    not positive definite (a start away from the joint mode can have negative curvature along
+    log tau) its eigenvalues are floored at a tenth of the smallest positive one's size."""
+    try:
+        return cls.from_precision(H_GG, H_cross, H_blocks)
+    except np.linalg.LinAlgError:
+        pass
+    blocks_inv = np.linalg.inv(H_blocks)
+    schur = H_GG - np.einsum("gkp,gkl,glq->pq", H_cross, blocks_inv, H_cross)
+    vals, vecs = np.linalg.eigh(0.5 * (schur + schur.T))
+    positive = vals[vals > 0]
+    floor = 0.1 * (positive.min() if positive.size else 1.0)
+    vals = np.maximum(np.abs(vals), floor)
+    fixed = vecs @ (vals[:, None] * vecs.T)
+    H_GG = fixed + np.einsum("gkp,gkl,glq->pq", H_cross, blocks_inv, H_cross)
+    return cls.from_precision(H_GG, H_cross, H_blocks)

@@ -1,0 +1,364 @@
+"""Multilevel regression: group effects with a hierarchical prior, fitted non-centred.
+
+For one grouping factor with K terms (its intercept and slopes on some covariates),
+
+    eta_i = alpha + x_i . beta + w_i . b_g(i),     b_g = diag(tau) L z_g,     z_g ~ N(0, I_K)
+
+w_i the row's term values (1 for the intercept, the covariate as given for a slope), tau the
+group sds, L the Cholesky factor of the group correlation matrix R (identity for uncorrelated
+terms; for two correlated terms L = [[1, 0], [rho, sqrt(1 - rho^2)]], rho = tanh(c)). The
+non-centred z_g make the posterior's geometry tame when the data say little about a group (the
+funnel of tau against b_g is what a Gaussian q could not follow).
+
+The fitted coordinates u are the model's own (intercept and coefficients standardised, the
+likelihood's positive parameters as logs: ``Model``), then log tau (K), c (one for two
+correlated terms), then z (G x K, group by group). The data kernel reads the rows sorted by
+group (``kernels.glm.grouped_loglik_grad``) and returns, per draw, the sums
+S_g = sum over the group's rows of r_i w_i (r = dl/deta on the kernel's scale, eta / s_y for
+the response's scale s_y). With dS_g = S_g / s_y = dl/db_g:
+
+    dl/dz_g       = (diag(tau) L)^T dS_g - z_g                 (with z_g's own prior)
+    dl/dlog tau_k = sum_g dS_gk b_gk
+    dl/dc         = sum_g dS_g . diag(tau) (dL/dc) z_g,
+                    dL/dc = (1 - rho^2) [[0, 0], [1, -rho / sqrt(1 - rho^2)]]
+
+Priors: tau_k ~ ``model.prior.group_sd`` (a positive-parameter prior, on log tau with its
+Jacobian), rho ~ LKJ(eta) for K = 2: p(rho) = 2^(1 - 2 eta) (1 - rho^2)^(eta - 1) / B(eta, eta),
+on c with the Jacobian 1 - rho^2: log p(c) = eta log(1 - rho^2) + (1 - 2 eta) log 2
+- log B(eta, eta), d/dc = -2 eta rho.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from vireg.errors import InputError
+from vireg.kernels.flags import chunk_rows_for
+from vireg.models.model import Model
+from vireg.models.priors import Prior
+
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+INTERCEPT = "(Intercept)"
+
+
+@dataclass(frozen=True)
+class GroupTerms:
+    """One grouping factor's terms: its column, the term names ("(Intercept)" or a covariate),
+    whether the terms correlate, the levels as written in the data (sorted), each row's level
+    index, and the rows' term values W (N x K)."""
+
+    factor: str
+    terms: list[str]
+    correlated: bool
+    levels: list[str]
+    gid: np.ndarray
+    W: np.ndarray
+
+    @property
+    def K(self) -> int:
+        return len(self.terms)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.levels)
+
+    @property
+    def n_cor(self) -> int:
+        return int(self.correlated and self.K == 2)
+
+
+def group_terms(factor: str, terms: list[str], correlated: bool, cells, covariate) -> GroupTerms:
+    """GroupTerms from the factor's cells (text) and ``covariate(name)`` -> a column's values."""
+    cells = [str(c).strip() for c in cells]
+    levels = sorted(set(cells))
+    if len(levels) < 2:
+        raise InputError(f"group column '{factor}' has {len(levels)} level(s): a group term needs "
+                         "at least two groups; drop the term or use another column")
+    if correlated and len(terms) > 2:
+        raise InputError(f"correlated group terms ({' + '.join(terms)} | {factor}) are fitted for "
+                         "up to two terms: write them uncorrelated, (... || "
+                         f"{factor}), or split them")
+    index = {level: i for i, level in enumerate(levels)}
+    gid = np.array([index[c] for c in cells], dtype=np.int64)
+    columns = [np.ones(len(cells)) if t == INTERCEPT else np.asarray(covariate(t), float)
+               for t in terms]
+    W = np.ascontiguousarray(np.column_stack(columns)) if columns else np.empty((len(cells), 0))
+    for t, col in zip(terms, columns, strict=True):
+        if t != INTERCEPT and _constant_within_groups(col, gid, len(levels)):
+            raise InputError(f"the slope on '{t}' varies by '{factor}', but '{t}' is constant "
+                             f"within every '{factor}' group, so it cannot: drop '{t}' from the "
+                             "group term (keep it as a covariate)")
+    return GroupTerms(factor, terms, correlated, levels, gid, W)
+
+
+def _constant_within_groups(col: np.ndarray, gid: np.ndarray, n_groups: int) -> bool:
+    lo = np.full(n_groups, np.inf)
+    hi = np.full(n_groups, -np.inf)
+    np.minimum.at(lo, gid, col)
+    np.maximum.at(hi, gid, col)
+    return bool(np.all(hi - lo == 0))
+
+
+_TERM_RE = re.compile(r"\(([^()|]*?)(\|\|?)\s*([^()|]*?)\s*\)")
+
+
+def split_group_terms(formula: str) -> tuple[str, list[tuple[str, list[str], bool]]]:
+    """(the formula without its group terms, [(factor, terms, correlated)]) of lme4 terms
+    ``(1 | g)``, ``(1 + x | g)``, ``(0 + x | g)`` and ``(x || g)`` (terms uncorrelated; the
+    intercept included unless removed, as lme4 does)."""
+    found = []
+    for m in _TERM_RE.finditer(formula):
+        lhs, bars, factor = m.group(1), m.group(2), m.group(3).strip()
+        if not re.fullmatch(r"[A-Za-z_.][\w.]*", factor):
+            raise InputError(f"data.formula: group term '{m.group(0)}' must end with one "
+                             "grouping column, e.g. (1 + x | county)")
+        parts = [p.strip() for p in lhs.replace("-", "+-").split("+") if p.strip()]
+        intercept = not any(p in ("0", "-1") for p in parts)
+        names = [p for p in parts if p not in ("0", "-1", "1")]
+        bad = [p for p in names if not re.fullmatch(r"[A-Za-z_.][\w.]*", p)]
+        if bad:
+            raise InputError(f"data.formula: group term '{m.group(0)}' takes column names and 1, "
+                             f"not '{bad[0]}'")
+        terms = ([INTERCEPT] if intercept else []) + names
+        if not terms:
+            raise InputError(f"data.formula: group term '{m.group(0)}' has no terms")
+        found.append((factor, terms, bars == "|"))
+    fixed = _TERM_RE.sub("", formula)
+    fixed = re.sub(r"\+\s*(?=\+|$)", "", re.sub(r"~\s*\+", "~ ", fixed)).strip()
+    if fixed.endswith("~"):
+        fixed += " 1"
+    if "|" in fixed:
+        raise InputError(f"data.formula '{formula}': a group term is written (terms | column), "
+                         "in parentheses")
+    return fixed, found
+
+
+def lkj_prior(text: str, where: str) -> float:
+    """eta of ``lkj(eta)``."""
+    m = re.fullmatch(r"\s*lkj\(\s*([^)]+)\)\s*", str(text))
+    try:
+        eta = float(m.group(1)) if m else float("nan")
+    except ValueError:
+        eta = float("nan")
+    if not eta > 0:
+        raise InputError(f"{where}: '{text}' is not a correlation prior: write lkj(eta) with "
+                         "eta > 0, e.g. lkj(1)")
+    return eta
+
+
+class MultilevelModel(Model):
+    """A ``Model`` with one grouping factor's effects (module doc). The rows are held sorted by
+    group; ``log_joint_grad`` covers every coordinate of u, and ``centring`` (lambda, G x K) is
+    set once from the start (``multilevel_start``): 1 (non-centred) until then."""
+
+    def __init__(self, design, likelihood, intercept, priors, groups: GroupTerms,
+                 group_sd: Prior, group_cor_eta: float = 1.0, **kwargs):
+        order = np.argsort(groups.gid, kind="stable")
+        design = replace(design, y=design.y[order], X=np.ascontiguousarray(design.X[order]),
+                         row_data=None if design.row_data is None else design.row_data[order])
+        self.groups = replace(groups, gid=np.ascontiguousarray(groups.gid[order]),
+                              W=np.ascontiguousarray(groups.W[order]))
+        self.row_order = order
+        self.group_sd = group_sd
+        self.group_cor_eta = group_cor_eta
+        self.centring = np.ones((groups.n_groups, groups.K))
+        super().__init__(design, likelihood, intercept, priors, **kwargs)
+        if not self.in_memory:
+            raise InputError("group terms are fitted with the rows in memory: remove "
+                             "runtime.out_of_core and the Dask backend")
+        self.Yk = (self.Y if self.Y.ndim == 2
+                   else np.ascontiguousarray(np.column_stack([self.Y, np.zeros(self.n_rows)])))
+        self.chunk_starts = _group_chunks(self.groups.gid, self.groups.n_groups,
+                                          chunk_rows_for(self.n_rows, self.n_cov))
+        self.group_rows = np.bincount(self.groups.gid, minlength=self.groups.n_groups)
+
+    # --- layout of u ------------------------------------------------------------------------
+
+    @property
+    def n_global(self) -> int:
+        """u's global coordinates: the base model's, log tau (K) and the correlation (0 or 1)."""
+        return self.n_base_params + self.groups.K + self.groups.n_cor
+
+    @property
+    def n_params(self) -> int:
+        return self.n_global + self.groups.n_groups * self.groups.K
+
+    @property
+    def param_names(self) -> list[str]:
+        """The reported quantities: the base model's, then sd(factor:term), cor(...)."""
+        g = self.groups
+        names = super().param_names + [f"sd({g.factor}:{t})" for t in g.terms]
+        if g.n_cor:
+            names.append(f"cor({g.factor}:{g.terms[0]},{g.terms[1]})")
+        return names
+
+    @property
+    def theta_names(self) -> list[str]:
+        """theta's global coordinates: the base model's, log of each group sd, atanh of the
+        correlation."""
+        names = self.param_names
+        nb, K = self.n_base_params, self.groups.K
+        base = super().theta_names[:nb]
+        return (base + [f"log_{n}" for n in names[nb:nb + K]]
+                + [f"atanh_{n}" for n in names[nb + K:]])
+
+    def affine_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """The base model's T and c, the identity for the group coordinates."""
+        T0, c0 = super().affine_map()
+        P = self.n_params
+        T = np.eye(P)
+        T[:T0.shape[0], :T0.shape[1]] = T0
+        c = np.zeros(P)
+        c[:c0.size] = c0
+        return T, c
+
+    def _split(self, U: np.ndarray):
+        """(base part, log tau (S, K), c (S,) or None, w (S, G, K)) of draws U."""
+        g, nb = self.groups, self.n_base_params
+        log_tau = U[:, nb:nb + g.K]
+        c = U[:, nb + g.K] if g.n_cor else None
+        w = U[:, self.n_global:].reshape(U.shape[0], g.n_groups, g.K)
+        return U[:, :nb], log_tau, c, w
+
+    def group_effects(self, U: np.ndarray) -> np.ndarray:
+        """b (S, G, K) on the natural scale, deviations from the fixed effects:
+        b_gk = tau_k^lambda_gk w_gk."""
+        _, log_tau, _, w = self._split(U)
+        return np.exp(log_tau[:, None, :] * self.centring[None]) * w
+
+    def set_centring(self, lam: np.ndarray, U: np.ndarray) -> np.ndarray:
+        """Change lambda to ``lam`` (G x K) and return the points U in the new coordinates
+        (the same b: w_new = w tau^(lambda_old - lambda_new))."""
+        U = np.array(U, dtype=np.float64, ndmin=2)
+        _, log_tau, _, w = self._split(U)
+        w *= np.exp(log_tau[:, None, :] * (self.centring - lam)[None])
+        self.centring = np.array(lam, dtype=np.float64)
+        return U
+
+    # --- the log joint ----------------------------------------------------------------------
+
+    def log_joint_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """log p(y, u) and its gradient for each draw: the base model's terms with each row's
+        linear predictor shifted by its group's effects (one pass of the grouped kernel), the
+        group effects' prior and the priors of tau and the correlation (module doc)."""
+        from vireg.kernels.glm import grouped_loglik_grad
+
+        S, nb, K = U.shape[0], self.n_base_params, self.groups.K
+        base, log_tau, c, w = self._split(U)
+        tau_lam = np.exp(log_tau[:, None, :] * self.centring[None])  # db/dw
+        b = tau_lam * w
+        Bg = np.ascontiguousarray(np.transpose(b, (1, 2, 0)) / self.y_scale)  # (G, K, S)
+        Gk, ll, Sg = grouped_loglik_grad(self.likelihood.CODE, self.Z, self.Yk, self.groups.W,
+                                         self.groups.gid, self.chunk_starts,
+                                         np.ascontiguousarray(self.kernel_draws(base)), Bg,
+                                         self.intercept, True)
+        T0, c0 = self.T[:nb, :nb], self.c[:nb]
+        lp_prior, g_theta = self.log_prior_grad(base @ T0.T + c0)
+        ll_r, G_r = self.response_terms(base)
+        G = np.zeros_like(U)
+        G[:, :nb] = self.data_grad(Gk) + G_r + g_theta @ T0
+        dS = np.transpose(Sg, (2, 0, 1)) / self.y_scale  # (S, G, K): dl/db
+        g_log_tau = np.einsum("sgk,gk->sk", dS * b, self.centring)
+        lp_w, gw_prior, gt_prior, gc_prior = self._effects_prior(log_tau, c, w)
+        G[:, self.n_global:] = (dS * tau_lam + gw_prior).reshape(S, -1)
+        G[:, nb:nb + K] = g_log_tau + gt_prior + self.group_sd.grad(log_tau)
+        lp = (ll + ll_r + self.loglik_const + lp_prior + lp_w
+              + self.group_sd.logpdf(log_tau).sum(axis=1))
+        if c is not None:
+            lp = lp + lkj_logpdf(np.tanh(c), self.group_cor_eta)
+            G[:, nb + K] = gc_prior - 2.0 * self.group_cor_eta * np.tanh(c)
+        return lp, G
+
+    def _effects_prior(self, log_tau, c, w):
+        """log p(w | tau, rho) summed over groups and its gradients in w, log tau and c:
+        w_g ~ N(0, Lam_g R Lam_g), Lam_g = diag(tau^(1 - lambda_g)); with v = Lam^-1 w and
+        e = L_R^-1 v (R = L_R L_R^T),
+
+            log p = -sum_k (1 - lambda_gk) log tau_k - log det L_R - |e|^2 / 2 - K/2 log 2 pi
+            d/dw_g = -Lam_g^-1 L_R^-T e_g
+            d/dlog tau_k = sum_g (1 - lambda_gk) (v_gk (L_R^-T e_g)_k - 1)
+            d/dc = sum_g (rho + s v_g1 e_g2 - rho e_g2^2)    (K = 2, rho = tanh c, s^2 = 1 - rho^2)
+        """
+        one_minus = 1.0 - self.centring[None]  # (1, G, K)
+        scale = np.exp(log_tau[:, None, :] * one_minus)  # Lam_g's diagonal
+        v = w / scale
+        G_groups = w.shape[1]
+        if c is None:
+            e, LTe, log_det = v, v, 0.0
+        else:
+            rho = np.tanh(c)[:, None]
+            s = np.sqrt(1.0 - rho * rho)
+            e = np.stack([v[:, :, 0], (v[:, :, 1] - rho * v[:, :, 0]) / s], axis=2)
+            LTe = np.stack([e[:, :, 0] - rho * e[:, :, 1] / s, e[:, :, 1] / s], axis=2)
+            log_det = G_groups * np.log(s[:, 0])
+        lp = (-log_tau @ one_minus[0].sum(axis=0) - log_det
+              - 0.5 * np.einsum("sgk,sgk->s", e, e) - w[0].size * HALF_LOG_2PI)
+        g_w = -LTe / scale
+        g_log_tau = np.einsum("gk,sgk->sk", one_minus[0], v * LTe) - one_minus[0].sum(axis=0)
+        g_c = None
+        if c is not None:
+            rho1 = rho[:, 0]
+            g_c = (G_groups * rho1 + s[:, 0] * np.einsum("sg,sg->s", v[:, :, 0], e[:, :, 1])
+                   - rho1 * np.einsum("sg,sg->s", e[:, :, 1], e[:, :, 1]))
+        return lp, g_w, g_log_tau, g_c
+
+    def log_joint_batches(self, U: np.ndarray, batch: int | None = None):
+        batch = batch or 64
+        for start in range(0, U.shape[0], batch):
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                values = self.log_joint_grad(U[start:start + batch])[0]
+            yield start, values
+
+    def warm_up(self) -> None:
+        self.log_joint_grad(np.zeros((1, self.n_params)))
+
+    def natural(self, U: np.ndarray) -> np.ndarray:
+        """The reported quantities for each draw: the base model's natural parameters, tau,
+        and the correlation."""
+        theta = self.to_theta(U)
+        nb, k = self.n_base_params, self.n_location
+        out = theta[:, :self.n_global].copy()
+        out[:, k:nb + self.groups.K] = np.exp(out[:, k:nb + self.groups.K])
+        if self.groups.n_cor:
+            out[:, nb + self.groups.K] = np.tanh(out[:, nb + self.groups.K])
+        return out
+
+    def pointwise_loglik(self, U, rows=None):
+        raise InputError("per-observation log-likelihoods of models with group terms are not "
+                         "available yet: vireg loo, export and ppc need a model without them")
+
+
+def lkj_logpdf(rho: np.ndarray, eta: float) -> np.ndarray:
+    """log p(c) for rho = tanh(c) ~ LKJ(eta) with K = 2: p(rho) = 2^(1 - 2 eta)
+    (1 - rho^2)^(eta - 1) / B(eta, eta), with the Jacobian 1 - rho^2 of c."""
+    return (eta * np.log1p(-rho * rho) + (1.0 - 2.0 * eta) * math.log(2.0)
+            - (2.0 * math.lgamma(eta) - math.lgamma(2.0 * eta)))
+
+
+def group_table(model, b: np.ndarray) -> list[dict]:
+    """groups.csv's rows from draws of the group effects b (draws, G, K): per level and term,
+    the mean, sd and 5/50/95% quantiles of the deviation (lme4's ranef)."""
+    g = model.groups
+    q = np.quantile(b, [0.05, 0.5, 0.95], axis=0)
+    mean, sd = b.mean(axis=0), b.std(axis=0, ddof=1)
+    return [{"group": g.factor, "level": level, "term": term, "mean": float(mean[j, k]),
+             "sd": float(sd[j, k]), "q5": float(q[0, j, k]), "q50": float(q[1, j, k]),
+             "q95": float(q[2, j, k])}
+            for j, level in enumerate(g.levels) for k, term in enumerate(g.terms)]
+
+
+def _group_chunks(gid: np.ndarray, n_groups: int, target_rows: int) -> np.ndarray:
+    """Row offsets of chunks of whole groups (rows sorted by group), each about
+    ``target_rows`` rows (a larger group is a chunk of its own)."""
+    bounds = np.searchsorted(gid, np.arange(n_groups + 1))
+    starts = [0]
+    for b in bounds[1:]:
+        if b - starts[-1] >= target_rows:
+            starts.append(int(b))
+    if starts[-1] != len(gid):
+        starts.append(len(gid))
+    return np.array(starts, dtype=np.int64)
