@@ -83,7 +83,7 @@ def model_of(cfg: Config, design, intercept: bool, source):
 def read_design(cfg: Config):
     """The design of a config: (Design, intercept, source). In memory the Design holds the data
     and source is None; out of core the Design holds only names and source streams the rows."""
-    from vireg.data import build_design, read_table, release_reader_memory, standardize_design
+    from vireg.data import build_design, drop_missing, read_table, release_reader_memory, standardize_design
     from vireg.models.model import likelihood_module
 
     path = cfg.resolve_path(cfg.data.path)
@@ -107,11 +107,20 @@ def read_design(cfg: Config):
         return source.design, intercept, source
     table = read_table(path)
     group_spec = [(f, t, True) for f, t in (cfg.data.groups or {}).items()]
-    if cfg.data.formula is not None:
-        from vireg.formula import design_from_formula
+    fixed = cfg.data.formula
+    if fixed is not None:
         from vireg.models.multilevel import split_group_terms
 
-        fixed, group_spec = split_group_terms(cfg.data.formula)
+        fixed, group_spec = split_group_terms(fixed)
+    group_dropped = 0
+    if group_spec:
+        group_spec = _check_group_spec(table, group_spec)
+        if cfg.data.missing == "drop":
+            table, group_dropped = drop_missing(table, _columns_used(cfg, table, fixed,
+                                                                     group_spec))
+    if fixed is not None:
+        from vireg.formula import design_from_formula
+
         design, intercept = design_from_formula(table, fixed, cfg.data.missing)
         _check_formula_row_data(cfg.model.family, design.formula)
         if intercept and not cfg.model.intercept:
@@ -121,7 +130,8 @@ def read_design(cfg: Config):
         design = build_design(table, cfg.data.response, cfg.data.covariates, cfg.data.missing,
                               _row_data(cfg))
     if group_spec:
-        design = replace(design, groups=_group_terms(table, group_spec))
+        design = replace(design, groups=_group_terms(table, group_spec),
+                         dropped_rows=design.dropped_rows + group_dropped)
     del table  # the columns as read: the design holds its own copy
     release_reader_memory()
     if cfg.data.standardize:
@@ -129,14 +139,14 @@ def read_design(cfg: Config):
     return design, intercept, None
 
 
-def _group_terms(table, spec: list[tuple[str, list[str], bool]]):
-    """The design's GroupTerms from the table (one grouping factor)."""
-    from vireg.data import numeric_column
-    from vireg.models.multilevel import INTERCEPT, group_terms
+def _check_group_spec(table, spec: list[tuple[str, list[str], bool]]):
+    """The group terms with their columns checked and intercepts named "(Intercept)"."""
+    from vireg.models.multilevel import INTERCEPT
 
     if len(spec) != 1:
         raise InputError(f"the model has {len(spec)} grouping factors "
-                         f"({', '.join(f for f, _, _ in spec)}): one is fitted")
+                         f"({', '.join(f for f, _, _ in spec)}): one is fitted; keep one group "
+                         "term")
     factor, terms, correlated = spec[0]
     if factor not in table.columns:
         raise InputError(f"group column '{factor}' is not a column of '{table.source}': columns "
@@ -148,6 +158,36 @@ def _group_terms(table, spec: list[tuple[str, list[str], bool]]):
             raise InputError(f"the group term on '{t}' (varying by '{factor}') names a column "
                              f"that '{table.source}' does not have: columns are "
                              f"{', '.join(table.columns)}")
+    return [(factor, names, correlated)]
+
+
+def _columns_used(cfg: Config, table, formula: str | None, spec) -> list[str]:
+    """Every column the model reads (what data.missing: drop looks at): the group column and
+    its terms' columns, and the formula's variables or data.response, covariates and row
+    data."""
+    import re
+
+    from vireg.models.multilevel import INTERCEPT
+
+    factor, terms, _ = spec[0]
+    used = [factor] + [t for t in terms if t != INTERCEPT]
+    if formula is not None:
+        used += [w for w in re.findall(r"[A-Za-z_.][\w.]*", formula) if w in table.columns]
+    else:
+        covariates = cfg.data.covariates
+        if covariates is None:
+            covariates = [c for c in table.columns if c not in used]
+        row = _row_data(cfg)
+        used += [cfg.data.response, *covariates] + ([row[1]] if row else [])
+    return [c for c in dict.fromkeys(used) if c in table.columns]
+
+
+def _group_terms(table, spec: list[tuple[str, list[str], bool]]):
+    """The design's GroupTerms from the table (one grouping factor, ``_check_group_spec``)."""
+    from vireg.data import numeric_column
+    from vireg.models.multilevel import group_terms
+
+    factor, names, correlated = spec[0]
     return group_terms(factor, names, correlated, table.columns[factor],
                        lambda name: numeric_column(table, name))
 

@@ -339,7 +339,7 @@ def _missing_mask(table: Table, name: str) -> np.ndarray:
     return np.array([c.strip().lower() in MISSING_TOKENS for c in cells], dtype=bool)
 
 
-def _drop_missing(table: Table, names: list[str]) -> tuple[Table, int]:
+def drop_missing(table: Table, names: list[str]) -> tuple[Table, int]:
     """The table without the rows that miss a value in any of ``names``."""
     missing = np.zeros(table.n_rows, dtype=bool)
     for name in names:
@@ -387,7 +387,7 @@ def build_design(table: Table, response: str, covariates: list[str] | None,
             raise InputError(f"data.covariates lists the response '{response}': remove it")
     dropped = 0
     if missing == "drop":
-        table, dropped = _drop_missing(table, [response, *extra, *covariates])
+        table, dropped = drop_missing(table, [response, *extra, *covariates])
     y = numeric_column(table, response)
     x = numeric_column(table, extra[0]) if extra else None
     blocks, names, sources, encodings = [], [], [], {}

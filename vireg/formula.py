@@ -20,9 +20,9 @@ from vireg.data import (
     MAX_ABS_VALUE,
     Design,
     Table,
-    _drop_missing,
     _missing_mask,
     categorical_levels,
+    drop_missing,
     numeric_column,
 )
 from vireg.errors import InputError
@@ -85,7 +85,7 @@ def design_from_formula(table: Table, formula: str, missing: str = "error") -> t
     used = list(dict.fromkeys(response_vars + covariate_vars + ([row_col] if row_col else [])))
     dropped = 0
     if missing == "drop":
-        table, dropped = _drop_missing(table, used)
+        table, dropped = drop_missing(table, used)
     levels = _text_levels(table, used)
     for v in response_vars:
         if v in levels:

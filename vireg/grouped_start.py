@@ -208,6 +208,7 @@ def find_start(model, u0: np.ndarray) -> GroupedLaplace:
     nb, K, G = model.n_base_params, model.groups.K, model.groups.n_groups
     scale = model.y_scale if model.likelihood.HAS_SCALE else 1.0
     model.centring = np.zeros((G, K))
+    model.cor_centring = np.zeros(G)
     u = np.array(u0, dtype=np.float64)
     u[nb:nb + K] = np.log(0.5 * scale)
     u, iterations, passes = run_em(model, u, MIN_TAU_FRACTION * scale)
@@ -219,11 +220,16 @@ def find_start(model, u0: np.ndarray) -> GroupedLaplace:
     psi_inv = np.linalg.inv(_population_cov(model, u))
     info = np.diagonal(H_blocks - psi_inv[None], axis1=1, axis2=2)
     lam = 1.0 / (1.0 + tau[None, :] ** 2 * np.maximum(info, 0.0))
-    u = model.set_centring(lam, u)[0]
+    u = model.set_centring(lam, cor_centring(lam), u)[0]
     H_GG, H_cross, H_blocks = arrowhead_hessian(model, u)
     factor = _factor(StructuredFactor, H_GG, H_cross, H_blocks)
     log_p, _ = _log_joint_grad(model, u)
     return GroupedLaplace(u, factor, log_p, iterations, passes + 3)
+
+
+def cor_centring(lam: np.ndarray) -> np.ndarray:
+    """mu_g, how far group g's correlation is non-centred: the mean of its terms' lambda."""
+    return lam.mean(axis=1)
 
 
 def _population_cov(model, u: np.ndarray) -> np.ndarray:

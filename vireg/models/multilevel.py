@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from vireg.data import MISSING_TOKENS
 from vireg.errors import InputError
 from vireg.kernels.flags import chunk_rows_for
 from vireg.models.model import Model
@@ -72,9 +73,9 @@ class GroupTerms:
 
 
 def group_terms(factor: str, terms: list[str], correlated: bool, cells, covariate) -> GroupTerms:
-    """GroupTerms from the factor's cells (text) and ``covariate(name)`` -> a column's values."""
-    cells = [str(c).strip() for c in cells]
-    levels = sorted(set(cells))
+    """GroupTerms from the factor's cells (text, or numbers when the file's column parsed as
+    numbers) and ``covariate(name)`` -> a column's values."""
+    cells, levels = level_cells(factor, cells)
     if len(levels) < 2:
         raise InputError(f"group column '{factor}' has {len(levels)} level(s): a group term needs "
                          "at least two groups; drop the term or use another column")
@@ -93,6 +94,25 @@ def group_terms(factor: str, terms: list[str], correlated: bool, cells, covariat
                              f"within every '{factor}' group, so it cannot: drop '{t}' from the "
                              "group term (keep it as a covariate)")
     return GroupTerms(factor, terms, correlated, levels, gid, W)
+
+
+def level_cells(factor: str, cells) -> tuple[list[str], list[str]]:
+    """(each row's level as text, the levels in order): numbers as written (1, not 1.0) in
+    numeric order, text sorted; a missing cell is an error naming its row."""
+    if isinstance(cells, np.ndarray):
+        bad = np.flatnonzero(~np.isfinite(cells))
+        if bad.size:
+            raise InputError(f"group column '{factor}' misses a value in data row {bad[0] + 1}: "
+                             "fill it in, or set data.missing: drop")
+        order = sorted(set(cells.tolist()))
+        text = {v: (str(int(v)) if float(v).is_integer() else repr(float(v))) for v in order}
+        return [text[v] for v in cells.tolist()], [text[v] for v in order]
+    cells = [str(c).strip() for c in cells]
+    for i, c in enumerate(cells):
+        if c.lower() in MISSING_TOKENS:
+            raise InputError(f"group column '{factor}' misses a value in data row {i + 1}: fill "
+                             "it in, or set data.missing: drop")
+    return cells, sorted(set(cells))
 
 
 def _constant_within_groups(col: np.ndarray, gid: np.ndarray, n_groups: int) -> bool:
@@ -166,6 +186,7 @@ class MultilevelModel(Model):
         self.group_sd = group_sd
         self.group_cor_eta = group_cor_eta
         self.centring = np.ones((groups.n_groups, groups.K))
+        self.cor_centring = np.ones(groups.n_groups)
         super().__init__(design, likelihood, intercept, priors, **kwargs)
         if not self.in_memory:
             raise InputError("group terms are fitted with the rows in memory: remove "
@@ -224,19 +245,45 @@ class MultilevelModel(Model):
         w = U[:, self.n_global:].reshape(U.shape[0], g.n_groups, g.K)
         return U[:, :nb], log_tau, c, w
 
+    def _mixing(self, c: np.ndarray | None, S: int):
+        """(M (S, G, K, K), dM/dc, log det M (S, G)) of y_g = M_g x_g: the identity without a
+        correlation; for two correlated terms M_g = I + mu_g (L_R - I) =
+        [[1, 0], [mu rho, 1 + mu (s - 1)]], rho = tanh c, s = sqrt(1 - rho^2), whose
+        derivative is mu [[0, 0], [s^2, -rho s]] (ds/dc = -rho s)."""
+        G, K = self.groups.n_groups, self.groups.K
+        if c is None:
+            return None, None, np.zeros((S, G))
+        mu = self.cor_centring[None, :]
+        rho = np.tanh(c)[:, None]
+        s = np.sqrt(1.0 - rho * rho)
+        M = np.zeros((S, G, K, K))
+        M[:, :, 0, 0] = 1.0
+        M[:, :, 1, 0] = mu * rho
+        M[:, :, 1, 1] = 1.0 + mu * (s - 1.0)
+        dM = np.zeros((S, G, K, K))
+        dM[:, :, 1, 0] = mu * s * s
+        dM[:, :, 1, 1] = -mu * rho * s
+        return M, dM, np.log(M[:, :, 1, 1])
+
     def group_effects(self, U: np.ndarray) -> np.ndarray:
         """b (S, G, K) on the natural scale, deviations from the fixed effects:
-        b_gk = tau_k^lambda_gk w_gk."""
-        _, log_tau, _, w = self._split(U)
-        return np.exp(log_tau[:, None, :] * self.centring[None]) * w
+        b_gk = tau_k^lambda_gk y_gk, y_g = M_g x_g (module doc)."""
+        _, log_tau, c, x = self._split(U)
+        M, _, _ = self._mixing(c, U.shape[0])
+        y = x if M is None else np.einsum("sgkl,sgl->sgk", M, x)
+        return np.exp(log_tau[:, None, :] * self.centring[None]) * y
 
-    def set_centring(self, lam: np.ndarray, U: np.ndarray) -> np.ndarray:
-        """Change lambda to ``lam`` (G x K) and return the points U in the new coordinates
-        (the same b: w_new = w tau^(lambda_old - lambda_new))."""
+    def set_centring(self, lam: np.ndarray, mu: np.ndarray, U: np.ndarray) -> np.ndarray:
+        """Change lambda to ``lam`` (G x K) and mu to ``mu`` (G) and return the points U in the
+        new coordinates, with the same group effects b."""
         U = np.array(U, dtype=np.float64, ndmin=2)
-        _, log_tau, _, w = self._split(U)
-        w *= np.exp(log_tau[:, None, :] * (self.centring - lam)[None])
+        b = self.group_effects(U)
+        _, log_tau, c, x = self._split(U)
         self.centring = np.array(lam, dtype=np.float64)
+        self.cor_centring = np.array(mu, dtype=np.float64)
+        y = b * np.exp(-log_tau[:, None, :] * self.centring[None])
+        M, _, _ = self._mixing(c, U.shape[0])
+        x[...] = y if M is None else np.linalg.solve(M, y[..., None])[..., 0]
         return U
 
     # --- the log joint ----------------------------------------------------------------------
@@ -248,9 +295,11 @@ class MultilevelModel(Model):
         from vireg.kernels.glm import grouped_loglik_grad
 
         S, nb, K = U.shape[0], self.n_base_params, self.groups.K
-        base, log_tau, c, w = self._split(U)
-        tau_lam = np.exp(log_tau[:, None, :] * self.centring[None])  # db/dw
-        b = tau_lam * w
+        base, log_tau, c, x = self._split(U)
+        M, dM, log_det_M = self._mixing(c, S)
+        y = x if M is None else np.einsum("sgkl,sgl->sgk", M, x)
+        tau_lam = np.exp(log_tau[:, None, :] * self.centring[None])  # db/dy
+        b = tau_lam * y
         Bg = np.ascontiguousarray(np.transpose(b, (1, 2, 0)) / self.y_scale)  # (G, K, S)
         Gk, ll, Sg = grouped_loglik_grad(self.likelihood.CODE, self.Z, self.Yk, self.groups.W,
                                          self.groups.gid, self.chunk_starts,
@@ -262,31 +311,36 @@ class MultilevelModel(Model):
         G = np.zeros_like(U)
         G[:, :nb] = self.data_grad(Gk) + G_r + g_theta @ T0
         dS = np.transpose(Sg, (2, 0, 1)) / self.y_scale  # (S, G, K): dl/db
-        g_log_tau = np.einsum("sgk,gk->sk", dS * b, self.centring)
-        lp_w, gw_prior, gt_prior, gc_prior = self._effects_prior(log_tau, c, w)
-        G[:, self.n_global:] = (dS * tau_lam + gw_prior).reshape(S, -1)
-        G[:, nb:nb + K] = g_log_tau + gt_prior + self.group_sd.grad(log_tau)
-        lp = (ll + ll_r + self.loglik_const + lp_prior + lp_w
+        lp_y, gy_prior, gt_prior, gc_prior = self._effects_prior(log_tau, c, y)
+        g_y = dS * tau_lam + gy_prior  # d log p / dy, x and tau held... through y
+        g_x = g_y if M is None else np.einsum("sglk,sgl->sgk", M, g_y)
+        G[:, self.n_global:] = g_x.reshape(S, -1)
+        G[:, nb:nb + K] = (np.einsum("sgk,gk->sk", dS * b, self.centring) + gt_prior
+                           + self.group_sd.grad(log_tau))
+        lp = (ll + ll_r + self.loglik_const + lp_prior + lp_y + log_det_M.sum(axis=1)
               + self.group_sd.logpdf(log_tau).sum(axis=1))
         if c is not None:
-            lp = lp + lkj_logpdf(np.tanh(c), self.group_cor_eta)
-            G[:, nb + K] = gc_prior - 2.0 * self.group_cor_eta * np.tanh(c)
+            rho = np.tanh(c)
+            lp = lp + lkj_logpdf(rho, self.group_cor_eta)
+            d_log_det = (dM[:, :, 1, 1] / M[:, :, 1, 1]).sum(axis=1)
+            G[:, nb + K] = (gc_prior + np.einsum("sgk,sgkl,sgl->s", g_y, dM, x) + d_log_det
+                            - 2.0 * self.group_cor_eta * rho)
         return lp, G
 
-    def _effects_prior(self, log_tau, c, w):
-        """log p(w | tau, rho) summed over groups and its gradients in w, log tau and c:
-        w_g ~ N(0, Lam_g R Lam_g), Lam_g = diag(tau^(1 - lambda_g)); with v = Lam^-1 w and
-        e = L_R^-1 v (R = L_R L_R^T),
+    def _effects_prior(self, log_tau, c, y):
+        """log p(y | tau, rho) summed over groups and its gradients in y, log tau and c (with y
+        held): y_g ~ N(0, Lam_g R Lam_g), Lam_g = diag(tau^(1 - lambda_g)); with v = Lam^-1 y
+        and e = L_R^-1 v (R = L_R L_R^T),
 
             log p = -sum_k (1 - lambda_gk) log tau_k - log det L_R - |e|^2 / 2 - K/2 log 2 pi
-            d/dw_g = -Lam_g^-1 L_R^-T e_g
+            d/dy_g = -Lam_g^-1 L_R^-T e_g
             d/dlog tau_k = sum_g (1 - lambda_gk) (v_gk (L_R^-T e_g)_k - 1)
             d/dc = sum_g (rho + s v_g1 e_g2 - rho e_g2^2)    (K = 2, rho = tanh c, s^2 = 1 - rho^2)
         """
         one_minus = 1.0 - self.centring[None]  # (1, G, K)
         scale = np.exp(log_tau[:, None, :] * one_minus)  # Lam_g's diagonal
-        v = w / scale
-        G_groups = w.shape[1]
+        v = y / scale
+        G_groups = y.shape[1]
         if c is None:
             e, LTe, log_det = v, v, 0.0
         else:
@@ -296,15 +350,15 @@ class MultilevelModel(Model):
             LTe = np.stack([e[:, :, 0] - rho * e[:, :, 1] / s, e[:, :, 1] / s], axis=2)
             log_det = G_groups * np.log(s[:, 0])
         lp = (-log_tau @ one_minus[0].sum(axis=0) - log_det
-              - 0.5 * np.einsum("sgk,sgk->s", e, e) - w[0].size * HALF_LOG_2PI)
-        g_w = -LTe / scale
+              - 0.5 * np.einsum("sgk,sgk->s", e, e) - y[0].size * HALF_LOG_2PI)
+        g_y = -LTe / scale
         g_log_tau = np.einsum("gk,sgk->sk", one_minus[0], v * LTe) - one_minus[0].sum(axis=0)
         g_c = None
         if c is not None:
             rho1 = rho[:, 0]
             g_c = (G_groups * rho1 + s[:, 0] * np.einsum("sg,sg->s", v[:, :, 0], e[:, :, 1])
                    - rho1 * np.einsum("sg,sg->s", e[:, :, 1], e[:, :, 1]))
-        return lp, g_w, g_log_tau, g_c
+        return lp, g_y, g_log_tau, g_c
 
     def log_joint_batches(self, U: np.ndarray, batch: int | None = None):
         batch = batch or 64
