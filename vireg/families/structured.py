@@ -33,7 +33,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import solve_triangular
 
 from vireg.families.meanfield import HALF_LOG_2PI, HALF_LOG_2PI_E, draw_terms
 
@@ -85,7 +84,7 @@ class StructuredFactor:
         D_inv_C = D_inv @ C  # (G, K, Pg)
         S = _sym(H_GG - np.einsum("gki,gkj->ij", C, D_inv_C))
         R = np.linalg.cholesky(S)  # S = R R^T, so S^-1 = R^-T R^-1
-        R_inv = solve_triangular(R, np.eye(S.shape[0]), lower=True)
+        R_inv = np.linalg.solve(R, np.eye(S.shape[0]))
         F_G = np.linalg.cholesky(_sym(R_inv.T @ R_inv))
         return cls(F_G, -D_inv_C @ F_G, np.linalg.cholesky(D_inv))
 
@@ -121,7 +120,7 @@ class StructuredFactor:
         """A^-1 y per row, by forward substitution: the globals first, then each group
         x_g = A_Dg^-1 (y_g - A_Bg x_G)."""
         y_G, y_Z = self._split(y)
-        x_G = solve_triangular(self.G_block, y_G.T, lower=True).T
+        x_G = np.linalg.solve(self.G_block, y_G.T).T
         r = y_Z - np.einsum("gkj,sj->sgk", self.cross, x_G)
         x_Z = np.linalg.solve(self.diag_blocks, r.transpose(1, 2, 0)).transpose(2, 0, 1)
         return self._join(x_G, x_Z)
@@ -133,7 +132,7 @@ class StructuredFactor:
         D_T = np.swapaxes(self.diag_blocks, 1, 2)
         x_Z = np.linalg.solve(D_T, y_Z.transpose(1, 2, 0)).transpose(2, 0, 1)
         r = y_G - np.einsum("gkj,sgk->sj", self.cross, x_Z)
-        x_G = solve_triangular(self.G_block, r.T, lower=True, trans="T").T
+        x_G = np.linalg.solve(self.G_block.T, r.T).T
         return self._join(x_G, x_Z)
 
     def matmul(self, other: StructuredFactor) -> StructuredFactor:
@@ -145,7 +144,7 @@ class StructuredFactor:
     def left_solve(self, other: StructuredFactor) -> StructuredFactor:
         """A^-1 C, which keeps the pattern: X_G = A_G^-1 C_G, X_Dg = A_Dg^-1 C_Dg,
         X_Bg = A_Dg^-1 (C_Bg - A_Bg X_G)."""
-        X_G = solve_triangular(self.G_block, other.G_block, lower=True)
+        X_G = np.linalg.solve(self.G_block, other.G_block)
         X_B = np.linalg.solve(self.diag_blocks, other.cross - self.cross @ X_G)
         return StructuredFactor(X_G, X_B, np.linalg.solve(self.diag_blocks, other.diag_blocks))
 

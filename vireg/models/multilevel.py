@@ -228,14 +228,20 @@ class MultilevelModel(Model):
                 + [f"atanh_{n}" for n in names[nb + K:]])
 
     def affine_map(self) -> tuple[np.ndarray, np.ndarray]:
-        """The base model's T and c, the identity for the group coordinates."""
+        """theta = T u + c over the global coordinates only (the group coordinates are not
+        reported through theta, and a P x P map would not fit in memory at 10,000 groups): the
+        base model's T and c, the identity for log tau and the correlation."""
         T0, c0 = super().affine_map()
-        P = self.n_params
-        T = np.eye(P)
+        n = self.n_global
+        T = np.eye(n)
         T[:T0.shape[0], :T0.shape[1]] = T0
-        c = np.zeros(P)
+        c = np.zeros(n)
         c[:c0.size] = c0
         return T, c
+
+    def to_theta(self, U: np.ndarray) -> np.ndarray:
+        """theta = T u + c of each draw's global coordinates."""
+        return U[:, :self.n_global] @ self.T.T + self.c
 
     def _split(self, U: np.ndarray):
         """(base part, log tau (S, K), c (S,) or None, w (S, G, K)) of draws U."""
@@ -245,33 +251,29 @@ class MultilevelModel(Model):
         w = U[:, self.n_global:].reshape(U.shape[0], g.n_groups, g.K)
         return U[:, :nb], log_tau, c, w
 
-    def _mixing(self, c: np.ndarray | None, S: int):
-        """(M (S, G, K, K), dM/dc, log det M (S, G)) of y_g = M_g x_g: the identity without a
-        correlation; for two correlated terms M_g = I + mu_g (L_R - I) =
-        [[1, 0], [mu rho, 1 + mu (s - 1)]], rho = tanh c, s = sqrt(1 - rho^2), whose
-        derivative is mu [[0, 0], [s^2, -rho s]] (ds/dc = -rho s)."""
-        G, K = self.groups.n_groups, self.groups.K
-        if c is None:
-            return None, None, np.zeros((S, G))
+    def _mixing(self, c: np.ndarray):
+        """The second row of M_g in y_g = M_g x_g (two correlated terms) and its derivative in
+        c, each (S, G): M_g = I + mu_g (L_R - I) = [[1, 0], [mu rho, 1 + mu (s - 1)]],
+        rho = tanh c, s = sqrt(1 - rho^2), dM/dc = mu [[0, 0], [s^2, -rho s]] (ds/dc = -rho s)."""
         mu = self.cor_centring[None, :]
         rho = np.tanh(c)[:, None]
         s = np.sqrt(1.0 - rho * rho)
-        M = np.zeros((S, G, K, K))
-        M[:, :, 0, 0] = 1.0
-        M[:, :, 1, 0] = mu * rho
-        M[:, :, 1, 1] = 1.0 + mu * (s - 1.0)
-        dM = np.zeros((S, G, K, K))
-        dM[:, :, 1, 0] = mu * s * s
-        dM[:, :, 1, 1] = -mu * rho * s
-        return M, dM, np.log(M[:, :, 1, 1])
+        return mu * rho, 1.0 + mu * (s - 1.0), mu * s * s, -mu * rho * s
+
+    def _mixed(self, c: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+        """y = M x for every draw and group (x itself without a correlation)."""
+        if c is None:
+            return x
+        m10, m11, _, _ = self._mixing(c)
+        y = x.copy()
+        y[:, :, 1] = m10 * x[:, :, 0] + m11 * x[:, :, 1]
+        return y
 
     def group_effects(self, U: np.ndarray) -> np.ndarray:
         """b (S, G, K) on the natural scale, deviations from the fixed effects:
         b_gk = tau_k^lambda_gk y_gk, y_g = M_g x_g (module doc)."""
         _, log_tau, c, x = self._split(U)
-        M, _, _ = self._mixing(c, U.shape[0])
-        y = x if M is None else np.einsum("sgkl,sgl->sgk", M, x)
-        return np.exp(log_tau[:, None, :] * self.centring[None]) * y
+        return np.exp(log_tau[:, None, :] * self.centring[None]) * self._mixed(c, x)
 
     def set_centring(self, lam: np.ndarray, mu: np.ndarray, U: np.ndarray) -> np.ndarray:
         """Change lambda to ``lam`` (G x K) and mu to ``mu`` (G) and return the points U in the
@@ -282,8 +284,10 @@ class MultilevelModel(Model):
         self.centring = np.array(lam, dtype=np.float64)
         self.cor_centring = np.array(mu, dtype=np.float64)
         y = b * np.exp(-log_tau[:, None, :] * self.centring[None])
-        M, _, _ = self._mixing(c, U.shape[0])
-        x[...] = y if M is None else np.linalg.solve(M, y[..., None])[..., 0]
+        x[...] = y
+        if c is not None:
+            m10, m11, _, _ = self._mixing(c)
+            x[:, :, 1] = (y[:, :, 1] - m10 * y[:, :, 0]) / m11
         return U
 
     # --- the log joint ----------------------------------------------------------------------
@@ -296,8 +300,7 @@ class MultilevelModel(Model):
 
         S, nb, K = U.shape[0], self.n_base_params, self.groups.K
         base, log_tau, c, x = self._split(U)
-        M, dM, log_det_M = self._mixing(c, S)
-        y = x if M is None else np.einsum("sgkl,sgl->sgk", M, x)
+        y = self._mixed(c, x)
         tau_lam = np.exp(log_tau[:, None, :] * self.centring[None])  # db/dy
         b = tau_lam * y
         Bg = np.ascontiguousarray(np.transpose(b, (1, 2, 0)) / self.y_scale)  # (G, K, S)
@@ -312,19 +315,24 @@ class MultilevelModel(Model):
         G[:, :nb] = self.data_grad(Gk) + G_r + g_theta @ T0
         dS = np.transpose(Sg, (2, 0, 1)) / self.y_scale  # (S, G, K): dl/db
         lp_y, gy_prior, gt_prior, gc_prior = self._effects_prior(log_tau, c, y)
-        g_y = dS * tau_lam + gy_prior  # d log p / dy, x and tau held... through y
-        g_x = g_y if M is None else np.einsum("sglk,sgl->sgk", M, g_y)
+        g_y = dS * tau_lam + gy_prior  # d log p / dy
+        g_x = g_y
+        if c is not None:  # g_x = M^T g_y
+            m10, m11, dm10, dm11 = self._mixing(c)
+            g_x = g_y.copy()
+            g_x[:, :, 0] += m10 * g_y[:, :, 1]
+            g_x[:, :, 1] = m11 * g_y[:, :, 1]
         G[:, self.n_global:] = g_x.reshape(S, -1)
         G[:, nb:nb + K] = (np.einsum("sgk,gk->sk", dS * b, self.centring) + gt_prior
                            + self.group_sd.grad(log_tau))
-        lp = (ll + ll_r + self.loglik_const + lp_prior + lp_y + log_det_M.sum(axis=1)
+        lp = (ll + ll_r + self.loglik_const + lp_prior + lp_y
               + self.group_sd.logpdf(log_tau).sum(axis=1))
-        if c is not None:
+        if c is not None:  # with log |det M| = sum_g log M_g11
             rho = np.tanh(c)
-            lp = lp + lkj_logpdf(rho, self.group_cor_eta)
-            d_log_det = (dM[:, :, 1, 1] / M[:, :, 1, 1]).sum(axis=1)
-            G[:, nb + K] = (gc_prior + np.einsum("sgk,sgkl,sgl->s", g_y, dM, x) + d_log_det
-                            - 2.0 * self.group_cor_eta * rho)
+            lp = lp + lkj_logpdf(rho, self.group_cor_eta) + np.log(m11).sum(axis=1)
+            dy1 = dm10 * x[:, :, 0] + dm11 * x[:, :, 1]
+            G[:, nb + K] = (gc_prior + np.sum(g_y[:, :, 1] * dy1, axis=1)
+                            + np.sum(dm11 / m11, axis=1) - 2.0 * self.group_cor_eta * rho)
         return lp, G
 
     def _effects_prior(self, log_tau, c, y):
@@ -360,11 +368,34 @@ class MultilevelModel(Model):
                    - rho1 * np.einsum("sg,sg->s", e[:, :, 1], e[:, :, 1]))
         return lp, g_y, g_log_tau, g_c
 
+    def log_joint_values(self, U: np.ndarray) -> np.ndarray:
+        """log p(y, u) of each draw without the gradient (the kernel's pass without its
+        gradient sums): the terms of ``log_joint_grad``."""
+        from vireg.kernels.glm import grouped_loglik_grad
+
+        nb = self.n_base_params
+        base, log_tau, c, x = self._split(U)
+        y = self._mixed(c, x)
+        b = np.exp(log_tau[:, None, :] * self.centring[None]) * y
+        Bg = np.ascontiguousarray(np.transpose(b, (1, 2, 0)) / self.y_scale)
+        _, ll, _ = grouped_loglik_grad(self.likelihood.CODE, self.Z, self.Yk, self.groups.W,
+                                       self.groups.gid, self.chunk_starts,
+                                       np.ascontiguousarray(self.kernel_draws(base)), Bg,
+                                       self.intercept, False)
+        lp_prior, _ = self.log_prior_grad(base @ self.T[:nb, :nb].T + self.c[:nb])
+        lp = (ll + self.response_terms(base)[0] + self.loglik_const + lp_prior
+              + self._effects_prior(log_tau, c, y)[0] + self.group_sd.logpdf(log_tau).sum(axis=1))
+        if c is not None:
+            lp = (lp + lkj_logpdf(np.tanh(c), self.group_cor_eta)
+                  + np.log(self._mixing(c)[1]).sum(axis=1))
+        return lp
+
     def log_joint_batches(self, U: np.ndarray, batch: int | None = None):
+        """(first draw, log p of a batch of draws), 64 draws per pass over the rows."""
         batch = batch or 64
         for start in range(0, U.shape[0], batch):
             with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-                values = self.log_joint_grad(U[start:start + batch])[0]
+                values = self.log_joint_values(U[start:start + batch])
             yield start, values
 
     def warm_up(self) -> None:
