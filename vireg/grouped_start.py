@@ -10,8 +10,9 @@ centred coordinates:
    (Newton on the groups alone: their Hessian is block-diagonal);
 2. the group covariance becomes Psi = mean over groups of b^_g b^_g^T + H_g^-1, i.e. tau and
    the correlation (the M-step for a normal population of effects);
-3. one Newton step moves the base model's coordinates (intercept, coefficients, sigma, ...)
-   with the effects held at b^.
+3. the base model's coordinates (intercept, coefficients, sigma, ...) move by one Newton step
+   towards the zero of their gradient's expectation over b_g ~ N(b^_g, H_g^-1)
+   (``_base_m_step``).
 
 EM stops when tau and the base coordinates change by less than ``EM_TOL``. Each group's
 centring lambda_gk = 1 / (1 + tau_k^2 J_gk) then follows from the data's information about its
@@ -146,10 +147,39 @@ def em_map(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
         t *= 0.5
     b = out[Pg:].reshape(G, K)
     V = np.linalg.inv(H_blocks)
-    psi = (b.T @ b + V.sum(axis=0)) / G
     out = out.copy()
+    passes += _base_m_step(model, out, V, H_GG[:nb, :nb])
+    psi = (b.T @ b + V.sum(axis=0)) / G
     _set_population(model, out, psi, floor)
     return out, passes
+
+
+def _base_m_step(model, u: np.ndarray, V: np.ndarray, H_base: np.ndarray) -> int:
+    """EM's M-step for the base coordinates, in place: a Newton step to where the expectation
+    of their gradient over the groups' effects b_g ~ N(b^_g, V_g) vanishes (at b^ alone sigma
+    comes out low by the effects' variance: 10% at 20 rows per group). The expectation is the
+    unscented one, exact for a gaussian likelihood: 2K draws, draw (k, +-) moving every group's
+    effects by +-sqrt(K) column k of chol(V_g) at once (the log likelihood is a sum over groups,
+    so each group gets its own K-point rule); one pass. Returns the passes made."""
+    nb, Pg, K = model.n_base_params, model.n_global, model.groups.K
+    try:
+        chol = np.linalg.cholesky(V)
+    except np.linalg.LinAlgError:
+        return 0
+    U = np.repeat(u[None, :], 2 * K, axis=0)
+    for k in range(K):
+        shift = np.sqrt(K) * chol[:, :, k].ravel()
+        U[2 * k, Pg:] += shift
+        U[2 * k + 1, Pg:] -= shift
+    with np.errstate(**QUIET):
+        _, grads = model.log_joint_grad(U)
+    try:
+        step = np.linalg.solve(H_base, grads[:, :nb].mean(axis=0))
+    except np.linalg.LinAlgError:
+        return 1
+    if np.all(np.isfinite(step)):
+        u[:nb] += step
+    return 1
 
 
 def _set_population(model, u: np.ndarray, psi: np.ndarray, floor: float) -> None:

@@ -106,32 +106,29 @@ class StructuredFactor:
     def apply(self, x: np.ndarray) -> np.ndarray:
         """A x per row: y_G = A_G x_G, y_g = A_Bg x_G + A_Dg x_g."""
         x_G, x_Z = self._split(x)
-        y_Z = (np.einsum("gkj,sj->sgk", self.cross, x_G)
-               + np.einsum("gkl,sgl->sgk", self.diag_blocks, x_Z))
+        y_Z = _cross_times(self.cross, x_G) + _blocks_times(self.diag_blocks, x_Z)
         return self._join(x_G @ self.G_block.T, y_Z)
 
     def apply_T(self, y: np.ndarray) -> np.ndarray:
         """A^T y per row: x_G = A_G^T y_G + sum_g A_Bg^T y_g, x_g = A_Dg^T y_g."""
         y_G, y_Z = self._split(y)
-        x_G = y_G @ self.G_block + np.einsum("gkj,sgk->sj", self.cross, y_Z)
-        return self._join(x_G, np.einsum("gkl,sgk->sgl", self.diag_blocks, y_Z))
+        x_G = y_G @ self.G_block + _cross_T_times(self.cross, y_Z)
+        return self._join(x_G, _blocks_T_times(self.diag_blocks, y_Z))
 
     def solve(self, y: np.ndarray) -> np.ndarray:
         """A^-1 y per row, by forward substitution: the globals first, then each group
         x_g = A_Dg^-1 (y_g - A_Bg x_G)."""
         y_G, y_Z = self._split(y)
         x_G = np.linalg.solve(self.G_block, y_G.T).T
-        r = y_Z - np.einsum("gkj,sj->sgk", self.cross, x_G)
-        x_Z = np.linalg.solve(self.diag_blocks, r.transpose(1, 2, 0)).transpose(2, 0, 1)
+        x_Z = _blocks_solve(self.diag_blocks, y_Z - _cross_times(self.cross, x_G))
         return self._join(x_G, x_Z)
 
     def solve_T(self, y: np.ndarray) -> np.ndarray:
         """A^-T y per row, by back substitution: A^T is upper-triangular, so the groups come
         first, x_g = A_Dg^-T y_g, then x_G = A_G^-T (y_G - sum_g A_Bg^T x_g)."""
         y_G, y_Z = self._split(y)
-        D_T = np.swapaxes(self.diag_blocks, 1, 2)
-        x_Z = np.linalg.solve(D_T, y_Z.transpose(1, 2, 0)).transpose(2, 0, 1)
-        r = y_G - np.einsum("gkj,sgk->sj", self.cross, x_Z)
+        x_Z = _blocks_solve_T(self.diag_blocks, y_Z)
+        r = y_G - _cross_T_times(self.cross, x_Z)
         x_G = np.linalg.solve(self.G_block.T, r.T).T
         return self._join(x_G, x_Z)
 
@@ -163,6 +160,54 @@ class StructuredFactor:
             s = slice(Pg + g * K, Pg + (g + 1) * K)
             A[s, s] = self.diag_blocks[g]
         return A
+
+
+def _cross_times(cross: np.ndarray, x_G: np.ndarray) -> np.ndarray:
+    """(S, G, K): sum_j cross[g, k, j] x_G[s, j], one matrix product."""
+    G, K, Pg = cross.shape
+    return (x_G @ cross.reshape(G * K, Pg).T).reshape(x_G.shape[0], G, K)
+
+
+def _cross_T_times(cross: np.ndarray, y_Z: np.ndarray) -> np.ndarray:
+    """(S, Pg): sum_gk cross[g, k, j] y_Z[s, g, k], one matrix product."""
+    G, K, Pg = cross.shape
+    return y_Z.reshape(y_Z.shape[0], G * K) @ cross.reshape(G * K, Pg)
+
+
+def _blocks_times(D: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(S, G, K): D_g x_g for every draw and group (K is small: a loop over its columns
+    beats batched matrix products of K x K blocks)."""
+    out = np.zeros(x.shape)
+    for m in range(D.shape[2]):
+        out += D[None, :, :, m] * x[:, :, m, None]
+    return out
+
+
+def _blocks_T_times(D: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(S, G, K): D_g^T y_g for every draw and group."""
+    out = np.zeros(y.shape)
+    for k in range(D.shape[1]):
+        out += D[None, :, k, :] * y[:, :, k, None]
+    return out
+
+
+def _blocks_solve(D: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(S, G, K): D_g^-1 y_g for lower-triangular D_g, by forward substitution."""
+    x = np.empty(y.shape)
+    for k in range(D.shape[1]):
+        r = y[:, :, k] - np.sum(D[None, :, k, :k] * x[:, :, :k], axis=2)
+        x[:, :, k] = r / D[None, :, k, k]
+    return x
+
+
+def _blocks_solve_T(D: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(S, G, K): D_g^-T y_g for lower-triangular D_g, by back substitution."""
+    K = D.shape[1]
+    x = np.empty(y.shape)
+    for k in range(K - 1, -1, -1):
+        r = y[:, :, k] - np.sum(D[None, :, k + 1:, k] * x[:, :, k + 1:], axis=2)
+        x[:, :, k] = r / D[None, :, k, k]
+    return x
 
 
 class Structured:
@@ -311,8 +356,10 @@ class Structured:
         s_G, s_Z = self._scales(phi)
         (a_G, a_Z), (e_G, e_Z) = L._split(a), L._split(eps)
         b_G = (a_G.T @ e_G)[self.g_rows, self.g_cols] * s_G[self.g_rows]
-        b_X = np.einsum("sgk,sj->gkj", a_Z, e_G) * s_Z[:, :, None]
-        b_D = np.einsum("sgk,sgl->gkl", a_Z, e_Z) * s_Z[:, :, None]
+        b_X = (a_Z.reshape(S, -1).T @ e_G).reshape(self.G, self.K, self.Pg) * s_Z[:, :, None]
+        b_D = np.stack([np.stack([np.sum(a_Z[:, :, k] * e_Z[:, :, m], axis=0)
+                                  for m in range(self.K)], axis=1)
+                        for k in range(self.K)], axis=1) * s_Z[:, :, None]
         grad = np.concatenate([
             a.sum(axis=0), np.sum(a * L.apply(eps) + c, axis=0), b_G, b_X.ravel(),
             b_D[:, self.k_rows, self.k_cols].ravel()]) / S
