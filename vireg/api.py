@@ -286,7 +286,8 @@ def _extras(cfg: Config, model, run: _Run) -> dict:
         "design": {"response": design.response, "columns": design.covariates,
                    "sources": design.sources or design.covariates, "family": model.likelihood_name,
                    "intercept": model.intercept, "formula": design.formula,
-                   "standardization": design.standardization}}
+                   "standardization": design.standardization,
+                   "groups": model.groups_record() if hasattr(model, "groups_record") else None}}
 
 
 def fit(config: Config | dict | str | Path, overrides: list[str] | None = None) -> FitResult:

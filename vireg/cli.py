@@ -152,8 +152,13 @@ def predict(
     draws: Annotated[int, typer.Option("--draws", help="Posterior draws per row.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     out: Annotated[str, typer.Option("--out", help="CSV file to write, or '-'.")] = "-",
+    no_group_effects: Annotated[bool, typer.Option(
+        "--no-group-effects", help="Population-level predictions: leave out the group "
+        "effects of a model with group terms.")] = False,
 ) -> None:
-    """Posterior predictive for new rows: linear predictor and response scale, per row."""
+    """Posterior predictive for new rows: linear predictor and response scale, per row. With
+    group terms, a level the fit saw gets its fitted effects, a new one draws from the fitted
+    population."""
     from vireg.errors import ViregError
 
     try:
@@ -165,7 +170,11 @@ def predict(
         from vireg.predict import predict as run_predict
         from vireg.predict import predictions_csv
 
-        text = predictions_csv(run_predict(run_dir, data, draws, seed))
+        notes: list[str] = []
+        text = predictions_csv(run_predict(run_dir, data, draws, seed,
+                                           not no_group_effects, notes))
+        for note in notes:
+            print(note, file=sys.stderr)
         if out == "-":
             sys.stdout.write(text)
         else:

@@ -108,6 +108,11 @@ def _advice(family: str | None) -> str:
         return ("; q is already full-rank, so what is left is the model: proper priors on weakly "
                 "identified parameters, more data, or output.psis: true for importance-weighted "
                 "summaries")
+    if family == "structured":
+        return ("; the group sds and correlations are where a Gaussian q falls short (their "
+                "posteriors are skewed): read their summaries as too narrow, give the group sds "
+                "informative priors (model.prior.group_sd), or set output.psis: true for "
+                "importance-weighted summaries")
     return ("; try inference.family: fullrank, more inference.samples, or check the model (flat "
             "priors, heavy tails, few rows)")
 
@@ -126,7 +131,9 @@ def khat_message(k: float, log_ratio_sd: float | None = None, ess: float | None 
         return (f"Pareto k-hat {_shown(k)} (<= {KHAT_GOOD}): q is a good approximation of the "
                 "posterior")
     if k <= KHAT_BAD:
-        check = "more draws" if family == "fullrank" else "more draws or family: fullrank"
+        check = ("more draws" if family == "fullrank" else
+                 "output.psis: true (importance-weighted summaries)" if family == "structured"
+                 else "more draws or family: fullrank")
         return (f"Pareto k-hat {_shown(k)} (between {KHAT_GOOD} and {KHAT_BAD}): the approximation "
                 f"is usable, but check the results with {check}")
     text = (f"warning: Pareto k-hat {_shown(k)} > {KHAT_BAD}: the ratios p/q have a heavy right "

@@ -79,9 +79,13 @@ def _standardized(X: np.ndarray, design: dict) -> np.ndarray:
     return X
 
 
-def predict(run_dir: Path, data: Path, draws: int = 1000, seed: int = 0) -> np.ndarray:
-    """Rows of COLUMNS (without the row number) for every new data row."""
-    from vireg.families import make_family
+def predict(run_dir: Path, data: Path, draws: int = 1000, seed: int = 0,
+            group_effects: bool = True, notes: list[str] | None = None) -> np.ndarray:
+    """Rows of COLUMNS (without the row number) for every new data row. A fit with group terms
+    adds each row's group effects: the fitted ones for a level it saw, draws from the fitted
+    population (N(0, Psi) per draw, one per new level) for one it did not (how many rows had
+    such levels goes into ``notes``); none with ``group_effects=False`` (population-level
+    predictions)."""
     from vireg.models.model import positive_parameters
 
     doc = load_run(run_dir)
@@ -90,11 +94,9 @@ def predict(run_dir: Path, data: Path, draws: int = 1000, seed: int = 0) -> np.n
     table = read_table(data)
     X = design_for(doc, table)
     T, c = np.asarray(doc["affine_map"]["T"]), np.asarray(doc["affine_map"]["c"])
-    P = T.shape[0]
-    family = make_family(doc["variational"]["family"], P)
-    phi = family.from_dict(doc["variational"])
     rng = np.random.default_rng(seed)
-    theta = family.sample(phi, rng.standard_normal((draws, P))) @ T.T + c
+    U = _draws_of_q(doc, draws, rng)
+    theta = U[:, :T.shape[0]] @ T.T + c
     design = doc["design"]
     off = int(design["intercept"])
     D = len(design["columns"])
@@ -103,7 +105,9 @@ def predict(run_dir: Path, data: Path, draws: int = 1000, seed: int = 0) -> np.n
     model = doc["config"]["model"]
     names = positive_parameters(design["family"], model.get("link"), model.get("sigma"),
                                 model.get("nu"))
-    positive = dict(zip(names, np.exp(theta[:, off + D:]).T, strict=True))
+    if design.get("groups") and group_effects:
+        eta = eta + _group_eta(design["groups"], table, U, rng, notes)
+    positive = dict(zip(names, np.exp(theta[:, off + D:off + D + len(names)]).T, strict=True))
     positive.setdefault("sigma", np.full(draws, model.get("sigma") or np.nan))
     positive.setdefault("nu", np.full(draws, model.get("nu") or np.nan))
     row_data = _row_data_for(doc, table)
@@ -116,6 +120,54 @@ def predict(run_dir: Path, data: Path, draws: int = 1000, seed: int = 0) -> np.n
         return [v.mean(axis=1), v.std(axis=1, ddof=1), q[0], q[1], q[2]]
 
     return np.column_stack(summary(eta) + summary(response))
+
+
+def _draws_of_q(doc: dict, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Draws of u from the fit's q (fit.json's variational section)."""
+    from vireg.families import make_family
+    from vireg.families.structured import Structured
+
+    var = doc["variational"]
+    P = len(var["m"])
+    groups = doc["design"].get("groups")
+    if var["family"] == "structured":
+        family = Structured(groups["n_global"], len(groups["levels"]), len(groups["terms"]))
+    else:
+        family = make_family(var["family"], P)
+    return family.sample(family.from_dict(var), rng.standard_normal((draws, P)))
+
+
+def _group_eta(groups: dict, table, U: np.ndarray, rng: np.random.Generator,
+               notes: list[str] | None) -> np.ndarray:
+    """Each new row's group contribution w_i . b (rows x draws): b of the row's level, or for a
+    level the fit never saw a draw from N(0, Psi) (one per level and draw)."""
+    from vireg.data import numeric_column
+    from vireg.models.multilevel import INTERCEPT, group_effects_of, level_cells, population_cov
+
+    factor, terms, K = groups["factor"], groups["terms"], len(groups["terms"])
+    if factor not in table.columns:
+        raise InputError(f"column '{factor}' (the fit's group column) is missing from "
+                         f"'{table.source}': add it, or predict with --no-group-effects")
+    cells, _ = level_cells(factor, table.columns[factor])
+    W = np.column_stack([np.ones(table.n_rows) if t == INTERCEPT else numeric_column(table, t)
+                         for t in terms])
+    b = group_effects_of(U, groups["n_base"], np.asarray(groups["centring"]),
+                         np.asarray(groups["cor_centring"]), groups["has_cor"])  # (S, G, K)
+    index = {level: j for j, level in enumerate(groups["levels"])}
+    new_levels = sorted({c for c in cells if c not in index})
+    if new_levels:
+        chol = np.linalg.cholesky(population_cov(U, groups["n_base"], K, groups["has_cor"]))
+        z = rng.standard_normal((len(new_levels), U.shape[0], K))
+        b_new = np.einsum("skl,nsl->snk", chol, z)  # (S, new levels, K)
+        b = np.concatenate([b, b_new], axis=1)
+        index.update({level: len(groups["levels"]) + i for i, level in enumerate(new_levels)})
+        if notes is not None:
+            n_rows = sum(c in set(new_levels) for c in cells)
+            notes.append(f"{n_rows} of {len(cells)} rows have a '{factor}' level the fit never "
+                         f"saw ({len(new_levels)} levels): their group effects are drawn from "
+                         "the fitted population")
+    rows = np.array([index[c] for c in cells], dtype=np.int64)
+    return np.einsum("rk,srk->rs", W, b[:, rows, :])
 
 
 def response_draws(family: str, link: str | None, eta: np.ndarray, positive: dict,

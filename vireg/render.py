@@ -149,8 +149,9 @@ class FitDisplay:
                                "(data.standardize); summary_original.csv has them per unit as "
                                "given[/dim]")
         if out_dir is not None:
-            self.console.print(escape(f"results in {out_dir}/ (summary.csv, draws.csv, elbo.csv, "
-                                      "fit.json)"))
+            groups = ", groups.csv" if result.group_rows is not None else ""
+            self.console.print(escape(f"results in {out_dir}/ (summary.csv{groups}, draws.csv, "
+                                      "elbo.csv, fit.json)"))
 
 
 def _maybe(value: float | None, fmt: str) -> str:

@@ -252,28 +252,22 @@ class MultilevelModel(Model):
         return U[:, :nb], log_tau, c, w
 
     def _mixing(self, c: np.ndarray):
-        """The second row of M_g in y_g = M_g x_g (two correlated terms) and its derivative in
-        c, each (S, G): M_g = I + mu_g (L_R - I) = [[1, 0], [mu rho, 1 + mu (s - 1)]],
-        rho = tanh c, s = sqrt(1 - rho^2), dM/dc = mu [[0, 0], [s^2, -rho s]] (ds/dc = -rho s)."""
-        mu = self.cor_centring[None, :]
-        rho = np.tanh(c)[:, None]
-        s = np.sqrt(1.0 - rho * rho)
-        return mu * rho, 1.0 + mu * (s - 1.0), mu * s * s, -mu * rho * s
+        return mixing(c, self.cor_centring)
 
     def _mixed(self, c: np.ndarray | None, x: np.ndarray) -> np.ndarray:
-        """y = M x for every draw and group (x itself without a correlation)."""
-        if c is None:
-            return x
-        m10, m11, _, _ = self._mixing(c)
-        y = x.copy()
-        y[:, :, 1] = m10 * x[:, :, 0] + m11 * x[:, :, 1]
-        return y
+        return mixed(c, x, self.cor_centring)
 
     def group_effects(self, U: np.ndarray) -> np.ndarray:
-        """b (S, G, K) on the natural scale, deviations from the fixed effects:
-        b_gk = tau_k^lambda_gk y_gk, y_g = M_g x_g (module doc)."""
-        _, log_tau, c, x = self._split(U)
-        return np.exp(log_tau[:, None, :] * self.centring[None]) * self._mixed(c, x)
+        """b (S, G, K) on the natural scale, deviations from the fixed effects (module doc)."""
+        return group_effects_of(U, self.n_base_params, self.centring, self.cor_centring,
+                                bool(self.groups.n_cor))
+
+    def groups_record(self) -> dict:
+        """What ``vireg predict`` needs of the group terms (fit.json's design.groups)."""
+        g = self.groups
+        return {"factor": g.factor, "terms": g.terms, "has_cor": bool(g.n_cor),
+                "levels": g.levels, "n_global": self.n_global, "n_base": self.n_base_params,
+                "centring": self.centring.tolist(), "cor_centring": self.cor_centring.tolist()}
 
     def set_centring(self, lam: np.ndarray, mu: np.ndarray, U: np.ndarray) -> np.ndarray:
         """Change lambda to ``lam`` (G x K) and mu to ``mu`` (G) and return the points U in the
@@ -415,6 +409,46 @@ class MultilevelModel(Model):
     def pointwise_loglik(self, U, rows=None):
         raise InputError("per-observation log-likelihoods of models with group terms are not "
                          "available yet: vireg loo, export and ppc need a model without them")
+
+
+def mixing(c: np.ndarray, mu: np.ndarray):
+    """The second row of M_g in y_g = M_g x_g (two correlated terms) and its derivative in
+    c, each (S, G): M_g = I + mu_g (L_R - I) = [[1, 0], [mu rho, 1 + mu (s - 1)]],
+    rho = tanh c, s = sqrt(1 - rho^2), dM/dc = mu [[0, 0], [s^2, -rho s]] (ds/dc = -rho s)."""
+    mu = mu[None, :]
+    rho = np.tanh(c)[:, None]
+    s = np.sqrt(1.0 - rho * rho)
+    return mu * rho, 1.0 + mu * (s - 1.0), mu * s * s, -mu * rho * s
+
+
+def mixed(c: np.ndarray | None, x: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """y = M x for every draw and group (x itself without a correlation)."""
+    if c is None:
+        return x
+    m10, m11, _, _ = mixing(c, mu)
+    y = x.copy()
+    y[:, :, 1] = m10 * x[:, :, 0] + m11 * x[:, :, 1]
+    return y
+
+
+def group_effects_of(U: np.ndarray, n_base: int, centring: np.ndarray, cor_centring: np.ndarray,
+                     correlated: bool) -> np.ndarray:
+    """b (S, G, K) of draws U: b_gk = tau_k^lambda_gk y_gk, y_g = M_g x_g (module doc), from
+    u's layout (base coordinates, log tau, the correlation if any, then x group by group)."""
+    G, K = centring.shape
+    log_tau = U[:, n_base:n_base + K]
+    c = U[:, n_base + K] if correlated else None
+    x = U[:, n_base + K + int(correlated):].reshape(U.shape[0], G, K)
+    return np.exp(log_tau[:, None, :] * centring[None]) * mixed(c, x, cor_centring)
+
+
+def population_cov(U: np.ndarray, n_base: int, K: int, correlated: bool) -> np.ndarray:
+    """Psi = diag(tau) R diag(tau) of each draw (S, K, K): the population new groups come from."""
+    tau = np.exp(U[:, n_base:n_base + K])
+    R = np.broadcast_to(np.eye(K), (U.shape[0], K, K)).copy()
+    if correlated:
+        R[:, 0, 1] = R[:, 1, 0] = np.tanh(U[:, n_base + K])
+    return tau[:, :, None] * R * tau[:, None, :]
 
 
 def lkj_logpdf(rho: np.ndarray, eta: float) -> np.ndarray:
