@@ -438,6 +438,9 @@ def _check_groups(data: dict[str, Any], inference: dict[str, Any], runtime: dict
                     isinstance(t, str) for t in terms):
                 raise InputError(f"data.groups.{factor} must list the terms that vary by "
                                  f"'{factor}', e.g. [intercept, floor]")
+    if has_terms and data.get("standardize"):
+        raise InputError("data.standardize does not apply to models with group terms (their "
+                         "slopes vary on the columns as given): remove it")
     if has_terms and inference.get("batch_size") is not None:
         raise InputError("group terms are fitted with all rows every step: remove "
                          "inference.batch_size")

@@ -6,13 +6,14 @@ tau 2 against 0.15), and in centred ones it collapses to tau = 0. The start is i
 Laplace-approximate marginal mode of the globals (lme4's and TMB's estimate), found by EM in
 centred coordinates:
 
-1. given the globals, each group's effects b_g have the conditional mode b^_g and curvature H_g
-   (Newton on the groups alone: their Hessian is block-diagonal);
+1. given tau, the correlation and the positive parameters, the intercept, coefficients and
+   effects move by one Newton step towards their joint mode (b^_g, with curvature H_g; the
+   Hessian is arrowhead, solved by eliminating the groups);
 2. the group covariance becomes Psi = mean over groups of b^_g b^_g^T + H_g^-1, i.e. tau and
    the correlation (the M-step for a normal population of effects);
-3. the base model's coordinates (intercept, coefficients, sigma, ...) move by one Newton step
-   towards the zero of their gradient's expectation over b_g ~ N(b^_g, H_g^-1)
-   (``_base_m_step``).
+3. the likelihood's positive parameters (sigma, ...) move by one Newton step towards the zero
+   of their gradient's expectation over b_g ~ N(b^_g, H_g^-1) (``_base_m_step``); the
+   intercept and coefficients move with the effects in step 1's Newton step.
 
 EM stops when tau and the base coordinates change by less than ``EM_TOL``. Each group's
 centring lambda_gk = 1 / (1 + tau_k^2 J_gk) then follows from the data's information about its
@@ -127,17 +128,18 @@ def em_map(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
     as one Newton step of the base coordinates and the effects jointly (tau and the
     correlation held), halved while log p falls; returns (u, passes)."""
     nb, Pg, K, G = model.n_base_params, model.n_global, model.groups.K, model.groups.n_groups
+    k = model.n_location
     lp, g, (H_GG, H_cross, H_blocks) = arrowhead_hessian(model, u, with_point=True)
     passes = 1
     g_w = g[Pg:].reshape(G, K)
     try:
-        x_b, x_w = arrowhead_solve(H_GG[:nb, :nb], H_cross[:, :, :nb], H_blocks, g[:nb], g_w)
+        x_b, x_w = arrowhead_solve(H_GG[:k, :k], H_cross[:, :, :k], H_blocks, g[:k], g_w)
     except np.linalg.LinAlgError:
-        x_b, x_w = np.zeros(nb), g_w / np.maximum(np.abs(np.diagonal(H_blocks, 0, 1, 2)), 1.0)
+        x_b, x_w = np.zeros(k), g_w / np.maximum(np.abs(np.diagonal(H_blocks, 0, 1, 2)), 1.0)
     t, out = 1.0, u
     while t > 1e-6:
         trial = u.copy()
-        trial[:nb] += t * x_b
+        trial[:k] += t * x_b
         trial[Pg:] += t * x_w.ravel()
         lp_trial, _ = _log_joint_grad(model, trial)
         passes += 1
@@ -148,37 +150,42 @@ def em_map(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
     b = out[Pg:].reshape(G, K)
     V = np.linalg.inv(H_blocks)
     out = out.copy()
-    passes += _base_m_step(model, out, V, H_GG[:nb, :nb])
+    passes += _base_m_step(model, out, V, H_GG[k:nb, k:nb])
     psi = (b.T @ b + V.sum(axis=0)) / G
     _set_population(model, out, psi, floor)
     return out, passes
 
 
-def _base_m_step(model, u: np.ndarray, V: np.ndarray, H_base: np.ndarray) -> int:
-    """EM's M-step for the base coordinates, in place: a Newton step to where the expectation
-    of their gradient over the groups' effects b_g ~ N(b^_g, V_g) vanishes (at b^ alone sigma
-    comes out low by the effects' variance: 10% at 20 rows per group). The expectation is the
-    unscented one, exact for a gaussian likelihood: 2K draws, draw (k, +-) moving every group's
-    effects by +-sqrt(K) column k of chol(V_g) at once (the log likelihood is a sum over groups,
-    so each group gets its own K-point rule); one pass. Returns the passes made."""
-    nb, Pg, K = model.n_base_params, model.n_global, model.groups.K
+def _base_m_step(model, u: np.ndarray, V: np.ndarray, H_pos: np.ndarray) -> int:
+    """EM's M-step for the likelihood's positive parameters (sigma, phi, nu), in place: a
+    Newton step to where the expectation of their gradient over the groups' effects
+    b_g ~ N(b^_g, V_g) vanishes (at b^ alone sigma comes out low by the effects' variance: 10%
+    at 20 rows per group). The expectation is the unscented one, exact for a gaussian
+    likelihood: 2K draws, draw (k, +-) moving every group's effects by +-sqrt(K) column k of
+    chol(V_g) at once (the log likelihood is a sum over groups, so each group gets its own
+    K-point rule); one pass. Returns the passes made. (The location coordinates move with the
+    effects in ``em_map``'s joint step: for a gaussian likelihood their joint mode given the
+    variances is the generalised least-squares estimate, Henderson's mixed model equations.)"""
+    nb, Pg, K, k = model.n_base_params, model.n_global, model.groups.K, model.n_location
+    if nb == k:
+        return 0
     try:
         chol = np.linalg.cholesky(V)
     except np.linalg.LinAlgError:
         return 0
     U = np.repeat(u[None, :], 2 * K, axis=0)
-    for k in range(K):
-        shift = np.sqrt(K) * chol[:, :, k].ravel()
-        U[2 * k, Pg:] += shift
-        U[2 * k + 1, Pg:] -= shift
+    for col in range(K):
+        shift = np.sqrt(K) * chol[:, :, col].ravel()
+        U[2 * col, Pg:] += shift
+        U[2 * col + 1, Pg:] -= shift
     with np.errstate(**QUIET):
         _, grads = model.log_joint_grad(U)
     try:
-        step = np.linalg.solve(H_base, grads[:, :nb].mean(axis=0))
+        step = np.linalg.solve(H_pos, grads[:, k:nb].mean(axis=0))
     except np.linalg.LinAlgError:
         return 1
     if np.all(np.isfinite(step)):
-        u[:nb] += step
+        u[k:nb] += step
     return 1
 
 

@@ -1,0 +1,287 @@
+"""Models with group terms: the hand-derived gradient, the arrowhead Hessian, the EM start,
+the outputs, predict, and one-line errors on bad input."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import write_csv
+from typer.testing import CliRunner
+
+from vireg.assemble import build_model
+from vireg.cli import app
+from vireg.config import config_from_dict
+from vireg.grouped_start import arrowhead_hessian, find_start
+from vireg.laplace import base_start
+
+DATA = Path(__file__).parent / "data" / "multilevel"
+runner = CliRunner()
+
+
+def grouped_data(tmp_path, family="gaussian", n=400, G=12, seed=0, levels=None):
+    """A CSV with y, x, z and a group column g (levels ``levels`` or g0..)."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, G, n)
+    x, z = rng.standard_normal(n), rng.standard_normal(n)
+    b0, b1 = rng.normal(0, 0.7, G), rng.normal(0, 0.4, G)
+    eta = 0.3 + 0.8 * x - 0.5 * z + b0[g] + b1[g] * x
+    if family == "bernoulli":
+        y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(int)
+    elif family == "poisson":
+        y = rng.poisson(np.exp(0.3 * eta))
+    elif family == "binomial":
+        y = rng.binomial(10, 1 / (1 + np.exp(-eta)))
+    else:
+        y = eta + rng.normal(0, 0.8, n)
+    names = levels or [f"g{j}" for j in range(G)]
+    cols = {"y": y, "x": x, "z": z, "g": [names[j] for j in g]}
+    if family == "binomial":
+        cols["n"] = np.full(n, 10)
+    return write_csv(tmp_path / "grouped.csv", cols)
+
+
+def model_of(path, formula, family="gaussian", **extra):
+    data = {"path": str(path), "formula": formula}
+    data.update(extra.pop("data", {}))
+    cfg = {"data": data, "model": {"family": family, "prior": {"group_sd": "half_normal(1)"}}}
+    cfg["model"].update(extra)
+    return build_model(config_from_dict(cfg))
+
+
+FORMULAS = ["y ~ x + z + (1 | g)", "y ~ x + z + (1 + x | g)", "y ~ x + (1 + x || g)",
+            "y ~ z + (0 + x | g)"]
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+@pytest.mark.parametrize("family", ["gaussian", "bernoulli", "poisson", "binomial"])
+def test_gradient_matches_finite_differences(tmp_path, formula, family):
+    """Every coordinate (base, log tau, the correlation, each group's effects) at a random
+    point, with random centrings lambda and mu."""
+    path = grouped_data(tmp_path, family)
+    if family == "binomial":
+        formula = formula.replace("y ~", "p(y, n) ~")
+    model = model_of(path, formula, family)
+    rng = np.random.default_rng(1)
+    model.centring = rng.uniform(0, 1, model.centring.shape)
+    model.cor_centring = rng.uniform(0, 1, model.cor_centring.shape)
+    u = rng.normal(0, 0.3, model.n_params)
+    _, g = model.log_joint_grad(u[None])
+    h = 1e-5
+    E = np.eye(model.n_params) * h
+    lp, _ = model.log_joint_grad(np.vstack([u + E, u - E]))
+    fd = (lp[:model.n_params] - lp[model.n_params:]) / (2 * h)
+    np.testing.assert_allclose(g[0], fd, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(g).max()))
+    values = model.log_joint_values(np.vstack([u + E, u - E])[:4])
+    np.testing.assert_allclose(values, lp[:4], rtol=1e-13)
+
+
+def test_centring_changes_coordinates_not_effects(tmp_path):
+    model = model_of(grouped_data(tmp_path), "y ~ x + (1 + x | g)")
+    rng = np.random.default_rng(2)
+    U = rng.normal(0, 0.5, (3, model.n_params))
+    b = model.group_effects(U)
+    lam = rng.uniform(0, 1, model.centring.shape)
+    U2 = model.set_centring(lam, rng.uniform(0, 1, model.cor_centring.shape), U)
+    np.testing.assert_allclose(model.group_effects(U2), b, rtol=1e-12, atol=1e-14)
+
+
+def test_arrowhead_hessian_matches_dense_differences(tmp_path):
+    """The blocks from one pass of coloured differences against the full dense Hessian by
+    differences of the gradient, coordinate by coordinate."""
+    model = model_of(grouped_data(tmp_path, "bernoulli"), "y ~ x + z + (1 + x | g)", "bernoulli")
+    rng = np.random.default_rng(3)
+    model.centring = rng.uniform(0, 1, model.centring.shape)
+    u = rng.normal(0, 0.3, model.n_params)
+    H_GG, H_cross, H_blocks = arrowhead_hessian(model, u)
+    P, Pg, K = model.n_params, model.n_global, model.groups.K
+    h = 1e-5
+    E = np.eye(P) * h
+    _, G = model.log_joint_grad(np.vstack([u + E, u - E]))
+    H = -(G[:P] - G[P:]) / (2 * h)
+    H = 0.5 * (H + H.T)
+    tol = 1e-5 * np.abs(H).max()
+    np.testing.assert_allclose(H_GG, H[:Pg, :Pg], atol=tol)
+    for g in range(model.groups.n_groups):
+        rows = slice(Pg + g * K, Pg + (g + 1) * K)
+        np.testing.assert_allclose(H_cross[g], H[rows, :Pg], atol=tol)
+        np.testing.assert_allclose(H_blocks[g], H[rows, rows], atol=tol)
+        other = np.delete(H[rows, Pg:], np.arange(g * K, (g + 1) * K), axis=1)
+        assert np.all(np.abs(other) < tol)  # groups are coupled only through the globals
+
+
+def test_em_start_is_the_marginal_likelihood_mode(tmp_path):
+    """For a gaussian random-intercept model with flat priors on the base coordinates, EM's
+    fixed point is the maximum of the exact marginal likelihood over (beta, sigma, tau), found
+    here by a general-purpose optimiser on the dense N x N covariance. (The flat prior on
+    sigma is flat in sigma: on log sigma, where the base coordinates are, it adds log sigma;
+    tau's M-step has no prior.)"""
+    from scipy.optimize import minimize
+
+    path = grouped_data(tmp_path, n=150, G=8)
+    cfg = {"data": {"path": str(path), "formula": "y ~ x + (1 | g)"},
+           "model": {"family": "gaussian", "prior": {"coefficients": "flat", "intercept": "flat",
+                                                      "sigma": "flat"}}}
+    model = build_model(config_from_dict(cfg))
+    start = find_start(model, base_start(model))
+    natural = model.natural(start.mode[None])[0]  # intercept, x, sigma, tau
+    rows = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(0, 1), dtype=float)
+    y, x = rows[:, 0], rows[:, 1]
+    cells = [line.strip().split(",")[-1] for line in path.read_text().splitlines()[1:]]
+    same = np.equal.outer(cells, cells).astype(float)
+    X = np.column_stack([np.ones_like(x), x])
+
+    def negative_log_lik(v):
+        beta, log_s, log_t = v[:2], v[2], v[3]
+        C = np.exp(2 * log_s) * np.eye(len(y)) + np.exp(2 * log_t) * same
+        r = y - X @ beta
+        return 0.5 * (np.linalg.slogdet(C)[1] + r @ np.linalg.solve(C, r)) - log_s
+
+    v0 = np.concatenate([natural[:2], np.log(natural[2:])])
+    best = minimize(negative_log_lik, v0, method="Nelder-Mead",
+                    options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 20000}).x
+    np.testing.assert_allclose(natural[:2], best[:2], atol=2e-4)
+    np.testing.assert_allclose(np.log(natural[2:]), best[2:], atol=2e-4)
+
+
+def fit_cli(tmp_path, formula, family="gaussian", extra_model=None, **data):
+    path = data.pop("path", None) or grouped_data(tmp_path, family)
+    cfg = {"data": {"path": str(path), "formula": formula, **data},
+           "model": {"family": family, **(extra_model or {})},
+           "inference": {"seed": 4}, "output": {"dir": str(tmp_path / "out"), "draws": 200}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    return runner.invoke(app, ["fit", str(config), "--quiet"]), tmp_path / "out"
+
+
+def test_outputs_name_group_terms_and_levels_as_written(tmp_path):
+    path = grouped_data(tmp_path, levels=[str(10 * j + 1) for j in range(12)])
+    res, out = fit_cli(tmp_path, "y ~ x + z + (1 + x | g)", path=path)
+    assert res.exit_code == 0, res.stderr
+    names = [r["parameter"] for r in csv.DictReader((out / "summary.csv").open())]
+    assert names == ["intercept", "x", "z", "sigma", "sd(g:(Intercept))", "sd(g:x)",
+                     "cor(g:(Intercept),x)"]
+    rows = list(csv.DictReader((out / "groups.csv").open()))
+    assert list(rows[0]) == ["group", "level", "term", "mean", "sd", "q5", "q50", "q95"]
+    assert [r["level"] for r in rows[::2]] == [str(10 * j + 1) for j in range(12)]  # 1, 11, ..
+    assert {r["term"] for r in rows} == {"(Intercept)", "x"}
+    doc = json.loads((out / "fit.json").read_text())
+    assert doc["config"]["inference"]["family"] == "structured"
+    assert doc["design"]["groups"]["factor"] == "g" and doc["converged"]
+
+
+def test_predict_uses_seen_levels_and_draws_new_ones(tmp_path):
+    res, out = fit_cli(tmp_path, "y ~ x + z + (1 | g)")
+    assert res.exit_code == 0, res.stderr
+    new = write_csv(tmp_path / "new.csv", {"y": [0, 0, 0], "x": [0.0, 0.0, 0.0],
+                                           "z": [0.0, 0.0, 0.0], "g": ["g0", "g1", "unseen"]})
+    with_groups = runner.invoke(app, ["predict", str(out), str(new)])
+    assert with_groups.exit_code == 0, with_groups.stderr
+    assert "1 of 3 rows have a 'g' level the fit never saw" in with_groups.stderr
+    rows = list(csv.DictReader(with_groups.stdout.splitlines()))
+    population = list(csv.DictReader(runner.invoke(
+        app, ["predict", str(out), str(new), "--no-group-effects"]).stdout.splitlines()))
+    groups = {r["level"]: r for r in csv.DictReader((out / "groups.csv").open())}
+    for row, level in zip(rows[:2], ["g0", "g1"], strict=True):
+        shift = float(row["eta_mean"]) - float(population[0]["eta_mean"])
+        assert abs(shift - float(groups[level]["mean"])) < 0.05
+    tau = float(next(r for r in csv.DictReader((out / "summary.csv").open())
+                     if r["parameter"] == "sd(g:(Intercept))")["mean"])
+    assert float(rows[2]["eta_sd"]) > 0.8 * tau  # a new level carries the population's spread
+    assert float(population[2]["eta_sd"]) < 0.5 * tau
+
+
+@pytest.mark.parametrize("formula, data, message", [
+    ("y ~ x + (1 | g)", {"path": "one"}, "has 1 level(s)"),
+    ("y ~ x + (1 | county)", {}, "group column 'county' is not a column"),
+    ("y ~ x + (1 + w | g)", {}, "the group term on 'w'"),
+    ("y ~ x + (1 + c | g)", {"path": "constant"}, "constant within every 'g' group"),
+    ("y ~ x + (1 + x + z | g)", {}, "correlated group terms"),
+    ("y ~ x + 1 | g", {}, "in parentheses"),
+    ("y ~ x + (1 | )", {}, "must end with one grouping column"),
+    ("y ~ x + (1 | g) + (1 | h)", {"path": "two"}, "grouping factors"),
+    ("y ~ x + (x^2 | g)", {}, "takes column names"),
+])
+def test_bad_group_terms_fail_in_one_line(tmp_path, formula, data, message):
+    rng = np.random.default_rng(0)
+    n = 40
+    cols = {"y": rng.standard_normal(n), "x": rng.standard_normal(n),
+            "z": rng.standard_normal(n), "g": [f"g{i % 4}" for i in range(n)]}
+    kind = data.pop("path", None)
+    if kind == "one":
+        cols["g"] = ["a"] * n
+    if kind == "constant":
+        cols["c"] = [i % 4 for i in range(n)]
+    if kind == "two":
+        cols["h"] = [f"h{i % 3}" for i in range(n)]
+    path = write_csv(tmp_path / "bad.csv", cols)
+    res, out = fit_cli(tmp_path, formula, path=path, **data)
+    assert res.exit_code == 2, res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("inference, message", [
+    ({"batch_size": 10}, "remove inference.batch_size"),
+    ({"family": "fullrank"}, None),
+])
+def test_settings_that_do_not_apply_to_group_terms(tmp_path, inference, message):
+    path = grouped_data(tmp_path, n=60, G=3)
+    cfg = {"data": {"path": str(path), "formula": "y ~ x + (1 | g)"},
+           "model": {"family": "gaussian"}, "inference": inference,
+           "output": {"dir": str(tmp_path / "out"), "draws": 100}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["fit", str(config), "--quiet"])
+    if message is None:  # fullrank is allowed while small
+        assert res.exit_code == 0, res.stderr
+    else:
+        assert res.exit_code == 2 and message in res.stderr
+
+
+def test_structured_needs_group_terms(tmp_path):
+    path = grouped_data(tmp_path, n=60, G=3)
+    cfg = {"data": {"path": str(path), "response": "y", "covariates": ["x"]},
+           "model": {"family": "gaussian"}, "inference": {"family": "structured"}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["fit", str(config), "--quiet"])
+    assert res.exit_code == 2 and "structured is the family of models with group terms" in \
+        res.stderr
+
+
+def test_groups_without_a_formula(tmp_path):
+    """data.groups is the formula's (1 + x | g)."""
+    path = grouped_data(tmp_path)
+    (tmp_path / "a").mkdir()
+    res_a, out_a = fit_cli(tmp_path / "a", "y ~ x + z + (1 + x | g)", path=path)
+    cfg = {"data": {"path": str(path), "response": "y", "covariates": ["x", "z"],
+                    "groups": {"g": ["intercept", "x"]}},
+           "model": {"family": "gaussian"}, "inference": {"seed": 4},
+           "output": {"dir": str(tmp_path / "b"), "draws": 200}}
+    config = tmp_path / "b.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    res_b = runner.invoke(app, ["fit", str(config), "--quiet"])
+    assert res_a.exit_code == 0 and res_b.exit_code == 0, res_b.stderr
+    a = (out_a / "summary.csv").read_text()
+    b = (tmp_path / "b" / "summary.csv").read_text()
+    assert a == b
+
+
+def test_same_numbers_at_any_thread_count(tmp_path):
+    path = grouped_data(tmp_path, "bernoulli", n=600, G=20)
+    outs = []
+    for threads in (1, 2):
+        cfg = {"data": {"path": str(path), "formula": "y ~ x + z + (1 + x | g)"},
+               "model": {"family": "bernoulli"}, "inference": {"seed": 5},
+               "runtime": {"threads": threads},
+               "output": {"dir": str(tmp_path / f"t{threads}"), "draws": 100}}
+        config = tmp_path / f"t{threads}.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+        res = runner.invoke(app, ["fit", str(config), "--quiet"])
+        assert res.exit_code == 0, res.stderr
+        outs.append((tmp_path / f"t{threads}" / "groups.csv").read_text())
+    assert outs[0] == outs[1]

@@ -1,0 +1,153 @@
+"""Models with group terms against long NUTS runs (tests/data/multilevel): Minnesota radon
+with varying intercepts (posteriordb's reference) and varying slopes, the verbal-aggression
+logistic model (316 respondents) and the cbpp binomial model (15 herds), each with its
+reference's priors and vireg's default settings.
+
+The criteria are those of a multilevel fit worth reporting: fixed effects within 0.1 posterior
+sd with sds within 10%; each group sd's mean within 0.25 of its posterior sd and its sd within
+25%; every group effect within 0.1 sd with its sd within 15%. Where the structured Gaussian
+misses one (the varying-slopes model's group sds and correlation, whose posteriors are skewed
+and wide), the test says so as a strict xfail, so that a fix shows."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vireg.api import fit
+
+DATA = Path(__file__).parent / "data" / "multilevel"
+
+
+def reference(name: str) -> dict:
+    """The reference as {parameter: (mean, sd)} with vireg's names, and the fit's config."""
+    if name == "radon_mn_intercepts":
+        doc = json.loads((DATA / "radon_mn_intercepts.json").read_text())
+        ref = {("intercept" if k == "(Intercept)" else k): (v["mean"], v["sd"])
+               for k, v in doc["fixed"].items()}
+        ref["sigma"] = (doc["sigma"]["mean"], doc["sigma"]["sd"])
+        ref["sd(county:(Intercept))"] = (doc["group_sd"]["(Intercept)"]["mean"],
+                                         doc["group_sd"]["(Intercept)"]["sd"])
+        effects = {("county", level, "(Intercept)"): (v["mean"], v["sd"])
+                   for level, v in doc["group_effects"]["(Intercept)"].items()}
+        cfg = {"data": {"path": str(DATA / "radon_mn_intercepts.csv"), "formula": doc["formula"]},
+               "model": {"family": "gaussian", "prior": {
+                   "intercept": "flat", "coefficients": "normal(0, 10)",
+                   "sigma": "half_normal(1)", "group_sd": "half_normal(1)"}}}
+        return {"fixed": ref, "effects": effects, "config": cfg}
+    doc = json.loads((DATA / "reference.json").read_text())[name]
+    fixed, effects = {}, {}
+    for p in doc["parameters"]:
+        value = (doc["mean"][p], doc["sd"][p])
+        if "[" in p:  # group[level]:term
+            group, rest = p.split("[", 1)
+            level, term = rest.split("]:", 1)
+            effects[(group, level, term)] = value
+        else:
+            fixed["intercept" if p == "(Intercept)" else p] = value
+    data = {"path": str(DATA / doc["csv"]), "response": doc["response"],
+            "covariates": doc["covariates"],
+            "groups": {doc["group"]: ["intercept" if t == "(Intercept)" else t
+                                      for t in doc["group_terms"]]}}
+    if doc["trials"]:
+        data["trials"] = doc["trials"]
+    prior = {k: v for k, v in doc["priors"].items()
+             if k in ("intercept", "coefficients", "sigma", "group_sd", "group_cor", "overrides")}
+    cfg = {"data": data, "model": {"family": doc["family"], "prior": prior}}
+    return {"fixed": fixed, "effects": effects, "config": cfg}
+
+
+FITS: dict = {}
+
+
+def fitted(name: str, family: str = "auto"):
+    if (name, family) not in FITS:
+        ref = reference(name)
+        cfg = {**ref["config"], "inference": {"family": family, "seed": 1},
+               "output": {"draws": 4000}}
+        FITS[(name, family)] = fit(cfg)
+    return FITS[(name, family)], reference(name)
+
+
+def errors(name: str, family: str = "auto"):
+    """{parameter: (mean error in sds, sd ratio)} and the same for every group effect."""
+    result, ref = fitted(name, family)
+    rows = {r["parameter"]: r for r in result.summary_rows()}
+    fixed = {p: ((rows[p]["mean"] - m) / s, rows[p]["sd"] / s) for p, (m, s) in
+             ref["fixed"].items()}
+    effects = {}
+    for r in result.group_rows:
+        m, s = ref["effects"][(r["group"], r["level"], r["term"])]
+        effects[(r["level"], r["term"])] = ((r["mean"] - m) / s, r["sd"] / s)
+    assert len(effects) == len(ref["effects"])
+    return result, fixed, effects
+
+
+def is_group_sd(p: str) -> bool:
+    return p.startswith("sd(") or p.startswith("cor(")
+
+
+CASES = ["radon_mn_intercepts", "verbagg_logit", "cbpp_binomial", "radon_mn_slopes"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fixed_effects_and_sigma(name):
+    result, fixed, _ = errors(name)
+    assert result.converged, result.reason
+    for p, (err, ratio) in fixed.items():
+        if not is_group_sd(p):
+            assert abs(err) < 0.1 and abs(ratio - 1) < 0.1, (p, err, ratio)
+
+
+def worst_effects(name: str) -> tuple[float, float]:
+    _, _, effects = errors(name)
+    return (max(abs(e) for e, _ in effects.values()),
+            max(abs(r - 1) for _, r in effects.values()))
+
+
+@pytest.mark.parametrize("name", CASES[:3])
+def test_group_effects(name):
+    worst_mean, worst_sd = worst_effects(name)
+    assert worst_mean < 0.1 and worst_sd < 0.15, (worst_mean, worst_sd)
+
+
+@pytest.mark.xfail(strict=True, reason="varying slopes: the worst county effect's mean is 0.19 "
+                   "sd off (measured), where the group sds are off too")
+def test_varying_slopes_group_effects():
+    worst_mean, worst_sd = worst_effects("radon_mn_slopes")
+    assert worst_mean < 0.1 and worst_sd < 0.15, (worst_mean, worst_sd)
+
+
+def test_varying_slopes_no_worse_than_measured():
+    """A guard on the figures the strict xfails above describe (0.19 sd, 13%)."""
+    worst_mean, worst_sd = worst_effects("radon_mn_slopes")
+    assert worst_mean < 0.25 and worst_sd < 0.15, (worst_mean, worst_sd)
+
+
+@pytest.mark.parametrize("name", CASES[:3])
+def test_group_sds(name):
+    _, fixed, _ = errors(name)
+    for p, (err, ratio) in fixed.items():
+        if is_group_sd(p):
+            assert abs(err) < 0.25 and abs(ratio - 1) < 0.25, (p, err, ratio)
+
+
+@pytest.mark.xfail(strict=True, reason="varying slopes: the group sds' posterior sds come out "
+                   "about 25% narrow and the correlation's 40% (skewed, wide posteriors that a "
+                   "Gaussian in log tau and atanh rho cannot follow; full-rank is no better)")
+def test_varying_slopes_group_sds():
+    _, fixed, _ = errors("radon_mn_slopes")
+    for p, (err, ratio) in fixed.items():
+        if is_group_sd(p):
+            assert abs(err) < 0.25 and abs(ratio - 1) < 0.25, (p, err, ratio)
+
+
+def test_meanfield_understates_the_group_sd():
+    """What the structured family is for: mean-field's tau sd is far narrower (measured 0.62 of
+    NUTS's against 0.85), and its county effects' sds narrower too."""
+    _, structured, s_effects = errors("radon_mn_intercepts")
+    _, meanfield, m_effects = errors("radon_mn_intercepts", "meanfield")
+    tau = "sd(county:(Intercept))"
+    assert meanfield[tau][1] < 0.75 < structured[tau][1]
+    assert (min(r for _, r in m_effects.values())
+            < min(r for _, r in s_effects.values()) - 0.1)
