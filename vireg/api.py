@@ -63,6 +63,8 @@ class FitResult:
     extras: dict = field(default_factory=dict)
     theta_names: list[str] | None = None  # names of theta's coordinates (fit.json)
     group_rows: list[dict] | None = None  # groups.csv: each group effect's summary
+    group_draws: np.ndarray | None = field(default=None, repr=False)  # (draws, G, K)
+    group_names: list[str] | None = None  # "factor[level]:term", group by group
 
     def warnings(self) -> list[str]:
         """What a user must be told of this fit: a k-hat above its threshold (with advice for
@@ -229,7 +231,9 @@ def _result(cfg: Config, model, run: _Run, post, timing: dict, threads: int) -> 
         log_ratio_sd=post.log_ratio_sd, psis_ess=post.ess,
         summary_method=summary_method, diagnostics_seconds=timing["diagnostics"],
         extras=_extras(cfg, model, run), theta_names=model.theta_names,
-        group_rows=getattr(model, "fitted_groups", None))
+        group_rows=getattr(model, "fitted_groups", None),
+        group_draws=(post.group_effects[:n_out] if grouped and cfg.output.group_draws
+                     else None), group_names=model.group_names() if grouped else None)
 
 
 def _multilevel_summary(model, family, phi, post):

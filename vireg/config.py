@@ -105,6 +105,7 @@ class OutputConfig:
     psis_draws: int = 2000  # draws for the Pareto k-hat diagnostic; 0 turns it off
     psis: bool = False  # summaries from Pareto-smoothed importance-weighted draws
     arviz: bool = False  # also write posterior.nc (ArviZ InferenceData, netCDF)
+    group_draws: bool = False  # models with group terms: write group_draws.csv
     # per-observation log-likelihood in posterior.nc: auto writes it below a size cap
     log_likelihood: bool | str = "auto"
 
@@ -253,6 +254,10 @@ def _check_values(d: dict[str, Any]) -> None:
     _check_data(data, streamed=bool(runtime["out_of_core"] or runtime["backend"] == "dask"))
     _check_family_columns(FAMILY_ALIASES[d["model"]["family"]], data)
     _check_groups(data, {**_defaults(InferenceConfig), **d.get("inference", {})}, runtime)
+    has_terms = bool(data.get("groups")) or "|" in str(data.get("formula") or "")
+    if d.get("output", {}).get("group_draws") and not has_terms:
+        raise InputError("output.group_draws applies to models with group terms such as "
+                         "(1 | g): remove it")
 
 
 def _check_model(model: dict[str, Any]) -> None:

@@ -57,6 +57,16 @@ def groups_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def group_draws_csv(result) -> str:
+    """group_draws.csv: one row per draw, one column per group effect ("factor[level]:term")."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(result.group_names)
+    for d in result.group_draws.reshape(result.group_draws.shape[0], -1):
+        w.writerow([_num(x) for x in d])
+    return buf.getvalue()
+
+
 def draws_csv(result) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -160,6 +170,8 @@ def write_results(result, out_dir: Path, versions: dict) -> list[Path]:
         files["summary_original.csv"] = summary_csv(result, result.summary_original)
     if result.group_rows is not None:
         files["groups.csv"] = groups_csv(result.group_rows)
+    if result.group_draws is not None:
+        files["group_draws.csv"] = group_draws_csv(result)
     if result.config.output.arviz:
         from vireg.workflow.inference_data import inference_data, netcdf_writer, require_arviz
         from vireg.workflow.run import run_of_result

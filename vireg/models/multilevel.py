@@ -262,6 +262,11 @@ class MultilevelModel(Model):
         return group_effects_of(U, self.n_base_params, self.centring, self.cor_centring,
                                 bool(self.groups.n_cor))
 
+    def group_names(self) -> list[str]:
+        """"factor[level]:term" of every group effect, group by group (group_draws.csv)."""
+        g = self.groups
+        return [f"{g.factor}[{level}]:{term}" for level in g.levels for term in g.terms]
+
     def groups_record(self) -> dict:
         """What ``vireg predict`` needs of the group terms (fit.json's design.groups)."""
         g = self.groups
