@@ -285,3 +285,29 @@ def test_same_numbers_at_any_thread_count(tmp_path):
         assert res.exit_code == 0, res.stderr
         outs.append((tmp_path / f"t{threads}" / "groups.csv").read_text())
     assert outs[0] == outs[1]
+
+
+def test_group_draws_and_the_commands_that_refuse_group_terms(tmp_path):
+    res, out = fit_cli(tmp_path, "y ~ x + (1 + x | g)")
+    assert res.exit_code == 0, res.stderr
+    assert not (out / "group_draws.csv").exists()
+    for command in (["loo", str(out)], ["export", str(out), "--to", "netcdf"],
+                    ["ppc", str(out)]):
+        res = runner.invoke(app, command)
+        assert res.exit_code == 2 and "group terms" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    (tmp_path / "b").mkdir()
+    res, out = fit_cli(tmp_path / "b", "y ~ x + (1 + x | g)", path=tmp_path / "grouped.csv",
+                       extra_model=None)
+    cfg = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    cfg["output"]["group_draws"] = True
+    (tmp_path / "b" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["fit", str(tmp_path / "b" / "config.yaml"), "--quiet"])
+    assert res.exit_code == 0, res.stderr
+    rows = list(csv.reader((out / "group_draws.csv").open()))
+    assert rows[0][:2] == ["g[g0]:(Intercept)", "g[g0]:x"] and len(rows[0]) == 24
+    assert len(rows) == 201
+    cfg["output"]["arviz"] = True
+    (tmp_path / "b" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["fit", str(tmp_path / "b" / "config.yaml"), "--quiet"])
+    assert res.exit_code == 2 and "output.arviz" in res.stderr

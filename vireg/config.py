@@ -255,6 +255,9 @@ def _check_values(d: dict[str, Any]) -> None:
     _check_family_columns(FAMILY_ALIASES[d["model"]["family"]], data)
     _check_groups(data, {**_defaults(InferenceConfig), **d.get("inference", {})}, runtime)
     has_terms = bool(data.get("groups")) or "|" in str(data.get("formula") or "")
+    if d.get("output", {}).get("arviz") and has_terms:
+        raise InputError("output.arviz does not take models with group terms yet: remove it "
+                         "(summary.csv, groups.csv and group_draws.csv hold the results)")
     if d.get("output", {}).get("group_draws") and not has_terms:
         raise InputError("output.group_draws applies to models with group terms such as "
                          "(1 | g): remove it")

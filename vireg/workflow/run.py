@@ -101,6 +101,10 @@ def load_run(run_dir: Path | str) -> Run:
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"cannot read '{doc_path}' as a vireg result ({exc}): refit with this "
                          "version of vireg") from None
+    if doc["design"].get("groups"):
+        raise InputError(f"'{run_dir}' is a model with group terms: vireg loo, compare, export "
+                         "and ppc do not take those yet (summary.csv, groups.csv and vireg "
+                         "predict do)")
     if not draws_path.is_file():
         raise InputError(f"'{run_dir}' has no draws.csv: refit with output.draws of at least "
                          f"{MIN_DRAWS}")
