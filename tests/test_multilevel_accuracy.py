@@ -9,53 +9,10 @@ sd with sds within 10%; each group sd's mean within 0.25 of its posterior sd and
 misses one (the varying-slopes model's group sds and correlation, whose posteriors are skewed
 and wide), the test says so as a strict xfail, so that a fix shows."""
 
-import json
-from pathlib import Path
-
 import pytest
+from multilevel_references import CASES, errors_against, reference
 
 from vireg.api import fit
-
-DATA = Path(__file__).parent / "data" / "multilevel"
-
-
-def reference(name: str) -> dict:
-    """The reference as {parameter: (mean, sd)} with vireg's names, and the fit's config."""
-    if name == "radon_mn_intercepts":
-        doc = json.loads((DATA / "radon_mn_intercepts.json").read_text())
-        ref = {("intercept" if k == "(Intercept)" else k): (v["mean"], v["sd"])
-               for k, v in doc["fixed"].items()}
-        ref["sigma"] = (doc["sigma"]["mean"], doc["sigma"]["sd"])
-        ref["sd(county:(Intercept))"] = (doc["group_sd"]["(Intercept)"]["mean"],
-                                         doc["group_sd"]["(Intercept)"]["sd"])
-        effects = {("county", level, "(Intercept)"): (v["mean"], v["sd"])
-                   for level, v in doc["group_effects"]["(Intercept)"].items()}
-        cfg = {"data": {"path": str(DATA / "radon_mn_intercepts.csv"), "formula": doc["formula"]},
-               "model": {"family": "gaussian", "prior": {
-                   "intercept": "flat", "coefficients": "normal(0, 10)",
-                   "sigma": "half_normal(1)", "group_sd": "half_normal(1)"}}}
-        return {"fixed": ref, "effects": effects, "config": cfg}
-    doc = json.loads((DATA / "reference.json").read_text())[name]
-    fixed, effects = {}, {}
-    for p in doc["parameters"]:
-        value = (doc["mean"][p], doc["sd"][p])
-        if "[" in p:  # group[level]:term
-            group, rest = p.split("[", 1)
-            level, term = rest.split("]:", 1)
-            effects[(group, level, term)] = value
-        else:
-            fixed["intercept" if p == "(Intercept)" else p] = value
-    data = {"path": str(DATA / doc["csv"]), "response": doc["response"],
-            "covariates": doc["covariates"],
-            "groups": {doc["group"]: ["intercept" if t == "(Intercept)" else t
-                                      for t in doc["group_terms"]]}}
-    if doc["trials"]:
-        data["trials"] = doc["trials"]
-    prior = {k: v for k, v in doc["priors"].items()
-             if k in ("intercept", "coefficients", "sigma", "group_sd", "group_cor", "overrides")}
-    cfg = {"data": data, "model": {"family": doc["family"], "prior": prior}}
-    return {"fixed": fixed, "effects": effects, "config": cfg}
-
 
 FITS: dict = {}
 
@@ -70,24 +27,14 @@ def fitted(name: str, family: str = "auto"):
 
 
 def errors(name: str, family: str = "auto"):
-    """{parameter: (mean error in sds, sd ratio)} and the same for every group effect."""
+    """The fit, {parameter: (mean error in sds, sd ratio)} and the same for every group
+    effect."""
     result, ref = fitted(name, family)
-    rows = {r["parameter"]: r for r in result.summary_rows()}
-    fixed = {p: ((rows[p]["mean"] - m) / s, rows[p]["sd"] / s) for p, (m, s) in
-             ref["fixed"].items()}
-    effects = {}
-    for r in result.group_rows:
-        m, s = ref["effects"][(r["group"], r["level"], r["term"])]
-        effects[(r["level"], r["term"])] = ((r["mean"] - m) / s, r["sd"] / s)
-    assert len(effects) == len(ref["effects"])
-    return result, fixed, effects
+    return (result, *errors_against(result, ref))
 
 
 def is_group_sd(p: str) -> bool:
     return p.startswith("sd(") or p.startswith("cor(")
-
-
-CASES = ["radon_mn_intercepts", "verbagg_logit", "cbpp_binomial", "radon_mn_slopes"]
 
 
 @pytest.mark.parametrize("name", CASES)
