@@ -28,9 +28,9 @@ def grouped_data(tmp_path, family="gaussian", n=400, G=12, seed=0, levels=None):
     x, z = rng.standard_normal(n), rng.standard_normal(n)
     b0, b1 = rng.normal(0, 0.7, G), rng.normal(0, 0.4, G)
     eta = 0.3 + 0.8 * x - 0.5 * z + b0[g] + b1[g] * x
-    if family == "bernoulli":
+    if family in ("bernoulli", "probit"):
         y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(int)
-    elif family == "poisson":
+    elif family in ("poisson", "negative_binomial"):
         y = rng.poisson(np.exp(0.3 * eta))
     elif family == "binomial":
         y = rng.binomial(10, 1 / (1 + np.exp(-eta)))
@@ -56,14 +56,16 @@ FORMULAS = ["y ~ x + z + (1 | g)", "y ~ x + z + (1 + x | g)", "y ~ x + (1 + x ||
 
 
 @pytest.mark.parametrize("formula", FORMULAS)
-@pytest.mark.parametrize("family", ["gaussian", "bernoulli", "poisson", "binomial"])
+@pytest.mark.parametrize("family", ["gaussian", "bernoulli", "poisson", "binomial",
+                                    "negative_binomial", "student_t", "probit"])
 def test_gradient_matches_finite_differences(tmp_path, formula, family):
     """Every coordinate (base, log tau, the correlation, each group's effects) at a random
     point, with random centrings lambda and mu."""
     path = grouped_data(tmp_path, family)
     if family == "binomial":
         formula = formula.replace("y ~", "p(y, n) ~")
-    model = model_of(path, formula, family)
+    link = {"link": "probit"} if family == "probit" else {}
+    model = model_of(path, formula, "bernoulli" if family == "probit" else family, **link)
     rng = np.random.default_rng(1)
     model.centring = rng.uniform(0, 1, model.centring.shape)
     model.cor_centring = rng.uniform(0, 1, model.cor_centring.shape)
