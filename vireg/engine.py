@@ -476,13 +476,14 @@ def _outcome(opt: Optimiser, rule: StoppingRule, verdict: Verdict, runaway: str 
 def step_rates(family, samples: int, rate: float) -> np.ndarray:
     """The rate of each coordinate's scaled Newton steps: ``rate`` (inference.learning_rate) for
     the means, and for the scales (log s, or lambda and B) at most samples / P (the structured
-    family: samples / its ``scale_dims``, the entries one row of its factor reads). The gradient
+    family: samples / its ``scale_dims()``, per scale parameter). The gradient
     of the scale factor carries noise in proportion to how far q's covariance is from the
     posterior's, summed over its P^2 / 2 entries, so larger steps feed on their own jitter: measured on a
     100,000 x 50 logistic fit with 2 draws per step and rate 0.5 for every coordinate, the
     covariance blew up within the first window and the fit never settled."""
     rates = np.full(family.size, rate)
-    rates[family.P:] = min(rate, samples / getattr(family, "scale_dims", family.P))
+    dims = family.scale_dims() if hasattr(family, "scale_dims") else family.P
+    rates[family.P:] = np.minimum(rate, samples / dims)
     return rates
 
 

@@ -6,14 +6,12 @@ tau 2 against 0.15), and in centred ones it collapses to tau = 0. The start is i
 Laplace-approximate marginal mode of the globals (lme4's and TMB's estimate), found by EM in
 centred coordinates:
 
-1. given tau, the correlation and the positive parameters, the intercept, coefficients and
-   effects move by one Newton step towards their joint mode (b^_g, with curvature H_g; the
-   Hessian is arrowhead, solved by eliminating the groups);
-2. the group covariance becomes Psi = mean over groups of b^_g b^_g^T + H_g^-1, i.e. tau and
-   the correlation (the M-step for a normal population of effects);
-3. the likelihood's positive parameters (sigma, ...) move by one Newton step towards the zero
-   of their gradient's expectation over b_g ~ N(b^_g, H_g^-1) (``_base_m_step``); the
-   intercept and coefficients move with the effects in step 1's Newton step.
+1. given the globals, the effects move by one Newton step towards their conditional mode
+   b^_g (curvature H_g; the groups' Hessian is block-diagonal);
+2. the base coordinates (intercept, coefficients, sigma, ...) move by one Newton step of the
+   Laplace-approximate marginal posterior (``_base_m_step``);
+3. the group covariance becomes Psi = mean over groups of b^_g b^_g^T + H_g^-1, i.e. tau and
+   the correlation (the M-step for a normal population of effects).
 
 EM stops when tau and the base coordinates change by less than ``EM_TOL``. Each group's
 centring lambda_gk = 1 / (1 + tau_k^2 J_gk) then follows from the data's information about its
@@ -44,6 +42,9 @@ FD_STEP = 1e-5
 # population of effects the data cannot tell apart from 0 is tau = 0, which has no log.
 MIN_TAU_FRACTION = 1e-3
 MAX_START_CORRELATION = 0.9
+# The largest move of a base coordinate in one M-step (standardised units, or a log scale's
+# e-fold): far from the mode the Laplace curvature can be nearly singular.
+MAX_BASE_STEP = 1.0
 QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
 
 
@@ -124,22 +125,25 @@ def _log_joint_grad(model, u: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def em_map(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
-    """One EM iteration in centred coordinates (module doc), the E-step's conditional mode taken
-    as one Newton step of the base coordinates and the effects jointly (tau and the
-    correlation held), halved while log p falls; returns (u, passes)."""
-    nb, Pg, K, G = model.n_base_params, model.n_global, model.groups.K, model.groups.n_groups
-    k = model.n_location
+    """One EM iteration in centred coordinates (module doc): the E-step's conditional mode of
+    the effects as one Newton step (the globals held; halved while log p falls), then the
+    M-step: the base coordinates by ``_base_m_step``, Psi from the effects' moments. Returns
+    (u, passes)."""
+    Pg, K, G = model.n_global, model.groups.K, model.groups.n_groups
     lp, g, (H_GG, H_cross, H_blocks) = arrowhead_hessian(model, u, with_point=True)
     passes = 1
+    try:
+        np.linalg.cholesky(H_blocks)
+    except np.linalg.LinAlgError:  # a likelihood that is not log-concave (Student-t)
+        H_blocks = _positive(H_blocks)
     g_w = g[Pg:].reshape(G, K)
     try:
-        x_b, x_w = arrowhead_solve(H_GG[:k, :k], H_cross[:, :, :k], H_blocks, g[:k], g_w)
+        x_w = np.linalg.solve(H_blocks, g_w[:, :, None])[:, :, 0]
     except np.linalg.LinAlgError:
-        x_b, x_w = np.zeros(k), g_w / np.maximum(np.abs(np.diagonal(H_blocks, 0, 1, 2)), 1.0)
+        x_w = g_w / np.maximum(np.abs(np.diagonal(H_blocks, 0, 1, 2)), 1.0)
     t, out = 1.0, u
     while t > 1e-6:
         trial = u.copy()
-        trial[:k] += t * x_b
         trial[Pg:] += t * x_w.ravel()
         lp_trial, _ = _log_joint_grad(model, trial)
         passes += 1
@@ -147,28 +151,29 @@ def em_map(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
             out = trial
             break
         t *= 0.5
-    b = out[Pg:].reshape(G, K)
     V = np.linalg.inv(H_blocks)
     out = out.copy()
-    passes += _base_m_step(model, out, V, H_GG[k:nb, k:nb])
+    passes += _base_m_step(model, out, V, (H_GG, H_cross, H_blocks))
+    b = out[Pg:].reshape(G, K)
     psi = (b.T @ b + V.sum(axis=0)) / G
     _set_population(model, out, psi, floor)
     return out, passes
 
 
-def _base_m_step(model, u: np.ndarray, V: np.ndarray, H_pos: np.ndarray) -> int:
-    """EM's M-step for the likelihood's positive parameters (sigma, phi, nu), in place: a
-    Newton step to where the expectation of their gradient over the groups' effects
-    b_g ~ N(b^_g, V_g) vanishes (at b^ alone sigma comes out low by the effects' variance: 10%
-    at 20 rows per group). The expectation is the unscented one, exact for a gaussian
-    likelihood: 2K draws, draw (k, +-) moving every group's effects by +-sqrt(K) column k of
-    chol(V_g) at once (the log likelihood is a sum over groups, so each group gets its own
-    K-point rule); one pass. Returns the passes made. (The location coordinates move with the
-    effects in ``em_map``'s joint step: for a gaussian likelihood their joint mode given the
-    variances is the generalised least-squares estimate, Henderson's mixed model equations.)"""
-    nb, Pg, K, k = model.n_base_params, model.n_global, model.groups.K, model.n_location
-    if nb == k:
-        return 0
+def _base_m_step(model, u: np.ndarray, V: np.ndarray, hessian) -> int:
+    """EM's M-step for the base coordinates (intercept, coefficients, sigma, ...), in place:
+    one Newton step of the Laplace-approximate marginal posterior, whose gradient is the
+    expectation of the base coordinates' gradient over the effects b_g ~ N(b^_g, V_g) (Fisher's
+    identity) and whose curvature is the Schur complement S = H_bb - sum_g C_g^T D_g^-1 C_g;
+    the effects follow the step at their conditional modes' rate, -D_g^-1 C_g. At b^ alone
+    sigma would come out low by the effects' variance (10% at 20 rows per group) and a
+    logistic model's coefficients biased (2.5 posterior sds at 200,000 rows, 100 per group).
+    The expectation is the unscented one, exact for a gaussian likelihood: 2K draws, draw
+    (k, +-) moving every group's effects by +-sqrt(K) column k of chol(V_g) at once (the log
+    likelihood is a sum over groups, so each group gets its own K-point rule); one pass.
+    Returns the passes made."""
+    nb, Pg, K, G = model.n_base_params, model.n_global, model.groups.K, model.groups.n_groups
+    H_GG, H_cross, H_blocks = hessian
     try:
         chol = np.linalg.cholesky(V)
     except np.linalg.LinAlgError:
@@ -180,12 +185,21 @@ def _base_m_step(model, u: np.ndarray, V: np.ndarray, H_pos: np.ndarray) -> int:
         U[2 * col + 1, Pg:] -= shift
     with np.errstate(**QUIET):
         _, grads = model.log_joint_grad(U)
+    g_base = grads[:, :nb].mean(axis=0)
     try:
-        step = np.linalg.solve(H_pos, grads[:, k:nb].mean(axis=0))
-    except np.linalg.LinAlgError:
-        return 1
-    if np.all(np.isfinite(step)):
-        u[k:nb] += step
+        np.linalg.cholesky(H_GG[:nb, :nb] - np.einsum(
+            "gkp,gkq->pq", H_cross[:, :, :nb], np.linalg.solve(H_blocks, H_cross[:, :, :nb])))
+        x_b, x_w = arrowhead_solve(H_GG[:nb, :nb], H_cross[:, :, :nb], H_blocks, g_base,
+                                   np.zeros((G, K)))
+    except np.linalg.LinAlgError:  # away from the mode: the plain curvature, effects held
+        try:
+            x_b, x_w = np.linalg.solve(H_GG[:nb, :nb], g_base), np.zeros((G, K))
+        except np.linalg.LinAlgError:
+            return 1
+    scale = min(1.0, MAX_BASE_STEP / max(float(np.max(np.abs(x_b))), 1e-300))
+    if np.all(np.isfinite(x_b)) and np.all(np.isfinite(x_w)):
+        u[:nb] += scale * x_b
+        u[Pg:] += scale * x_w.ravel()
     return 1
 
 
@@ -226,10 +240,12 @@ def run_em(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int, int]:
         alpha = -np.sqrt((r @ r) / (v @ v)) if v @ v > 0 else -1.0
         alpha = min(alpha, -1.0)
         extrapolated = _clamp(model, u - 2.0 * alpha * r + alpha * alpha * v, floor)
-        lp_ok = np.all(np.isfinite(extrapolated)) and np.isfinite(
-            _log_joint_grad(model, extrapolated)[0])
+        # SQUAREM's safeguard, with log p as the objective's stand-in: an extrapolation that
+        # lands below the last EM iterate is dropped for that iterate.
+        lp_ok = (np.all(np.isfinite(extrapolated))
+                 and _log_joint_grad(model, extrapolated)[0] >= _log_joint_grad(model, u2)[0])
         u_next, p3 = em_map(model, extrapolated if lp_ok else u2, floor)
-        passes += p3 + 1
+        passes += p3 + 2
         change = np.max(np.abs(u_next[:nb + K] - u[:nb + K]))
         u = u_next
         if change < EM_TOL:
@@ -280,19 +296,28 @@ def _population_cov(model, u: np.ndarray) -> np.ndarray:
 
 
 def _factor(cls, H_GG, H_cross, H_blocks):
-    """The structured factor of the arrowhead precision; where the globals' Schur complement is
-    not positive definite (a start away from the joint mode can have negative curvature along
-    log tau) its eigenvalues are floored at a tenth of the smallest positive one's size."""
+    """The structured factor of the arrowhead precision. Where a block or the globals' Schur
+    complement is not positive definite (a likelihood that is not log-concave, such as
+    Student-t's, or a start away from the joint mode, with negative curvature along log tau),
+    its eigenvalues are made positive: |value|, at least a tenth of the smallest positive one
+    (``_positive``)."""
     try:
         return cls.from_precision(H_GG, H_cross, H_blocks)
     except np.linalg.LinAlgError:
         pass
+    H_blocks = _positive(H_blocks)
     blocks_inv = np.linalg.inv(H_blocks)
-    schur = H_GG - np.einsum("gkp,gkl,glq->pq", H_cross, blocks_inv, H_cross)
-    vals, vecs = np.linalg.eigh(0.5 * (schur + schur.T))
+    coupling = np.einsum("gkp,gkl,glq->pq", H_cross, blocks_inv, H_cross)
+    H_GG = _positive((H_GG - coupling)[None])[0] + coupling
+    return cls.from_precision(H_GG, H_cross, H_blocks)
+
+
+def _positive(H: np.ndarray) -> np.ndarray:
+    """Each symmetric matrix of the stack H (n, k, k) with its eigenvalues replaced by their
+    absolute values, floored at a tenth of the smallest positive eigenvalue in the stack (1
+    where there is none)."""
+    vals, vecs = np.linalg.eigh(0.5 * (H + np.swapaxes(H, 1, 2)))
     positive = vals[vals > 0]
     floor = 0.1 * (positive.min() if positive.size else 1.0)
     vals = np.maximum(np.abs(vals), floor)
-    fixed = vecs @ (vals[:, None] * vecs.T)
-    H_GG = fixed + np.einsum("gkp,gkl,glq->pq", H_cross, blocks_inv, H_cross)
-    return cls.from_precision(H_GG, H_cross, H_blocks)
+    return vecs @ (vals[:, :, None] * np.swapaxes(vecs, 1, 2))

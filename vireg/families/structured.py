@@ -224,9 +224,6 @@ class Structured:
         self.origin = np.zeros(self.P) if origin is None else np.asarray(origin, float)
         # q lives in a frame other than u itself (the engine then needs no preconditioner)
         self.whitened = frame is not None
-        # The entries of eps a row of L reads: what the noise of a scale's gradient grows
-        # with (``engine.step_rates``), Pg + K, not P as for a dense factor.
-        self.scale_dims = self.Pg + self.K
         self.frame = StructuredFactor.identity(self.Pg, self.G, self.K) if frame is None else frame
         if self.frame.shape != (self.Pg, self.G, self.K) or self.origin.shape != (self.P,):
             raise ValueError(f"frame {self.frame.shape} or origin {self.origin.shape} does not "
@@ -368,6 +365,19 @@ class Structured:
     def quadratic_cv_mean(self, phi: np.ndarray, C: np.ndarray) -> np.ndarray:
         raise NotImplementedError("the quadratic control variate needs a dense P x P curvature; "
                                   "the structured family does not support it")
+
+    def scale_dims(self) -> np.ndarray:
+        """Per scale parameter (lambda, then the B entries), the number of coordinates whose
+        gradient noise its own gradient gathers (``engine.step_rates`` divides the draws by
+        it): P for the globals' block, whose a_G sums every group's terms (measured on a
+        1,000,000-row logistic model with 10,000 groups: noise up to 2.9 per step in B_G, which
+        at a group block's rate made q's globals jitter until the fit ran away), and Pg + K
+        for a group's own entries (noise below 0.14)."""
+        n_B_G = self.g_rows.size
+        dims = np.full(self.size - self.P, float(self.Pg + self.K))
+        dims[:self.Pg] = self.P
+        dims[self.P:self.P + n_B_G] = self.P
+        return dims
 
     def frame_curvature(self) -> np.ndarray:
         """-d2 ELBO / dphi2 (diagonal) at q = N(0, I) for a standard normal target: 1 for m and

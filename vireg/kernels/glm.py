@@ -272,6 +272,7 @@ def _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, G, Gt, sums,
     work = np.empty((8, block * S))
     q, yb, xb, a0, a1, llb, db, d2b = (work[0], work[1], work[2], work[3], work[4], work[5],
                                        work[6], work[7])
+    acc = np.empty(W.shape[1] * S)
     _entry_auxiliary(family, aux, a0, a1, block)
     db[:] = 0.0
     d2b[:] = 0.0
@@ -292,7 +293,7 @@ def _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, G, Gt, sums,
                     q[r * S + s] += xr
         _add_group_terms(W, gid, Bg, b0, nb, q, S)
         _elementwise(family, q, yb, xb, a0, a1, llb, db, d2b, nb * S)
-        _scatter_group_sums(W, gid, Sg, b0, nb, q, S)
+        _scatter_group_sums(W, gid, Sg, b0, nb, q, S, acc)
         for s in range(S):
             s0 = 0.0
             s1 = 0.0
@@ -325,25 +326,40 @@ def _add_group_terms(W, gid, Bg, b0, nb, q, S):
         g = gid[i]
         for k in range(K):
             wk = W[i, k]
-            bgk = Bg[g, k]
             for s in range(S):
-                q[r * S + s] += wk * bgk[s]
+                q[r * S + s] += wk * Bg[g, k, s]
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _scatter_group_sums(W, gid, Sg, b0, nb, q, S):
-    """Sg[g, k, s] += q[r S + s] W[b0 + r, k] for each row (q holds r = dl/deta)."""
+def _scatter_group_sums(W, gid, Sg, b0, nb, q, S, acc):
+    """Sg[g, k, s] += sum of q[r S + s] W[b0 + r, k] over the block's rows of group g (q holds
+    r = dl/deta). The rows are sorted by group, so each run of a group's rows is summed in the
+    registers ``acc`` (K S entries) and added to Sg once: a store per row into Sg would chain
+    every row's addition through memory."""
     K = W.shape[1]
     if K == 0:
         return
+    acc[:] = 0.0
+    current = gid[b0]
     for r in range(nb):
         i = b0 + r
         g = gid[i]
+        if g != current:
+            _flush_group_sums(Sg, current, acc, K, S)
+            current = g
         for k in range(K):
             wk = W[i, k]
-            sgk = Sg[g, k]
             for s in range(S):
-                sgk[s] += q[r * S + s] * wk
+                acc[k * S + s] += q[r * S + s] * wk
+    _flush_group_sums(Sg, current, acc, K, S)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _flush_group_sums(Sg, g, acc, K, S):
+    for k in range(K):
+        for s in range(S):
+            Sg[g, k, s] += acc[k * S + s]
+            acc[k * S + s] = 0.0
 
 
 @njit(**JIT_OPTIONS)
