@@ -116,10 +116,10 @@ def test_arrowhead_hessian_matches_dense_differences(tmp_path):
 
 def test_em_start_is_the_marginal_likelihood_mode(tmp_path):
     """For a gaussian random-intercept model with flat priors on the base coordinates, EM's
-    fixed point is the maximum of the exact marginal likelihood over (beta, sigma, tau), found
-    here by a general-purpose optimiser on the dense N x N covariance. (The flat prior on
-    sigma is flat in sigma: on log sigma, where the base coordinates are, it adds log sigma;
-    tau's M-step has no prior.)"""
+    fixed point is the mode of the exact marginal posterior over (beta, log sigma, log tau), found
+    here by a general-purpose optimiser on the dense N x N covariance, with the priors of sigma
+    and tau on their logs (the flat prior on sigma adds log sigma there; tau's default
+    half-Student-t, its density on log tau)."""
     from scipy.optimize import minimize
 
     path = grouped_data(tmp_path, n=150, G=8)
@@ -139,7 +139,8 @@ def test_em_start_is_the_marginal_likelihood_mode(tmp_path):
         beta, log_s, log_t = v[:2], v[2], v[3]
         C = np.exp(2 * log_s) * np.eye(len(y)) + np.exp(2 * log_t) * same
         r = y - X @ beta
-        return 0.5 * (np.linalg.slogdet(C)[1] + r @ np.linalg.solve(C, r)) - log_s
+        return (0.5 * (np.linalg.slogdet(C)[1] + r @ np.linalg.solve(C, r)) - log_s
+                - model.group_sd.logpdf(np.array([log_t]))[0])
 
     v0 = np.concatenate([natural[:2], np.log(natural[2:])])
     best = minimize(negative_log_lik, v0, method="Nelder-Mead",

@@ -6,12 +6,14 @@ tau 2 against 0.15), and in centred ones it collapses to tau = 0. The start is i
 Laplace-approximate marginal mode of the globals (lme4's and TMB's estimate), found by EM in
 centred coordinates:
 
-1. given the globals, the effects move by one Newton step towards their conditional mode
-   b^_g (curvature H_g; the groups' Hessian is block-diagonal);
-2. the base coordinates (intercept, coefficients, sigma, ...) move by one Newton step of the
-   Laplace-approximate marginal posterior (``_base_m_step``);
-3. the group covariance becomes Psi = mean over groups of b^_g b^_g^T + H_g^-1, i.e. tau and
-   the correlation (the M-step for a normal population of effects).
+1. given tau, the correlation and the positive parameters, the intercept, coefficients and
+   effects move by one Newton step towards their joint mode (b^_g, with curvature H_g; the
+   Hessian is arrowhead, solved by eliminating the groups);
+2. the likelihood's positive parameters (sigma, ...) move by one Newton step towards the zero
+   of their gradient's expectation over b_g ~ N(b^_g, H_g^-1) (``_positive_m_step``);
+3. the group sds and correlation follow from the effects' second moments, Psi = mean over
+   groups of b^_g b^_g^T + H_g^-1, each log tau at the mode of that population's expected
+   log density plus tau's prior (``_set_population``).
 
 EM stops when tau and the base coordinates change by less than ``EM_TOL``. Each group's
 centring lambda_gk = 1 / (1 + tau_k^2 J_gk) then follows from the data's information about its
@@ -42,8 +44,8 @@ FD_STEP = 1e-5
 # population of effects the data cannot tell apart from 0 is tau = 0, which has no log.
 MIN_TAU_FRACTION = 1e-3
 MAX_START_CORRELATION = 0.9
-# The largest move of a base coordinate in one M-step (standardised units, or a log scale's
-# e-fold): far from the mode the Laplace curvature can be nearly singular.
+# The largest move of a positive parameter's log in one M-step: far from the mode the
+# curvature can be nearly singular.
 MAX_BASE_STEP = 1.0
 QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
 
@@ -125,11 +127,12 @@ def _log_joint_grad(model, u: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def em_map(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
-    """One EM iteration in centred coordinates (module doc): the E-step's conditional mode of
-    the effects as one Newton step (the globals held; halved while log p falls), then the
-    M-step: the base coordinates by ``_base_m_step``, Psi from the effects' moments. Returns
-    (u, passes)."""
-    Pg, K, G = model.n_global, model.groups.K, model.groups.n_groups
+    """One EM iteration in centred coordinates (module doc): the E-step's conditional mode as
+    one Newton step of the location coordinates and the effects jointly (tau, the correlation
+    and the positive parameters held), halved while log p falls; then the M-steps of the
+    positive parameters (``_positive_m_step``) and of Psi. Returns (u, passes)."""
+    nb, Pg, K, G = model.n_base_params, model.n_global, model.groups.K, model.groups.n_groups
+    k = model.n_location
     lp, g, (H_GG, H_cross, H_blocks) = arrowhead_hessian(model, u, with_point=True)
     passes = 1
     try:
@@ -138,12 +141,13 @@ def em_map(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
         H_blocks = _positive(H_blocks)
     g_w = g[Pg:].reshape(G, K)
     try:
-        x_w = np.linalg.solve(H_blocks, g_w[:, :, None])[:, :, 0]
+        x_b, x_w = arrowhead_solve(H_GG[:k, :k], H_cross[:, :, :k], H_blocks, g[:k], g_w)
     except np.linalg.LinAlgError:
-        x_w = g_w / np.maximum(np.abs(np.diagonal(H_blocks, 0, 1, 2)), 1.0)
+        x_b, x_w = np.zeros(k), g_w / np.maximum(np.abs(np.diagonal(H_blocks, 0, 1, 2)), 1.0)
     t, out = 1.0, u
     while t > 1e-6:
         trial = u.copy()
+        trial[:k] += t * x_b
         trial[Pg:] += t * x_w.ravel()
         lp_trial, _ = _log_joint_grad(model, trial)
         passes += 1
@@ -151,29 +155,31 @@ def em_map(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
             out = trial
             break
         t *= 0.5
+    b = out[Pg:].reshape(G, K)
     V = np.linalg.inv(H_blocks)
     out = out.copy()
-    passes += _base_m_step(model, out, V, (H_GG, H_cross, H_blocks))
-    b = out[Pg:].reshape(G, K)
+    passes += _positive_m_step(model, out, V, H_GG[k:nb, k:nb])
     psi = (b.T @ b + V.sum(axis=0)) / G
     _set_population(model, out, psi, floor)
     return out, passes
 
 
-def _base_m_step(model, u: np.ndarray, V: np.ndarray, hessian) -> int:
-    """EM's M-step for the base coordinates (intercept, coefficients, sigma, ...), in place:
-    one Newton step of the Laplace-approximate marginal posterior, whose gradient is the
-    expectation of the base coordinates' gradient over the effects b_g ~ N(b^_g, V_g) (Fisher's
-    identity) and whose curvature is the Schur complement S = H_bb - sum_g C_g^T D_g^-1 C_g;
-    the effects follow the step at their conditional modes' rate, -D_g^-1 C_g. At b^ alone
-    sigma would come out low by the effects' variance (10% at 20 rows per group) and a
-    logistic model's coefficients biased (2.5 posterior sds at 200,000 rows, 100 per group).
-    The expectation is the unscented one, exact for a gaussian likelihood: 2K draws, draw
-    (k, +-) moving every group's effects by +-sqrt(K) column k of chol(V_g) at once (the log
-    likelihood is a sum over groups, so each group gets its own K-point rule); one pass.
-    Returns the passes made."""
-    nb, Pg, K, G = model.n_base_params, model.n_global, model.groups.K, model.groups.n_groups
-    H_GG, H_cross, H_blocks = hessian
+def _positive_m_step(model, u: np.ndarray, V: np.ndarray, H_pos: np.ndarray) -> int:
+    """EM's M-step for the likelihood's positive parameters (sigma, phi, nu), in place: a
+    Newton step (at most MAX_BASE_STEP in each log) to where the expectation of their gradient
+    over the groups' effects b_g ~ N(b^_g, V_g) vanishes (at b^ alone sigma comes out low by
+    the effects' variance: 10% at 20 rows per group). The expectation is the unscented one,
+    exact for a gaussian likelihood: 2K draws, draw (k, +-) moving every group's effects by
+    +-sqrt(K) column k of chol(V_g) at once (the log likelihood is a sum over groups, so each
+    group gets its own K-point rule); one pass. Returns the passes made. (The location
+    coordinates move with the effects in ``em_map``'s joint step: for a gaussian likelihood
+    their joint mode given the variances is the generalised least-squares estimate,
+    Henderson's mixed model equations. Taking the expectation for them too, with the
+    effects at their modes, drifts for a Poisson model: exp(b) averages above exp(b^), the
+    intercept falls, the effects and tau rise, without end.)"""
+    nb, Pg, K, k = model.n_base_params, model.n_global, model.groups.K, model.n_location
+    if nb == k:
+        return 0
     try:
         chol = np.linalg.cholesky(V)
     except np.linalg.LinAlgError:
@@ -185,32 +191,47 @@ def _base_m_step(model, u: np.ndarray, V: np.ndarray, hessian) -> int:
         U[2 * col + 1, Pg:] -= shift
     with np.errstate(**QUIET):
         _, grads = model.log_joint_grad(U)
-    g_base = grads[:, :nb].mean(axis=0)
     try:
-        np.linalg.cholesky(H_GG[:nb, :nb] - np.einsum(
-            "gkp,gkq->pq", H_cross[:, :, :nb], np.linalg.solve(H_blocks, H_cross[:, :, :nb])))
-        x_b, x_w = arrowhead_solve(H_GG[:nb, :nb], H_cross[:, :, :nb], H_blocks, g_base,
-                                   np.zeros((G, K)))
-    except np.linalg.LinAlgError:  # away from the mode: the plain curvature, effects held
-        try:
-            x_b, x_w = np.linalg.solve(H_GG[:nb, :nb], g_base), np.zeros((G, K))
-        except np.linalg.LinAlgError:
-            return 1
-    scale = min(1.0, MAX_BASE_STEP / max(float(np.max(np.abs(x_b))), 1e-300))
-    if np.all(np.isfinite(x_b)) and np.all(np.isfinite(x_w)):
-        u[:nb] += scale * x_b
-        u[Pg:] += scale * x_w.ravel()
+        step = np.linalg.solve(H_pos, grads[:, k:nb].mean(axis=0))
+    except np.linalg.LinAlgError:
+        return 1
+    if np.all(np.isfinite(step)):
+        u[k:nb] += np.clip(step, -MAX_BASE_STEP, MAX_BASE_STEP)
     return 1
 
 
 def _set_population(model, u: np.ndarray, psi: np.ndarray, floor: float) -> None:
-    """Write tau = sqrt(diag Psi) (at least ``floor``) and the correlation into u."""
-    nb, K = model.n_base_params, model.groups.K
-    tau = np.sqrt(np.maximum(np.diag(psi), floor * floor))
+    """Write tau and the correlation into u: each log tau_k the mode in log tau of the effects'
+    expected log density plus tau's prior with its Jacobian (``_log_tau_mode``; at least
+    ``floor``), the correlation that of Psi."""
+    nb, K, G = model.n_base_params, model.groups.K, model.groups.n_groups
+    t = np.array([_log_tau_mode(model.group_sd, G * psi[k, k], G, u[nb + k])
+                  for k in range(K)])
+    tau = np.exp(np.maximum(t, np.log(floor)))
     u[nb:nb + K] = np.log(tau)
     if model.groups.n_cor:
         rho = psi[0, 1] / (tau[0] * tau[1])
         u[nb + K] = np.arctanh(np.clip(rho, -MAX_START_CORRELATION, MAX_START_CORRELATION))
+
+
+def _log_tau_mode(prior, A: float, G: int, t: float) -> float:
+    """The t = log tau maximising -G t - A e^(-2 t) / 2 + log p(t) (A the sum over groups of
+    E[b_gk^2], p tau's prior on log tau with its Jacobian), by Newton's method on
+    f(t) = -G + A e^(-2 t) + d/dt log p(t), which falls from +inf to below 0. Without the prior
+    this is EM's tau^2 = A / G; with it, a population the data cannot tell from 0 (A / G far
+    below the effects' own variance) keeps the tau where the prior and the Jacobian put it,
+    instead of EM's slow slide to 0."""
+    if not np.isfinite(t):
+        t = 0.5 * np.log(max(A / G, 1e-300))
+    for _ in range(50):
+        x = np.array([t])
+        f = -G + A * np.exp(-2.0 * t) + float(prior.grad(x)[0])
+        fp = -2.0 * A * np.exp(-2.0 * t) + float(prior.hess(x)[0])
+        step = -f / fp if fp < 0 else np.sign(f)
+        t += float(np.clip(step, -2.0, 2.0))
+        if abs(step) < 1e-10:
+            break
+    return t
 
 
 def _clamp(model, u: np.ndarray, floor: float) -> np.ndarray:
