@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 DATA = Path(__file__).parent / "data" / "multilevel"
-CASES = ["radon_mn_intercepts", "verbagg_logit", "cbpp_binomial", "radon_mn_slopes"]
+CASES = ["radon_mn_intercepts", "verbagg_logit", "cbpp_binomial", "radon_mn_slopes",
+         "sleepstudy"]
 
 
 def reference(name: str) -> dict:
@@ -25,7 +26,8 @@ def reference(name: str) -> dict:
                    "intercept": "flat", "coefficients": "normal(0, 10)",
                    "sigma": "half_normal(1)", "group_sd": "half_normal(1)"}}}
         return {"fixed": ref, "effects": effects, "config": cfg}
-    doc = json.loads((DATA / "reference.json").read_text())[name]
+    own = DATA / f"{name}.json"
+    doc = json.loads((own if own.exists() else DATA / "reference.json").read_text())[name]
     fixed, effects = {}, {}
     for p in doc["parameters"]:
         value = (doc["mean"][p], doc["sd"][p])

@@ -1,7 +1,8 @@
 """Models with group terms against long NUTS runs (tests/data/multilevel): Minnesota radon
 with varying intercepts (posteriordb's reference) and varying slopes, the verbal-aggression
-logistic model (316 respondents) and the cbpp binomial model (15 herds), each with its
-reference's priors and vireg's default settings.
+logistic model (316 respondents), the cbpp binomial model (15 herds) and lme4's sleepstudy
+(varying intercepts and slopes over 18 subjects), each with its reference's priors and vireg's
+default settings.
 
 The criteria are those of a multilevel fit worth reporting: fixed effects within 0.1 posterior
 sd with sds within 10%; each group sd's mean within 0.25 of its posterior sd and its sd within
@@ -37,14 +38,37 @@ def is_group_sd(p: str) -> bool:
     return p.startswith("sd(") or p.startswith("cor(")
 
 
+# The cases that meet every criterion; the others' shortfalls are strict xfails below.
+MET = ["radon_mn_intercepts", "verbagg_logit", "cbpp_binomial"]
+
+
 @pytest.mark.parametrize("name", CASES)
-def test_fixed_effects_and_sigma(name):
+def test_fixed_effects_and_sigma_means(name):
     result, fixed, _ = errors(name)
     assert result.converged, result.reason
-    for p, (err, ratio) in fixed.items():
+    for p, (err, _) in fixed.items():
         if is_group_sd(p) or (name == "radon_mn_slopes" and p == "sigma"):
             continue  # (the varying-slopes sigma: with the group sds, below)
-        assert abs(err) < 0.1 and abs(ratio - 1) < 0.1, (p, err, ratio)
+        assert abs(err) < 0.1, (p, err)
+
+
+def assert_fixed_sds(name: str) -> None:
+    _, fixed, _ = errors(name)
+    for p, (_, ratio) in fixed.items():
+        if not is_group_sd(p):
+            assert abs(ratio - 1) < 0.1, (p, ratio)
+
+
+@pytest.mark.parametrize("name", [*MET, "radon_mn_slopes"])
+def test_fixed_effects_and_sigma_sds(name):
+    assert_fixed_sds(name)
+
+
+@pytest.mark.xfail(strict=True, reason="sleepstudy (18 subjects, flat priors): the intercept's, "
+                   "slope's and sigma's sds come out 0.89-0.93 of NUTS's, following the group sds' "
+                   "(0.84-0.89)")
+def test_sleepstudy_fixed_effect_sds():
+    assert_fixed_sds("sleepstudy")
 
 
 def worst_effects(name: str) -> tuple[float, float]:
@@ -53,7 +77,7 @@ def worst_effects(name: str) -> tuple[float, float]:
             max(abs(r - 1) for _, r in effects.values()))
 
 
-@pytest.mark.parametrize("name", CASES[:3])
+@pytest.mark.parametrize("name", [*MET, "sleepstudy"])
 def test_group_effects(name):
     worst_mean, worst_sd = worst_effects(name)
     assert worst_mean < 0.1 and worst_sd < 0.15, (worst_mean, worst_sd)
@@ -74,7 +98,7 @@ def test_varying_slopes_no_worse_than_measured():
     assert abs(errors("radon_mn_slopes")[1]["sigma"][0]) < 0.15
 
 
-@pytest.mark.parametrize("name", CASES[:3])
+@pytest.mark.parametrize("name", [*MET, "sleepstudy"])
 def test_group_sds(name):
     _, fixed, _ = errors(name)
     for p, (err, ratio) in fixed.items():
