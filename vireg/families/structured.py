@@ -427,17 +427,18 @@ class Structured:
 
     def distance(self, phi_new: np.ndarray, phi_old: np.ndarray) -> float:
         """Largest change of a mean (in posterior sds), of a log sd, or of a covariance entry
-        (in units of sd_i sd_j) among the globals block, each group's block and each group's
-        cross-covariance with the globals. Covariances between two groups are left out: there
-        are (G K)^2 of them, and they move only through the globals, which are counted."""
-        m1, sd1, GG1, ZZ1, ZG1 = self._cov_blocks(phi_new)
-        m0, sd0, GG0, ZZ0, ZG0 = self._cov_blocks(phi_old)
+        (in units of sd_i sd_j) among the globals block and each group's block. A group's
+        covariances with the globals (G K Pg of them) and with other groups are left out: their
+        Monte Carlo jitter, maximised over 300,000 entries at 10,000 groups, kept successive
+        levels from agreeing long after every mean and sd had (a 1,000,000-row logistic fit ran
+        4,550 steps); what they move, the groups' marginal sds, is counted."""
+        m1, sd1, GG1, ZZ1, _ = self._cov_blocks(phi_new)
+        m0, sd0, GG0, ZZ0, _ = self._cov_blocks(phi_old)
         sd_G, sd_Z = sd1[:self.Pg], sd1[self.Pg:].reshape(self.G, self.K)
         return float(max(
             np.max(np.abs(m1 - m0) / sd1), np.max(np.abs(np.log(sd1 / sd0))),
             np.max(np.abs(GG1 - GG0) / np.outer(sd_G, sd_G), initial=0.0),
-            np.max(np.abs(ZZ1 - ZZ0) / (sd_Z[:, :, None] * sd_Z[:, None, :]), initial=0.0),
-            np.max(np.abs(ZG1 - ZG0) / (sd_Z[:, :, None] * sd_G), initial=0.0)))
+            np.max(np.abs(ZZ1 - ZZ0) / (sd_Z[:, :, None] * sd_Z[:, None, :]), initial=0.0)))
 
     def labels(self, names: list[str]) -> list[str]:
         """A name for every entry of phi, from the names of the coordinates of u."""
