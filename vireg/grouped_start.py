@@ -37,8 +37,6 @@ from vireg.errors import FitError
 
 EM_MAX_ITERATIONS = 200
 EM_TOL = 1e-4
-NEWTON_MAX_STEPS = 30
-NEWTON_TOL = 1e-10
 FD_STEP = 1e-5
 # Group sds are kept above this fraction of the response's scale: EM's fixed point for a
 # population of effects the data cannot tell apart from 0 is tau = 0, which has no log.
