@@ -46,7 +46,15 @@ def test_fit_stopped_at_max_steps_says_it_did_not_converge(tmp_path):
 
 
 def test_drift_threshold_grows_with_the_number_of_coordinates():
-    assert 3.0 < drift_threshold(2) < drift_threshold(20) < drift_threshold(2000) < 8.0
+    assert 3.0 < drift_threshold(2) < drift_threshold(20) < drift_threshold(2000) < 10.0
+
+
+@pytest.mark.parametrize("n", [1, 6, 1000, 350_000])
+def test_drift_threshold_is_students_t_quantile(n):
+    """The Bonferroni bound is the t(9) quantile itself, to 1e-6 (scipy as the reference)."""
+    from scipy.stats import t
+
+    np.testing.assert_allclose(drift_threshold(n), t.isf(0.01 / (2 * n), 9), rtol=1e-6)
 
 
 def test_a_tolerance_too_small_to_meet_ends_unconverged_not_falsely_converged(tmp_path):

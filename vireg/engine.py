@@ -46,9 +46,9 @@ level's. Too many failures in a row stop the fit with a ``FitError`` (no results
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import numpy as np
 
@@ -127,10 +127,34 @@ def _batch_means(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def drift_threshold(n_coordinates: int, alpha: float = 0.01) -> float:
     """|mean gradient| / se above which some coordinate is still moving: a two-sided Bonferroni
-    bound at level alpha over all coordinates, widened from the normal to Student's t with
-    N_BATCHES - 1 degrees of freedom (Cornish-Fisher: t ~ z + (z^3 + z) / (4 nu))."""
-    z = NormalDist().inv_cdf(1.0 - alpha / (2.0 * n_coordinates))
-    return z + (z**3 + z) / (4.0 * (N_BATCHES - 1))
+    bound at level alpha over all coordinates, on Student's t with N_BATCHES - 1 degrees of
+    freedom (the batch-means se's). The quantile is computed, not approximated: the
+    Cornish-Fisher widening of the normal's, t ~ z + (z^3 + z) / (4 nu), falls short in the far
+    tail a Bonferroni bound reaches (10.5 against 17.6 over the 350,000 coordinates of a
+    structured q over 10,000 groups), where it flagged windows as drifting by chance and kept
+    levels from ending."""
+    return student_t_isf(alpha / (2.0 * n_coordinates), N_BATCHES - 1)
+
+
+def student_t_isf(p: float, nu: int) -> float:
+    """t with P(T > t) = p for Student's t with nu degrees of freedom (0 < p < 1/2): bisection
+    on the tail, the integral of the density over x = t e^s, s >= 0 (whose integrand falls
+    like e^(-nu s)), by the trapezoid rule."""
+    log_c = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+    s = np.linspace(0.0, 80.0 / nu, 8001)
+
+    def tail(t: float) -> float:
+        x = t * np.exp(s)
+        f = np.exp(log_c - 0.5 * (nu + 1) * np.log1p(x * x / nu)) * x
+        return float(np.sum(0.5 * (f[1:] + f[:-1]) * np.diff(s)))
+
+    lo, hi = 0.0, 1.0
+    while tail(hi) > p:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if tail(mid) > p else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 class RunawayGuard:
