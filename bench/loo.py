@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import subprocess
 import sys
 import time
 import warnings
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from machine import machine  # noqa: E402
 from workflow_runs import (  # noqa: E402
     KIDIQ_MODELS,
     POSTERIORDB,
@@ -47,18 +46,6 @@ from workflow_runs import (  # noqa: E402
 )
 
 REFIT_DRAWS = 4000
-
-
-def _machine() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines()
-                  if line.startswith("Model name")), platform.processor())
-    cores = next((line.split(":", 1)[1].strip() for line in cpu.splitlines()
-                  if line.startswith("CPU(s)")), "?")
-    return {"date": date.today().isoformat(), "commit": commit, "cpu": model, "cpus": cores,
-            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}
 
 
 def _is_se(lw: np.ndarray, lp: np.ndarray) -> float:
@@ -232,7 +219,7 @@ def main() -> None:
     g.add_argument("--workdir", default="/tmp/vireg-bench-loo")
     args = p.parse_args()
     rows = run_kidiq(args) if args.what == "kidiq" else run_large(args)
-    meta = _machine()
+    meta = machine()
     target = ROOT / "bench" / "results" / f"loo_{args.what}_{meta['commit']}.jsonl"
     with target.open("w") as fh:
         for row in rows:

@@ -32,43 +32,20 @@ import argparse
 import csv
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
+from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SD_INTERCEPT, SD_SLOPE, SIGMA = 0.5, 0.3, 1.0
 INTERCEPT = 0.3
-
-
-def _machine() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = "?"
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split("MemTotal:", 1)[1].split()[0])
-        mem_gib = f"{kb / 2**20:.0f}"
-    except (OSError, IndexError, ValueError):
-        pass
-    return {"date": date.today().isoformat(), "commit": commit, "cpu": cpu,
-            "cores": os.cpu_count(), "mem_gib": mem_gib,
-            "command": " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}
 
 
 def truth(d: int) -> dict:
@@ -250,7 +227,7 @@ def main() -> None:
         p.error("--d must be at least 1 (the slope is on x0)")
     if not Path("/usr/bin/time").exists():
         raise SystemExit("/usr/bin/time not found (GNU time is needed for the peak RSS)")
-    meta = _machine()
+    meta = machine()
     families = ["gaussian", "bernoulli"] if args.family == "both" else [args.family]
     work = Path(tempfile.mkdtemp(prefix="vireg-bench-multilevel-"))
     rows = []

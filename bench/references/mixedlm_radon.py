@@ -43,15 +43,12 @@ import importlib.util
 import json
 import math
 import multiprocessing as mp
-import os
 import platform
 import queue as queue_module
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -62,27 +59,12 @@ import statsmodels
 import statsmodels.formula.api as smf
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from machine import machine  # noqa: E402
+
 DATA = ROOT / "tests" / "data" / "multilevel"
 OUT = ROOT / "bench" / "results" / "mixedlm-radon.txt"
-
-
-def _machine() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"date": date.today().isoformat(), "commit": commit, "cpu": cpu,
-            "cores": os.cpu_count(), "python": platform.python_version(),
-            "statsmodels": statsmodels.__version__, "numpy": np.__version__,
-            "scipy": scipy.__version__, "pandas": pd.__version__,
-            "command": " ".join([Path(sys.executable).as_posix(), Path(sys.argv[0]).as_posix(),
-                                 *sys.argv[1:]])}
 
 
 def _generator():
@@ -330,7 +312,8 @@ def main() -> None:
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--out-file", default=str(OUT))
     args = ap.parse_args()
-    meta = _machine()
+    meta = machine(python=platform.python_version(), statsmodels=statsmodels.__version__,
+                   numpy=np.__version__, scipy=scipy.__version__, pandas=pd.__version__)
     blocks, rows = [], []
     names = ["radon_mn_intercepts", "radon_mn_slopes"] + ([] if args.no_synthetic else ["synthetic"])
     with tempfile.TemporaryDirectory(prefix="mixedlm-bench-") as tmp:
