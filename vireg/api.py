@@ -16,6 +16,7 @@ from vireg.posterior import (
     Diagnosing,
     Summary,
     draw_posterior,
+    draw_stream,
     natural_cov,
     natural_summary,
     original_scale,
@@ -132,7 +133,7 @@ def fit_model(cfg: Config, model) -> Iterator[object]:
     ``iter_fit`` from "loading the kernels" on."""
 
     threads = thread_count(cfg.runtime.threads)
-    opt_seq, draw_seq, block_seq = np.random.SeedSequence(cfg.inference.seed).spawn(3)
+    opt_seq, _, block_seq = np.random.SeedSequence(cfg.inference.seed).spawn(3)
     minibatch = _minibatch(cfg, model, np.random.default_rng(block_seq))
     with compute_threads(threads):
         yield Preparing("loading the kernels (the first run on a machine compiles them, "
@@ -147,7 +148,7 @@ def fit_model(cfg: Config, model) -> Iterator[object]:
         timing["fit"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         post = yield from draw_posterior(model, run.family, run.outcome.phi, cfg.output.draws,
-                                         cfg.output.psis_draws, np.random.default_rng(draw_seq))
+                                         cfg.output.psis_draws, draw_stream(cfg.inference.seed))
         timing["diagnostics"] = time.perf_counter() - t0
     yield Finished(_result(cfg, model, run, post, timing, threads))
 

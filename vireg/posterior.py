@@ -166,3 +166,34 @@ def draw_posterior(model, family, phi: np.ndarray, n_draws: int, psis_draws: int
               if hasattr(model, "group_effects") else None)
     return PosteriorDraws(to_natural(model, U), log_p, log_q, khat, log_w, ratio_sd, ess, elbo,
                           elbo_se, groups)
+
+
+def draw_stream(seed: int) -> np.random.Generator:
+    """The random stream of a fit's draws from q (``draw_posterior``'s, from
+    inference.seed): the second of the three the fit spawns (optimiser, draws, minibatches)."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[1])
+
+
+def fitted_q(doc: dict):
+    """(family, phi) of the q a run's fit.json records, over u in the identity frame."""
+    from vireg.families import make_family
+    from vireg.families.structured import Structured
+
+    var = doc["variational"]
+    groups = doc["design"].get("groups")
+    if var["family"] == "structured":
+        family = Structured(groups["n_global"], len(groups["levels"]), len(groups["terms"]))
+    else:
+        family = make_family(var["family"], len(var["m"]))
+    return family, family.from_dict(var)
+
+
+def redrawn(doc: dict, n: int) -> np.ndarray:
+    """The first n draws of u that the fit itself drew from its q (``draw_posterior``, same
+    stream and count), to rounding: for a model whose draws.csv cannot give u back (group
+    effects are not in it)."""
+    cfg = doc["config"]
+    family, phi = fitted_q(doc)
+    M = max(cfg["output"]["draws"], cfg["output"]["psis_draws"], MIN_DRAWS)
+    eps = draw_stream(cfg["inference"]["seed"]).standard_normal((M, family.P))
+    return family.sample(phi, eps[:n])

@@ -124,17 +124,10 @@ def predict(run_dir: Path, data: Path, draws: int = 1000, seed: int = 0,
 
 def _draws_of_q(doc: dict, draws: int, rng: np.random.Generator) -> np.ndarray:
     """Draws of u from the fit's q (fit.json's variational section)."""
-    from vireg.families import make_family
-    from vireg.families.structured import Structured
+    from vireg.posterior import fitted_q
 
-    var = doc["variational"]
-    P = len(var["m"])
-    groups = doc["design"].get("groups")
-    if var["family"] == "structured":
-        family = Structured(groups["n_global"], len(groups["levels"]), len(groups["terms"]))
-    else:
-        family = make_family(var["family"], P)
-    return family.sample(family.from_dict(var), rng.standard_normal((draws, P)))
+    family, phi = fitted_q(doc)
+    return family.sample(phi, rng.standard_normal((draws, family.P)))
 
 
 def _group_eta(groups: dict, table, U: np.ndarray, rng: np.random.Generator,

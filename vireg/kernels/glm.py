@@ -499,16 +499,18 @@ def _row_loglik(family, y, x, eta, aux0, aux1):
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def pointwise_loglik(family, Z, Y, U, has_intercept, rows):
+def pointwise_loglik(family, Z, Y, U, has_intercept, rows, shift):
     """L[s, k] = log p(y_i | theta_s) for i = rows[k] and every draw s (S x len(rows)), with
     every constant of the row (``_row_loglik``); rows in parallel, each entry computed alone, so
-    the result is the same at any thread count."""
+    the result is the same at any thread count. ``shift`` (S x len(rows), or 0 x 0 for none)
+    is added to each linear predictor: the row's group effects, on the kernel's scale."""
     S, P = U.shape
     D = Z.shape[1]
     off = 1 if has_intercept else 0
     aux = _auxiliary(U, off + D)
     L = np.empty((S, rows.shape[0]))
     offset = uses_offset(family)
+    shifted = shift.shape[0] > 0
     for k in prange(rows.shape[0]):
         i = rows[k]
         zi = Z[i]
@@ -518,6 +520,8 @@ def pointwise_loglik(family, Z, Y, U, has_intercept, rows):
                 eta += zi[j] * U[s, off + j]
             if offset:
                 eta += Y[i, 1]
+            if shifted:
+                eta += shift[s, k]
             L[s, k] = _row_loglik(family, Y[i, 0], Y[i, 1], eta, aux[s, 0], aux[s, 1])
     return L
 

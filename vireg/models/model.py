@@ -473,7 +473,8 @@ class Model:
                else np.ascontiguousarray(rows, dtype=np.int64))
         Y = self.Y if self.Y.ndim == 2 else np.column_stack([self.Y, np.zeros(self.n_rows)])
         Uk = np.ascontiguousarray(self.kernel_draws(np.atleast_2d(U)), dtype=np.float64)
-        L = pointwise_loglik(self.likelihood.CODE, self.Z, Y, Uk, self.intercept, idx)
+        L = pointwise_loglik(self.likelihood.CODE, self.Z, Y, Uk, self.intercept, idx,
+                             np.empty((0, 0)))
         shift = -np.log(self.y_scale) if self.likelihood.HAS_SCALE else 0.0
         return L + shift
 

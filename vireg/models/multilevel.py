@@ -419,9 +419,23 @@ class MultilevelModel(Model):
             out[:, nb + self.groups.K] = np.tanh(out[:, nb + self.groups.K])
         return out
 
-    def pointwise_loglik(self, U, rows=None):
-        raise InputError("per-observation log-likelihoods of models with group terms are not "
-                         "available yet: vireg loo, export and ppc need a model without them")
+    def pointwise_loglik(self, U: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """log p(y_i | theta_s, b_s) (S x n) for the rows ``rows`` in the data's own order
+        (default all): the base model's kernel pass with each row's group effects w_i . b_g(i)
+        added to its linear predictor."""
+        from vireg.kernels.glm import pointwise_loglik
+
+        U = np.atleast_2d(U)
+        position = np.empty(self.n_rows, dtype=np.int64)
+        position[self.row_order] = np.arange(self.n_rows)  # data row -> sorted row
+        idx = position[np.arange(self.n_rows) if rows is None else np.asarray(rows)]
+        b = self.group_effects(U)  # (S, G, K)
+        shift = np.einsum("rk,srk->sr", self.groups.W[idx], b[:, self.groups.gid[idx], :])
+        Uk = np.ascontiguousarray(self.kernel_draws(U[:, :self.n_base_params]), dtype=np.float64)
+        L = pointwise_loglik(self.likelihood.CODE, self.Z, self.Yk, Uk, self.intercept,
+                             np.ascontiguousarray(idx),
+                             np.ascontiguousarray(shift / self.y_scale))
+        return L - np.log(self.y_scale) if self.likelihood.HAS_SCALE else L
 
 
 def mixing(c: np.ndarray, mu: np.ndarray):

@@ -139,11 +139,12 @@ def export_run(run_dir: Path | str, out: Path | None = None, log_likelihood=None
     the run folder). ``log_likelihood`` (true, false or "auto") overrides the run's
     output.log_likelihood."""
     from vireg import export
-    from vireg.workflow.run import load_run
+    from vireg.workflow.run import load_run, refuse_group_terms
 
     require_arviz("vireg export")
     run_dir = Path(run_dir)
     run = load_run(run_dir)
+    refuse_group_terms(run, "vireg export")
     setting = run.config.output.log_likelihood if log_likelihood is None else log_likelihood
     target = Path(out) if out is not None else run_dir / "posterior.nc"
     if target.suffix.lower() != ".nc":

@@ -153,8 +153,9 @@ def ppc(run_dir: Path | str, seed: int = 0) -> PPCResult:
 
 def ppc_of_run(run, seed: int = 0) -> PPCResult:
     from vireg.assemble import read_design
-    from vireg.workflow.run import in_memory_config
+    from vireg.workflow.run import in_memory_config, refuse_group_terms
 
+    refuse_group_terms(run, "vireg ppc")
     if run.family not in PREDICTIVE:
         raise InputError(f"vireg ppc has no posterior predictive for family '{run.family}' yet: "
                          f"it supports {', '.join(PREDICTIVE)}")

@@ -55,6 +55,11 @@ class Run:
         return config_from_dict(self.doc["config"], base_dir=self.doc.get("config_dir", "."))
 
     @property
+    def grouped(self) -> bool:
+        """Whether the model has group terms."""
+        return bool(self.doc["design"].get("groups"))
+
+    @property
     def family(self) -> str:
         """The likelihood (model.family): gaussian, bernoulli, ..."""
         return self.doc["design"]["family"]
@@ -101,10 +106,6 @@ def load_run(run_dir: Path | str) -> Run:
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"cannot read '{doc_path}' as a vireg result ({exc}): refit with this "
                          "version of vireg") from None
-    if doc["design"].get("groups"):
-        raise InputError(f"'{run_dir}' is a model with group terms: vireg loo, compare, export "
-                         "and ppc do not take those yet (summary.csv, groups.csv and vireg "
-                         "predict do)")
     if not draws_path.is_file():
         raise InputError(f"'{run_dir}' has no draws.csv: refit with output.draws of at least "
                          f"{MIN_DRAWS}")
@@ -172,6 +173,10 @@ def rebuild(run: Run, check: bool = True) -> Iterator[Rebuilt]:
         if model.param_names != run.names or model.n_rows != run.doc.get("n_rows"):
             raise InputError(f"the data of run '{run.label}' have changed since the fit ("
                              f"{model.n_rows} rows now, {run.doc.get('n_rows')} then): refit")
+        if run.grouped:  # the coordinates the fit's q is over
+            groups = run.doc["design"]["groups"]
+            model.centring = np.asarray(groups["centring"], dtype=np.float64)
+            model.cor_centring = np.asarray(groups["cor_centring"], dtype=np.float64)
         if check:
             check_log_p(run, model)
         yield Rebuilt(model, design.X, design.y, design)
@@ -180,8 +185,22 @@ def rebuild(run: Run, check: bool = True) -> Iterator[Rebuilt]:
 
 
 def to_u(model, run: Run, draws: np.ndarray | None = None) -> np.ndarray:
-    """The run's natural-scale draws in the model's coordinates u."""
+    """The run's natural-scale draws in the model's coordinates u; for a model with group
+    terms, whose draws.csv holds the globals only, the fit's own draws from q redrawn from its
+    fit.json and seed (``posterior.redrawn``)."""
+    if run.grouped:
+        from vireg.posterior import redrawn
+
+        return redrawn(run.doc, run.draws.shape[0] if draws is None else draws.shape[0])
     return model.from_natural(np.ascontiguousarray(run.draws if draws is None else draws))
+
+
+def refuse_group_terms(run: Run, command: str) -> None:
+    """``command`` does not take models with group terms yet: one line saying so."""
+    if run.grouped:
+        raise InputError(f"{command} does not take models with group terms yet (run "
+                         f"'{run.label}'): vireg loo and compare do, and summary.csv, groups.csv "
+                         "and vireg predict hold the fit")
 
 
 def check_log_p(run: Run, model) -> None:
