@@ -276,6 +276,7 @@ def find_start(model, u0: np.ndarray) -> GroupedLaplace:
     """The start of a fit of a ``MultilevelModel`` (module doc) from u0 (the base model's
     start in its base coordinates); sets the model's centring."""
     from vireg.families.structured import StructuredFactor
+    from vireg.models.multilevel import population_cov
 
     nb, K, G = model.n_base_params, model.groups.K, model.groups.n_groups
     scale = model.y_scale if model.likelihood.HAS_SCALE else 1.0
@@ -289,7 +290,7 @@ def find_start(model, u0: np.ndarray) -> GroupedLaplace:
                        "and priors")
     _, _, H_blocks = arrowhead_hessian(model, u)
     tau = np.exp(u[nb:nb + K])
-    psi_inv = np.linalg.inv(_population_cov(model, u))
+    psi_inv = np.linalg.inv(population_cov(u[None], nb, K, bool(model.groups.n_cor))[0])
     info = np.diagonal(H_blocks - psi_inv[None], axis1=1, axis2=2)
     lam = 1.0 / (1.0 + tau[None, :] ** 2 * np.maximum(info, 0.0))
     u = model.set_centring(lam, cor_centring(lam), u)[0]
@@ -302,16 +303,6 @@ def find_start(model, u0: np.ndarray) -> GroupedLaplace:
 def cor_centring(lam: np.ndarray) -> np.ndarray:
     """mu_g, how far group g's correlation is non-centred: the mean of its terms' lambda."""
     return lam.mean(axis=1)
-
-
-def _population_cov(model, u: np.ndarray) -> np.ndarray:
-    """Psi = diag(tau) R diag(tau) at u."""
-    nb, K = model.n_base_params, model.groups.K
-    tau = np.exp(u[nb:nb + K])
-    R = np.eye(K)
-    if model.groups.n_cor:
-        R[0, 1] = R[1, 0] = np.tanh(u[nb + K])
-    return tau[:, None] * R * tau[None, :]
 
 
 def _factor(cls, H_GG, H_cross, H_blocks):
