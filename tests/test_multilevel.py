@@ -373,3 +373,15 @@ def test_loo_and_compare_take_group_models(tmp_path):
     rows = list(csv.DictReader(res.stdout.splitlines()))
     assert rows[0]["run"] == runs[1]  # the varying slopes first
     assert float(rows[1]["elpd_diff"]) < -2 * float(rows[1]["se_diff"])
+
+
+def test_check_lists_the_group_priors(tmp_path):
+    from vireg.api import check
+
+    path = grouped_data(tmp_path)
+    report = check({"data": {"path": str(path), "formula": "y ~ x + (1 + x | g)"},
+                    "model": {"family": "gaussian"}})
+    priors = {p["name"]: p["prior"] for p in report["parameters"]}
+    assert priors["sd(g:(Intercept))"] == priors["sd(g:x)"]
+    assert priors["sd(g:x)"].startswith("half_student_t(3, ")
+    assert priors["cor(g:(Intercept),x)"] == "lkj(1)"

@@ -325,9 +325,21 @@ def check(config: Config | dict | str | Path, overrides: list[str] | None = None
                      "sd": sd, "min": lo, "max": hi}
                     for i, (n, m, sd, lo, hi) in enumerate(model.column_stats)],
         "parameters": [{"name": n, "prior": display_name(p)}
-                       for n, p in zip(model.param_names, model.priors, strict=False)],
+                       for n, p in zip(model.param_names, _priors_of(model), strict=False)],
         "fixed_sigma": cfg.model.sigma,
     }
+
+
+def _priors_of(model) -> list:
+    """Each reported parameter's prior: the model's, then for group terms the group sds' and
+    the correlation's (``lkj(eta)``)."""
+    priors = list(model.priors)
+    if getattr(model, "groups", None) is not None:
+        from vireg.models.priors import Prior
+
+        priors += [model.group_sd] * model.groups.K
+        priors += [Prior("lkj", (model.group_cor_eta,))] * model.groups.n_cor
+    return priors
 
 
 def versions() -> dict[str, str]:
