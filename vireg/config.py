@@ -253,14 +253,8 @@ def _check_values(d: dict[str, Any]) -> None:
     data = {**_defaults(DataConfig), **d["data"]}
     _check_data(data, streamed=bool(runtime["out_of_core"] or runtime["backend"] == "dask"))
     _check_family_columns(FAMILY_ALIASES[d["model"]["family"]], data)
-    _check_groups(data, {**_defaults(InferenceConfig), **d.get("inference", {})}, runtime)
-    has_terms = bool(data.get("groups")) or "|" in str(data.get("formula") or "")
-    if d.get("output", {}).get("arviz") and has_terms:
-        raise InputError("output.arviz does not take models with group terms yet: remove it "
-                         "(summary.csv, groups.csv and group_draws.csv hold the results)")
-    if d.get("output", {}).get("group_draws") and not has_terms:
-        raise InputError("output.group_draws applies to models with group terms such as "
-                         "(1 | g): remove it")
+    _check_groups(data, {**_defaults(InferenceConfig), **d.get("inference", {})}, runtime,
+                  d.get("output", {}))
 
 
 def _check_model(model: dict[str, Any]) -> None:
@@ -433,10 +427,17 @@ def _check_family_columns(family: str, data: dict[str, Any]) -> None:
                          f"{family}: remove it")
 
 
-def _check_groups(data: dict[str, Any], inference: dict[str, Any], runtime: dict[str, Any]
-                  ) -> None:
+def _check_groups(data: dict[str, Any], inference: dict[str, Any], runtime: dict[str, Any],
+                  output: dict[str, Any]) -> None:
+    """Group terms' own settings, and the settings that do not take them yet."""
     groups = data.get("groups")
     has_terms = bool(groups) or "|" in str(data.get("formula") or "")
+    if output.get("group_draws") and not has_terms:
+        raise InputError("output.group_draws applies to models with group terms such as "
+                         "(1 | g): remove it")
+    if output.get("arviz") and has_terms:
+        raise InputError("output.arviz does not take models with group terms yet: remove it "
+                         "(summary.csv, groups.csv and group_draws.csv hold the results)")
     if groups is not None:
         if len(groups) != 1:
             raise InputError(f"data.groups names {len(groups)} grouping factors: one is fitted "
