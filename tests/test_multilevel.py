@@ -291,12 +291,12 @@ def test_same_numbers_at_any_thread_count(tmp_path):
 
 
 def test_group_draws_and_the_commands_that_refuse_group_terms(tmp_path):
-    """export and ppc refuse a run with group terms in one line (loo and compare take it:
-    test_loo_and_compare_take_group_models); output.arviz with group terms is refused."""
+    """export refuses a run with group terms in one line (loo, compare and ppc take it); so
+    does a fit with output.arviz and group terms."""
     res, out = fit_cli(tmp_path, "y ~ x + (1 + x | g)")
     assert res.exit_code == 0, res.stderr
     assert not (out / "group_draws.csv").exists()
-    for command in (["export", str(out), "--to", "netcdf"], ["ppc", str(out)]):
+    for command in (["export", str(out), "--to", "netcdf"],):
         res = runner.invoke(app, command)
         assert res.exit_code == 2 and "group terms" in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
@@ -385,3 +385,24 @@ def test_check_lists_the_group_priors(tmp_path):
     assert priors["sd(g:(Intercept))"] == priors["sd(g:x)"]
     assert priors["sd(g:x)"].startswith("half_student_t(3, ")
     assert priors["cor(g:(Intercept),x)"] == "lkj(1)"
+
+
+def test_ppc_replicates_with_the_group_effects(tmp_path):
+    """Strong county-like intercepts (sd 2 against a noise sd of 0.5): replicated data keep the
+    observed spread only with each row's group effects (without them their sd would be about
+    a quarter of the observed one)."""
+    from vireg.workflow.ppc import ppc_of_run
+    from vireg.workflow.run import load_run
+
+    rng = np.random.default_rng(9)
+    n, G = 400, 20
+    g = rng.integers(0, G, n)
+    x = rng.standard_normal(n)
+    y = 1.0 + 0.5 * x + rng.normal(0, 2.0, G)[g] + rng.normal(0, 0.5, n)
+    path = write_csv(tmp_path / "strong.csv", {"y": y, "x": x, "g": [f"c{j}" for j in g]})
+    res, out = fit_cli(tmp_path, "y ~ x + (1 | g)", path=path)
+    assert res.exit_code == 0, res.stderr
+    result = ppc_of_run(load_run(out), seed=1)
+    sd_row = next(r for r in result.statistics if r["statistic"] == "sd")
+    assert 0.05 < sd_row["p_value"] < 0.95, sd_row
+    assert abs(sd_row["rep_mean"] / sd_row["observed"] - 1) < 0.1

@@ -153,9 +153,8 @@ def ppc(run_dir: Path | str, seed: int = 0) -> PPCResult:
 
 def ppc_of_run(run, seed: int = 0) -> PPCResult:
     from vireg.assemble import read_design
-    from vireg.workflow.run import in_memory_config, refuse_group_terms
+    from vireg.workflow.run import in_memory_config
 
-    refuse_group_terms(run, "vireg ppc")
     if run.family not in PREDICTIVE:
         raise InputError(f"vireg ppc has no posterior predictive for family '{run.family}' yet: "
                          f"it supports {', '.join(PREDICTIVE)}")
@@ -175,13 +174,14 @@ def ppc_of_run(run, seed: int = 0) -> PPCResult:
     stats = np.empty((S, len(STATISTICS)))
     fitted = np.zeros(n)
     overlay = np.empty((overlay_idx.size, n))
-    order, edges = _bins_by_fit(pred, X, alpha, beta, params, data) if pred.plot == "calibration" \
-        else (None, None)
+    shift, mean_shift = _group_shifts(run, design)
+    order, edges = (_bins_by_fit(pred, X, alpha, beta, params, data, mean_shift)
+                    if pred.plot == "calibration" else (None, None))
     bin_props = np.empty((S, len(edges) - 1)) if edges is not None else None
     step = max(1, BLOCK_VALUES // max(n, 1))
     for lo in range(0, S, step):
         hi = min(lo + step, S)
-        eta = alpha[lo:hi, None] + beta[lo:hi] @ X.T
+        eta = alpha[lo:hi, None] + beta[lo:hi] @ X.T + shift(lo, hi)
         p = {k: v[lo:hi] for k, v in params.items()}
         rep = pred.draw(rng, eta, p, data)
         fitted += pred.mean(eta, p, data).sum(axis=0)
@@ -218,10 +218,32 @@ def _statistics(v: np.ndarray) -> np.ndarray:
     return np.column_stack([v.mean(axis=1), sd, v.min(axis=1), v.max(axis=1)])
 
 
-def _bins_by_fit(pred: Predictive, X, alpha, beta, params, data) -> tuple[np.ndarray, np.ndarray]:
-    """Rows sorted by E[y | theta] at the posterior mean, and the bin edges (about sqrt(n) bins
-    of equal size) into that order."""
-    eta = alpha.mean() + X @ beta.mean(axis=0)
+def _group_shifts(run, design):
+    """For a run with group terms, (f(lo, hi): each row's group effects w_i . b_g(i) for draws
+    lo..hi (draws x rows), their mean over the draws (rows)), from the fit's own draws of q
+    (``posterior.redrawn``); (zero, 0) without group terms."""
+    if not run.grouped:
+        return (lambda lo, hi: 0.0), 0.0
+    from vireg.models.multilevel import group_effects_of
+    from vireg.posterior import redrawn
+
+    groups = run.doc["design"]["groups"]
+    if design.groups.levels != groups["levels"]:
+        raise InputError(f"the data of run '{run.label}' have changed since the fit (its "
+                         f"'{groups['factor']}' levels): refit")
+    b = group_effects_of(redrawn(run.doc, run.draws.shape[0]), groups["n_base"],
+                         np.asarray(groups["centring"]), np.asarray(groups["cor_centring"]),
+                         groups["has_cor"])
+    W, gid = design.groups.W, design.groups.gid
+    mean = np.einsum("ik,ik->i", W, b.mean(axis=0)[gid])
+    return (lambda lo, hi: np.einsum("ik,sik->si", W, b[lo:hi][:, gid, :])), mean
+
+
+def _bins_by_fit(pred: Predictive, X, alpha, beta, params, data, shift
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by E[y | theta] at the posterior mean (``shift``: each row's mean group
+    effects), and the bin edges (about sqrt(n) bins of equal size) into that order."""
+    eta = alpha.mean() + X @ beta.mean(axis=0) + shift
     p = {k: v.mean(axis=0, keepdims=True) for k, v in params.items()}
     fit = pred.mean(eta[None, :], p, data)[0]
     order = np.argsort(fit, kind="stable")

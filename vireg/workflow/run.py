@@ -199,8 +199,8 @@ def refuse_group_terms(run: Run, command: str) -> None:
     """``command`` does not take models with group terms yet: one line saying so."""
     if run.grouped:
         raise InputError(f"{command} does not take models with group terms yet (run "
-                         f"'{run.label}'): vireg loo and compare do, and summary.csv, groups.csv "
-                         "and vireg predict hold the fit")
+                         f"'{run.label}'): vireg loo, compare and ppc do, and summary.csv, "
+                         "groups.csv and vireg predict hold the fit")
 
 
 def check_log_p(run: Run, model) -> None:
