@@ -290,31 +290,30 @@ def test_same_numbers_at_any_thread_count(tmp_path):
     assert outs[0] == outs[1]
 
 
-def test_group_draws_and_the_commands_that_refuse_group_terms(tmp_path):
-    """export refuses a run with group terms in one line (loo, compare and ppc take it); so
-    does a fit with output.arviz and group terms."""
+def test_group_draws_and_posterior_nc(tmp_path):
+    """group_draws.csv on request; posterior.nc (output.arviz and vireg export) holds the group
+    sds, the group effects and the per-observation log-likelihood with them."""
+    az = pytest.importorskip("arviz")
     res, out = fit_cli(tmp_path, "y ~ x + (1 + x | g)")
     assert res.exit_code == 0, res.stderr
     assert not (out / "group_draws.csv").exists()
-    for command in (["export", str(out), "--to", "netcdf"],):
-        res = runner.invoke(app, command)
-        assert res.exit_code == 2 and "group terms" in res.stderr, res.stderr
-        assert len(res.stderr.strip().splitlines()) == 1
-    (tmp_path / "b").mkdir()
-    res, out = fit_cli(tmp_path / "b", "y ~ x + (1 + x | g)", path=tmp_path / "grouped.csv",
-                       extra_model=None)
-    cfg = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
-    cfg["output"]["group_draws"] = True
-    (tmp_path / "b" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    res = runner.invoke(app, ["fit", str(tmp_path / "b" / "config.yaml"), "--quiet"])
+    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    cfg["output"].update({"group_draws": True, "arviz": True, "dir": str(tmp_path / "b")})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["fit", str(tmp_path / "config.yaml"), "--quiet"])
     assert res.exit_code == 0, res.stderr
-    rows = list(csv.reader((out / "group_draws.csv").open()))
+    rows = list(csv.reader((tmp_path / "b" / "group_draws.csv").open()))
     assert rows[0][:2] == ["g[g0]:(Intercept)", "g[g0]:x"] and len(rows[0]) == 24
     assert len(rows) == 201
-    cfg["output"]["arviz"] = True
-    (tmp_path / "b" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    res = runner.invoke(app, ["fit", str(tmp_path / "b" / "config.yaml"), "--quiet"])
-    assert res.exit_code == 2 and "output.arviz" in res.stderr
+    idata = az.from_netcdf(str(tmp_path / "b" / "posterior.nc"))
+    b = idata.posterior["group_effects"]
+    assert b.shape == (1, 200, 12, 2) and list(b.coords["term"].values) == ["(Intercept)", "x"]
+    draws = np.array(rows[1:], dtype=float).reshape(200, 12, 2)
+    np.testing.assert_allclose(b.values[0], draws, rtol=1e-9)  # the same draws of q
+    assert "sd(g:x)" in idata.posterior and idata.log_likelihood["y"].shape == (1, 200, 400)
+    res = runner.invoke(app, ["export", str(out), "--to", "netcdf"])
+    assert res.exit_code == 0, res.stderr
+    assert az.from_netcdf(str(out / "posterior.nc")).posterior["group_effects"].shape[2] == 12
 
 
 @pytest.mark.parametrize("family", ["gaussian", "bernoulli", "poisson"])

@@ -435,9 +435,6 @@ def _check_groups(data: dict[str, Any], inference: dict[str, Any], runtime: dict
     if output.get("group_draws") and not has_terms:
         raise InputError("output.group_draws applies to models with group terms such as "
                          "(1 | g): remove it")
-    if output.get("arviz") and has_terms:
-        raise InputError("output.arviz does not take models with group terms yet: remove it "
-                         "(summary.csv, groups.csv and group_draws.csv hold the results)")
     if groups is not None:
         if len(groups) != 1:
             raise InputError(f"data.groups names {len(groups)} grouping factors: one is fitted "

@@ -5,7 +5,9 @@ Groups (one chain: the draws from q are independent):
 
 - posterior: the run's draws on the natural scale: ``intercept``, ``beta`` (dimension
   ``covariate``, named by the design columns) and the positive parameters (``sigma``, ...) as
-  they are;
+  they are; with group terms also the group sds and correlation (``sd(g:x)``, ``cor(...)``)
+  and ``group_effects`` (dimensions ``level`` and ``term``: each level's deviations, from the
+  fit's own draws of q);
 - sample_stats: ``lp`` = log p(y, theta), ``log_q`` = log q(theta) (theta with positive
   parameters on the log scale) and ``log_weight``, the Pareto-smoothed normalised log importance
   weights of lp - log_q (for importance-weighted summaries, as ``output.psis`` uses);
@@ -82,6 +84,18 @@ def inference_data(run, log_likelihood="auto"):
         posterior["beta"] = run.coefficients()[None]
     for name in run.positive_names:
         posterior[name] = run.column(name)[None]
+    coords = {"covariate": list(covariates), "obs": np.arange(n_rows)}
+    dims = {"beta": ["covariate"]}
+    if run.grouped:  # the group effects (deviations, lme4's ranef) of the fit's own draws
+        from vireg.models.multilevel import group_effects_of
+        from vireg.posterior import redrawn
+
+        spec = run.doc["design"]["groups"]
+        posterior["group_effects"] = group_effects_of(
+            redrawn(run.doc, S), spec["n_base"], np.asarray(spec["centring"]),
+            np.asarray(spec["cor_centring"]), spec["has_cor"])[None]
+        coords.update({"level": list(spec["levels"]), "term": list(spec["terms"])})
+        dims["group_effects"] = ["level", "term"]
     log_ratio = run.log_p - run.log_q
     log_w = psis(log_ratio)[0] if np.all(np.isfinite(log_ratio)) else np.full(S, np.nan)
     sample_stats = {"lp": run.log_p[None], "log_q": run.log_q[None], "log_weight": log_w[None]}
@@ -117,8 +131,7 @@ def inference_data(run, log_likelihood="auto"):
                                    is False else f"omitted: {S} draws x {n_rows} rows x 4 bytes "
                                    f"exceeds {LOG_LIKELIHOOD_CAP_BYTES // 10**6} MB; set "
                                    "output.log_likelihood: true")
-    coords = {"covariate": list(covariates), "obs": np.arange(n_rows)}
-    dims = {"beta": ["covariate"], response: ["obs"], "X": ["obs", "covariate"]}
+    dims.update({response: ["obs"], "X": ["obs", "covariate"]})
     dims.update({name: ["obs"] for name in groups.get("constant_data", {}) if name != "X"})
     return az.from_dict(posterior=posterior, sample_stats=sample_stats, coords=coords, dims=dims,
                         posterior_attrs=attrs, sample_stats_attrs=dict(attrs), **groups)
@@ -139,12 +152,11 @@ def export_run(run_dir: Path | str, out: Path | None = None, log_likelihood=None
     the run folder). ``log_likelihood`` (true, false or "auto") overrides the run's
     output.log_likelihood."""
     from vireg import export
-    from vireg.workflow.run import load_run, refuse_group_terms
+    from vireg.workflow.run import load_run
 
     require_arviz("vireg export")
     run_dir = Path(run_dir)
     run = load_run(run_dir)
-    refuse_group_terms(run, "vireg export")
     setting = run.config.output.log_likelihood if log_likelihood is None else log_likelihood
     target = Path(out) if out is not None else run_dir / "posterior.nc"
     if target.suffix.lower() != ".nc":

@@ -195,14 +195,6 @@ def to_u(model, run: Run, draws: np.ndarray | None = None) -> np.ndarray:
     return model.from_natural(np.ascontiguousarray(run.draws if draws is None else draws))
 
 
-def refuse_group_terms(run: Run, command: str) -> None:
-    """``command`` does not take models with group terms yet: one line saying so."""
-    if run.grouped:
-        raise InputError(f"{command} does not take models with group terms yet (run "
-                         f"'{run.label}'): vireg loo, compare and ppc do, and summary.csv, "
-                         "groups.csv and vireg predict hold the fit")
-
-
 def check_log_p(run: Run, model) -> None:
     """Recompute log p(y, theta) for the first CHECK_DRAWS draws; refuse if it differs from
     draws.csv's log_p__ (the data file was changed or replaced since the fit)."""
