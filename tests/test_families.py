@@ -179,9 +179,11 @@ def test_fixed_nu_is_not_fitted_and_enters_the_likelihood(rng):
 
 @pytest.mark.parametrize("family", ["gaussian", "logit", *CODES])
 @pytest.mark.parametrize("S", [1, 2, 9])
-def test_grouped_kernel_adds_group_terms_and_sums_them_per_group(rng, family, S):
-    """eta_is = a + z_i b + W_i . Bg[g_i, :, s]: the grouped kernel against the plain kernel fed
-    eta's group part as an offset, and its per-group sums against NumPy."""
+@pytest.mark.parametrize("crossed", [False, True])
+def test_grouped_kernel_adds_group_terms_and_sums_them_per_group(rng, family, S, crossed):
+    """eta_is = a + z_i b + W_i . Bg[g_i, :, s] (+ a second, crossed factor's
+    sum_e Xw[i, e] Bx[Xi[i, e], s]): the grouped kernel against NumPy, its per-group sums, and
+    (crossed) the per-row r it stores and ``gather_effect_sums`` of the second factor's."""
     codes = {"gaussian": glm.GAUSSIAN, "logit": glm.LOGIT, **CODES}
     N, D, K, n_groups = 400, 3, 2, 13
     gid = np.sort(rng.integers(0, n_groups, N))
@@ -194,10 +196,21 @@ def test_grouped_kernel_adds_group_terms_and_sums_them_per_group(rng, family, S)
         Y[:, 0] = (Y[:, 0] > 0).astype(float)
     Bg = 0.3 * rng.standard_normal((n_groups, K, S))
     starts = np.searchsorted(gid, [0, 5, 9, n_groups]).astype(np.int64)  # chunks of whole groups
-    G, ll, Sg = glm.grouped_loglik_grad(codes[family], Z, Y, W, gid, starts, U, Bg, True, True)
+    G2 = 7  # the second factor: intercept and slope on its own column, unsorted
+    second = rng.integers(0, G2, N) if crossed else np.zeros(N, dtype=np.int64)
+    Xw = np.column_stack([np.ones(N), rng.standard_normal(N)])[:, :2 if crossed else 0]
+    Xi = np.ascontiguousarray(np.column_stack([2 * second, 2 * second + 1])[:, :Xw.shape[1]])
+    Bx = 0.3 * rng.standard_normal((2 * G2 if crossed else 0, S))
+    R = np.empty((N if crossed else 0, S))
+    G, ll, Sg = glm.grouped_loglik_grad(codes[family], Z, Y, W, gid, starts, U, Bg, True, True,
+                                        Xi, np.ascontiguousarray(Xw), Bx, R)
+    if crossed:
+        order = np.argsort(Xi.ravel(), kind="stable")
+        ptr = np.searchsorted(Xi.ravel()[order], np.arange(2 * G2 + 1)).astype(np.int64)
+        Sx = glm.gather_effect_sums(R, ptr, (order // 2).astype(np.int64), Xw.ravel()[order])
     # reference: each draw alone, the group part of eta moved into the intercept per row
     for s in range(S):
-        extra = np.einsum("ik,ik->i", W, Bg[gid, :, s])
+        extra = np.einsum("ik,ik->i", W, Bg[gid, :, s]) + np.einsum("ik,ik->i", Xw, Bx[Xi, s])
         eta = U[s, 0] + Z @ U[s, 1:1 + D] + extra
         if family in ("poisson", "negative_binomial"):
             eta = eta + Y[:, 1]
@@ -210,6 +223,12 @@ def test_grouped_kernel_adds_group_terms_and_sums_them_per_group(rng, family, S)
         for g in range(n_groups):
             np.testing.assert_allclose(Sg[g, :, s], (r[gid == g, None] * W[gid == g]).sum(axis=0),
                                        rtol=1e-5, atol=1e-5)
+        if crossed:
+            np.testing.assert_allclose(R[:, s], r, rtol=1e-5, atol=1e-5)
+            for j in range(G2):
+                np.testing.assert_allclose(Sx[2 * j:2 * j + 2, s],
+                                           (r[second == j, None] * Xw[second == j]).sum(axis=0),
+                                           rtol=1e-5, atol=1e-5)
 
 
 def _row_total(family, Y, eta, aux, rows=False):

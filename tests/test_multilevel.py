@@ -22,7 +22,8 @@ runner = CliRunner()
 
 
 def grouped_data(tmp_path, family="gaussian", n=400, G=12, seed=0, levels=None):
-    """A CSV with y, x, z and a group column g (levels ``levels`` or g0..)."""
+    """A CSV with y, x, z, a group column g (levels ``levels`` or g0..) and a second column h
+    (5 levels, crossed with g and without an effect)."""
     rng = np.random.default_rng(seed)
     g = rng.integers(0, G, n)
     x, z = rng.standard_normal(n), rng.standard_normal(n)
@@ -37,7 +38,8 @@ def grouped_data(tmp_path, family="gaussian", n=400, G=12, seed=0, levels=None):
     else:
         y = eta + rng.normal(0, 0.8, n)
     names = levels or [f"g{j}" for j in range(G)]
-    cols = {"y": y, "x": x, "z": z, "g": [names[j] for j in g]}
+    cols = {"y": y, "x": x, "z": z, "g": [names[j] for j in g],
+            "h": np.random.default_rng(seed + 100).integers(0, 5, n)}
     if family == "binomial":
         cols["n"] = np.full(n, 10)
     return write_csv(tmp_path / "grouped.csv", cols)
@@ -52,7 +54,14 @@ def model_of(path, formula, family="gaussian", **extra):
 
 
 FORMULAS = ["y ~ x + z + (1 | g)", "y ~ x + z + (1 + x | g)", "y ~ x + (1 + x || g)",
-            "y ~ z + (0 + x | g)"]
+            "y ~ z + (0 + x | g)", "y ~ x + (1 + x + z | g)", "y ~ x + (1 + x | g) + (1 | h)",
+            "y ~ x + (1 | g/h)"]
+
+
+def random_centring(model, rng):
+    """Random lambda and mu for every factor."""
+    model.centring = [rng.uniform(0, 1, c.shape) for c in model.centring]
+    model.cor_centring = [rng.uniform(0, 1, c.shape) for c in model.cor_centring]
 
 
 @pytest.mark.parametrize("formula", FORMULAS)
@@ -67,8 +76,7 @@ def test_gradient_matches_finite_differences(tmp_path, formula, family):
     link = {"link": "probit"} if family == "probit" else {}
     model = model_of(path, formula, "bernoulli" if family == "probit" else family, **link)
     rng = np.random.default_rng(1)
-    model.centring = rng.uniform(0, 1, model.centring.shape)
-    model.cor_centring = rng.uniform(0, 1, model.cor_centring.shape)
+    random_centring(model, rng)
     u = rng.normal(0, 0.3, model.n_params)
     _, g = model.log_joint_grad(u[None])
     h = 1e-5
@@ -85,20 +93,23 @@ def test_centring_changes_coordinates_not_effects(tmp_path):
     rng = np.random.default_rng(2)
     U = rng.normal(0, 0.5, (3, model.n_params))
     b = model.group_effects(U)
-    lam = rng.uniform(0, 1, model.centring.shape)
-    U2 = model.set_centring(lam, rng.uniform(0, 1, model.cor_centring.shape), U)
-    np.testing.assert_allclose(model.group_effects(U2), b, rtol=1e-12, atol=1e-14)
+    lam = [rng.uniform(0, 1, c.shape) for c in model.centring]
+    U2 = model.set_centring(lam, [rng.uniform(0, 1, c.shape) for c in model.cor_centring], U)
+    for new, old in zip(model.group_effects(U2), b, strict=True):
+        np.testing.assert_allclose(new, old, rtol=1e-12, atol=1e-14)
 
 
-def test_arrowhead_hessian_matches_dense_differences(tmp_path):
+@pytest.mark.parametrize("formula", ["y ~ x + z + (1 + x | g)", "y ~ x + (1 + x | g) + (1 | h)"])
+def test_arrowhead_hessian_matches_dense_differences(tmp_path, formula):
     """The blocks from one pass of coloured differences against the full dense Hessian by
-    differences of the gradient, coordinate by coordinate."""
-    model = model_of(grouped_data(tmp_path, "bernoulli"), "y ~ x + z + (1 + x | g)", "bernoulli")
+    differences of the gradient, coordinate by coordinate: each factor's blocks and coupling
+    to the globals (the coupling between two factors' effects is not formed)."""
+    model = model_of(grouped_data(tmp_path, "bernoulli"), formula, "bernoulli")
     rng = np.random.default_rng(3)
-    model.centring = rng.uniform(0, 1, model.centring.shape)
+    random_centring(model, rng)
     u = rng.normal(0, 0.3, model.n_params)
     H_GG, H_cross, H_blocks = arrowhead_hessian(model, u)
-    P, Pg, K = model.n_params, model.n_global, model.groups.K
+    P, Pg = model.n_params, model.n_global
     h = 1e-5
     E = np.eye(P) * h
     _, G = model.log_joint_grad(np.vstack([u + E, u - E]))
@@ -106,12 +117,15 @@ def test_arrowhead_hessian_matches_dense_differences(tmp_path):
     H = 0.5 * (H + H.T)
     tol = 1e-5 * np.abs(H).max()
     np.testing.assert_allclose(H_GG, H[:Pg, :Pg], atol=tol)
-    for g in range(model.groups.n_groups):
-        rows = slice(Pg + g * K, Pg + (g + 1) * K)
-        np.testing.assert_allclose(H_cross[g], H[rows, :Pg], atol=tol)
-        np.testing.assert_allclose(H_blocks[g], H[rows, rows], atol=tol)
-        other = np.delete(H[rows, Pg:], np.arange(g * K, (g + 1) * K), axis=1)
-        assert np.all(np.abs(other) < tol)  # groups are coupled only through the globals
+    for lay, cross, blocks in zip(model.layouts, H_cross, H_blocks, strict=True):
+        K = lay.K
+        for g in range(lay.G):
+            rows = slice(lay.x_at + g * K, lay.x_at + (g + 1) * K)
+            np.testing.assert_allclose(cross[g], H[rows, :Pg], atol=tol)
+            np.testing.assert_allclose(blocks[g], H[rows, rows], atol=tol)
+            own = np.delete(H[rows, lay.x_at:lay.x_at + lay.n_x], np.arange(g * K, (g + 1) * K),
+                            axis=1)
+            assert np.all(np.abs(own) < tol)  # a factor's groups couple only through the globals
 
 
 def test_em_start_is_the_marginal_likelihood_mode(tmp_path):
@@ -131,7 +145,9 @@ def test_em_start_is_the_marginal_likelihood_mode(tmp_path):
     natural = model.natural(start.mode[None])[0]  # intercept, x, sigma, tau
     rows = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(0, 1), dtype=float)
     y, x = rows[:, 0], rows[:, 1]
-    cells = [line.strip().split(",")[-1] for line in path.read_text().splitlines()[1:]]
+    lines = path.read_text().splitlines()
+    at = lines[0].split(",").index("g")
+    cells = [line.strip().split(",")[at] for line in lines[1:]]
     same = np.equal.outer(cells, cells).astype(float)
     X = np.column_stack([np.ones_like(x), x])
 
@@ -172,7 +188,7 @@ def test_outputs_name_group_terms_and_levels_as_written(tmp_path):
     assert {r["term"] for r in rows} == {"(Intercept)", "x"}
     doc = json.loads((out / "fit.json").read_text())
     assert doc["config"]["inference"]["family"] == "structured"
-    assert doc["design"]["groups"]["factor"] == "g" and doc["converged"]
+    assert doc["design"]["groups"]["factors"][0]["factor"] == "g" and doc["converged"]
 
 
 def test_predict_uses_seen_levels_and_draws_new_ones(tmp_path):
@@ -201,10 +217,13 @@ def test_predict_uses_seen_levels_and_draws_new_ones(tmp_path):
     ("y ~ x + (1 | county)", {}, "group column 'county' is not a column"),
     ("y ~ x + (1 + w | g)", {}, "the group term on 'w'"),
     ("y ~ x + (1 + c | g)", {"path": "constant"}, "constant within every 'g' group"),
-    ("y ~ x + (1 + x + z | g)", {}, "correlated group terms"),
+    ("y ~ x + (1 + x + z + a + b + c + d | g)", {"path": "many"}, "up to 6 terms"),
     ("y ~ x + 1 | g", {}, "in parentheses"),
-    ("y ~ x + (1 | )", {}, "must end with one grouping column"),
-    ("y ~ x + (1 | g) + (1 | h)", {"path": "two"}, "grouping factors"),
+    ("y ~ x + (1 | )", {}, "must end with a grouping column"),
+    ("y ~ x + (1 | g/)", {}, "must end with a grouping column"),
+    ("y ~ x + (1 | g) + (0 + x | g)", {}, "has two group terms"),
+    ("y ~ x + (1 | g:county)", {}, "group column 'county' is not a column"),
+    ("y ~ x + (1 | g) + (1 | h)", {"path": "one h"}, "'h' has 1 level(s)"),
     ("y ~ x + (x^2 | g)", {}, "takes column names"),
 ])
 def test_bad_group_terms_fail_in_one_line(tmp_path, formula, data, message):
@@ -217,8 +236,10 @@ def test_bad_group_terms_fail_in_one_line(tmp_path, formula, data, message):
         cols["g"] = ["a"] * n
     if kind == "constant":
         cols["c"] = [i % 4 for i in range(n)]
-    if kind == "two":
-        cols["h"] = [f"h{i % 3}" for i in range(n)]
+    if kind == "one h":
+        cols["h"] = ["h0"] * n
+    if kind == "many":
+        cols.update({c: rng.standard_normal(n) for c in "abcd"})
     path = write_csv(tmp_path / "bad.csv", cols)
     res, out = fit_cli(tmp_path, formula, path=path, **data)
     assert res.exit_code == 2, res.stdout
@@ -325,15 +346,14 @@ def test_pointwise_loglik_adds_each_rows_group_effects(tmp_path, family):
     path = grouped_data(tmp_path, family, n=300, G=9)
     model = model_of(path, "y ~ x + z + (1 + x | g)", family)
     rng = np.random.default_rng(6)
-    model.centring = rng.uniform(0, 1, model.centring.shape)
-    model.cor_centring = rng.uniform(0, 1, model.cor_centring.shape)
+    random_centring(model, rng)
     U = rng.normal(0, 0.2, (3, model.n_params))
     rows = np.array([5, 0, 299, 17, 120], dtype=np.int64)
     got = model.pointwise_loglik(U, rows)
     table = np.genfromtxt(path, delimiter=",", names=True, dtype=None, encoding=None)
     theta = model.natural(U)  # intercept, x, z, (sigma), tau..., cor
-    b = model.group_effects(U)
-    levels = model.groups.levels
+    b = model.group_effects(U)[0]
+    levels = model.groups[0].levels
     for s in range(3):
         for k, i in enumerate(rows):
             g = levels.index(table["g"][i])

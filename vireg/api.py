@@ -64,7 +64,7 @@ class FitResult:
     extras: dict = field(default_factory=dict)
     theta_names: list[str] | None = None  # names of theta's coordinates (fit.json)
     group_rows: list[dict] | None = None  # groups.csv: each group effect's summary
-    group_draws: np.ndarray | None = field(default=None, repr=False)  # (draws, G, K)
+    group_draws: np.ndarray | None = field(default=None, repr=False)  # (draws, effects)
     group_names: list[str] | None = None  # "factor[level]:term", group by group
 
     def warnings(self) -> list[str]:
@@ -233,8 +233,10 @@ def _result(cfg: Config, model, run: _Run, post, timing: dict, threads: int) -> 
         summary_method=summary_method, diagnostics_seconds=timing["diagnostics"],
         extras=_extras(cfg, model, run), theta_names=model.theta_names,
         group_rows=getattr(model, "fitted_groups", None),
-        group_draws=(post.group_effects[:n_out] if grouped and cfg.output.group_draws
-                     else None), group_names=model.group_names() if grouped else None)
+        group_draws=(np.hstack([b[:n_out].reshape(b[:n_out].shape[0], -1)
+                                for b in post.group_effects])
+                     if grouped and cfg.output.group_draws else None),
+        group_names=model.group_names() if grouped else None)
 
 
 def _multilevel_summary(model, family, phi, post):
@@ -337,8 +339,8 @@ def _priors_of(model) -> list:
     if getattr(model, "groups", None) is not None:
         from vireg.models.priors import Prior
 
-        priors += [model.group_sd] * model.groups.K
-        priors += [Prior("lkj", (model.group_cor_eta,))] * model.groups.n_cor
+        for f in model.groups:
+            priors += [model.group_sd] * f.K + [Prior("lkj", (model.group_cor_eta,))] * f.n_cor
     return priors
 
 

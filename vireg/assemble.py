@@ -62,8 +62,7 @@ def model_of(cfg: Config, design, intercept: bool, source):
             raise InputError(f"covariate '{name}' has the name of vireg's own parameter "
                              f"'{name}': rename the column")
     n_rows = source.moments.n_rows if source is not None else len(design.y)
-    n_params = len(priors) + (0 if design.groups is None else design.groups.K * (
-        1 + design.groups.n_groups) + design.groups.n_cor)
+    n_params = len(priors) + sum(f.K * (1 + f.n_groups) + f.n_cor for f in design.groups or ())
     cfg = settle(cfg, n_rows, n_params, len(design.covariates), cfg.model.family, design.groups)
     # A full-rank q is the same family in any affine coordinates, so its kernel can read the
     # columns orthogonalised; mean-field is defined on the standardised columns themselves.
@@ -140,37 +139,43 @@ def read_design(cfg: Config):
 
 
 def _check_group_spec(table, spec: list[tuple[str, list[str], bool]]):
-    """The group terms with their columns checked and intercepts named "(Intercept)"."""
+    """The group terms with their columns checked and intercepts named "(Intercept)"; a factor
+    named twice is an error."""
     from vireg.models.multilevel import INTERCEPT
 
-    if len(spec) != 1:
-        raise InputError(f"the model has {len(spec)} grouping factors "
-                         f"({', '.join(f for f, _, _ in spec)}): one is fitted; keep one group "
-                         "term")
-    factor, terms, correlated = spec[0]
-    if factor not in table.columns:
-        raise InputError(f"group column '{factor}' is not a column of '{table.source}': columns "
-                         f"are {', '.join(table.columns)}")
-    names = [INTERCEPT if t.lower() in ("intercept", "1", INTERCEPT.lower()) else t
-             for t in terms]
-    for t in names:
-        if t != INTERCEPT and t not in table.columns:
-            raise InputError(f"the group term on '{t}' (varying by '{factor}') names a column "
-                             f"that '{table.source}' does not have: columns are "
-                             f"{', '.join(table.columns)}")
-    return [(factor, names, correlated)]
+    factors = [f for f, _, _ in spec]
+    twice = sorted({f for f in factors if factors.count(f) > 1})
+    if twice:
+        raise InputError(f"the grouping factor '{twice[0]}' has two group terms: write its terms "
+                         f"in one, e.g. (1 + x | {twice[0]})")
+    out = []
+    for factor, terms, correlated in spec:
+        for column in factor.split(":"):
+            if column not in table.columns:
+                raise InputError(f"group column '{column}' is not a column of '{table.source}': "
+                                 f"columns are {', '.join(table.columns)}")
+        names = [INTERCEPT if t.lower() in ("intercept", "1", INTERCEPT.lower()) else t
+                 for t in terms]
+        for t in names:
+            if t != INTERCEPT and t not in table.columns:
+                raise InputError(f"the group term on '{t}' (varying by '{factor}') names a column "
+                                 f"that '{table.source}' does not have: columns are "
+                                 f"{', '.join(table.columns)}")
+        out.append((factor, names, correlated))
+    return out
 
 
 def _columns_used(cfg: Config, table, formula: str | None, spec) -> list[str]:
-    """Every column the model reads (what data.missing: drop looks at): the group column and
-    its terms' columns, and the formula's variables or data.response, covariates and row
+    """Every column the model reads (what data.missing: drop looks at): the group columns and
+    their terms' columns, and the formula's variables or data.response, covariates and row
     data."""
     import re
 
     from vireg.models.multilevel import INTERCEPT
 
-    factor, terms, _ = spec[0]
-    used = [factor] + [t for t in terms if t != INTERCEPT]
+    used = []
+    for factor, terms, _ in spec:
+        used += factor.split(":") + [t for t in terms if t != INTERCEPT]
     if formula is not None:
         used += [w for w in re.findall(r"[A-Za-z_.][\w.]*", formula) if w in table.columns]
     else:
@@ -183,13 +188,13 @@ def _columns_used(cfg: Config, table, formula: str | None, spec) -> list[str]:
 
 
 def _group_terms(table, spec: list[tuple[str, list[str], bool]]):
-    """The design's GroupTerms from the table (one grouping factor, ``_check_group_spec``)."""
+    """The design's GroupTerms, one per grouping factor (``_check_group_spec``)."""
     from vireg.data import numeric_column
     from vireg.models.multilevel import group_terms
 
-    factor, names, correlated = spec[0]
-    return group_terms(factor, names, correlated, table.columns[factor],
-                       lambda name: numeric_column(table, name))
+    return tuple(group_terms(factor, names, correlated, lambda name: table.columns[name],
+                             lambda name: numeric_column(table, name))
+                 for factor, names, correlated in spec)
 
 
 def _multilevel_model(cfg: Config, design, intercept: bool, priors, kwargs):

@@ -436,9 +436,9 @@ def _check_groups(data: dict[str, Any], inference: dict[str, Any], runtime: dict
         raise InputError("output.group_draws applies to models with group terms such as "
                          "(1 | g): remove it")
     if groups is not None:
-        if len(groups) != 1:
-            raise InputError(f"data.groups names {len(groups)} grouping factors: one is fitted "
-                             "(e.g. groups: {county: [intercept, floor]})")
+        if not isinstance(groups, dict) or not groups:
+            raise InputError("data.groups maps each grouping column to the terms that vary by "
+                             "it, e.g. groups: {county: [intercept, floor]}")
         for factor, terms in groups.items():
             if not isinstance(terms, list) or not terms or not all(
                     isinstance(t, str) for t in terms):

@@ -76,31 +76,42 @@ class GroupedLaplace:
 
 
 def arrowhead_hessian(model, u: np.ndarray, with_point: bool = False):
-    """-d2 log p / du2 at u in arrowhead blocks (H_GG (Pg, Pg), H_cross (G, K, Pg),
-    H_blocks (G, K, K)) by central differences of the gradient: 2 (Pg + K) draws in one pass;
-    ``with_point`` adds u itself as a draw and returns (log p, gradient, blocks)."""
-    Pg, K, G = model.n_global, model.groups.K, model.groups.n_groups
+    """-d2 log p / du2 at u in arrowhead blocks (H_GG (Pg, Pg), and per factor H_cross
+    (G, K, Pg) and H_blocks (G, K, K)) by central differences of the gradient: 2 (Pg + sum K)
+    draws in one pass (the second derivatives between two factors' effects are not formed: the
+    structured family has no place for them); ``with_point`` adds u itself as a draw and
+    returns (log p, gradient, blocks)."""
+    Pg = model.n_global
     h = FD_STEP * np.maximum(1.0, np.abs(u))
-    n = Pg + K
+    n = Pg + sum(lay.K for lay in model.layouts)
     U = np.repeat(u[None, :], 2 * n + 1, axis=0)
     for j in range(Pg):
         U[j, j] += h[j]
         U[n + j, j] -= h[j]
-    steps = np.empty((K, G))
-    for k in range(K):
-        cols = Pg + np.arange(G) * K + k
-        U[Pg + k, cols] += h[cols]
-        U[n + Pg + k, cols] -= h[cols]
-        steps[k] = h[cols]
+    row, steps = Pg, []
+    for lay in model.layouts:
+        step = np.empty((lay.K, lay.G))
+        for k in range(lay.K):
+            cols = lay.x_at + np.arange(lay.G) * lay.K + k
+            U[row + k, cols] += h[cols]
+            U[n + row + k, cols] -= h[cols]
+            step[k] = h[cols]
+        steps.append(step)
+        row += lay.K
     with np.errstate(**QUIET):
         lp, grads = model.log_joint_grad(U if with_point else U[:2 * n])
     D = -(grads[:n] - grads[n:2 * n])  # (n, P): row j is 2 h_j times column j of H
     H_GG = D[:Pg, :Pg] / (2.0 * h[:Pg, None])
     H_GG = 0.5 * (H_GG + H_GG.T)
-    H_cross = (D[:Pg, Pg:] / (2.0 * h[:Pg, None])).reshape(Pg, G, K).transpose(1, 2, 0)
-    blocks = D[Pg:, Pg:].reshape(K, G, K) / (2.0 * steps[:, :, None])  # [k, g, l] = H_g[l, k]
-    H_blocks = blocks.transpose(1, 2, 0)
-    H_blocks = 0.5 * (H_blocks + H_blocks.transpose(0, 2, 1))
+    H_cross, H_blocks, row = [], [], Pg
+    for lay, step in zip(model.layouts, steps, strict=True):
+        x = slice(lay.x_at, lay.x_at + lay.n_x)
+        H_cross.append((D[:Pg, x] / (2.0 * h[:Pg, None])).reshape(Pg, lay.G, lay.K)
+                       .transpose(1, 2, 0))
+        blocks = D[row:row + lay.K, x].reshape(lay.K, lay.G, lay.K) / (2.0 * step[:, :, None])
+        blocks = blocks.transpose(1, 2, 0)  # [g, l, k] = H_g[l, k]
+        H_blocks.append(0.5 * (blocks + blocks.transpose(0, 2, 1)))
+        row += lay.K
     if with_point:
         return float(lp[-1]), grads[-1], (H_GG, H_cross, H_blocks)
     return H_GG, H_cross, H_blocks
@@ -126,67 +137,85 @@ def _log_joint_grad(model, u: np.ndarray) -> tuple[float, np.ndarray]:
 
 def em_map(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
     """One EM iteration in centred coordinates (module doc): the E-step's conditional mode as
-    one Newton step of the location coordinates and the effects jointly (tau, the correlation
-    and the positive parameters held), halved while log p falls; then the M-steps of the
-    positive parameters (``_positive_m_step``) and of Psi. Returns (u, passes)."""
-    nb, Pg, K, G = model.n_base_params, model.n_global, model.groups.K, model.groups.n_groups
-    k = model.n_location
-    lp, g, (H_GG, H_cross, H_blocks) = arrowhead_hessian(model, u, with_point=True)
-    passes = 1
-    try:
-        np.linalg.cholesky(H_blocks)
-    except np.linalg.LinAlgError:  # a likelihood that is not log-concave (Student-t)
-        H_blocks = _positive(H_blocks)
-    g_w = g[Pg:].reshape(G, K)
-    try:
-        x_b, x_w = arrowhead_solve(H_GG[:k, :k], H_cross[:, :, :k], H_blocks, g[:k], g_w)
-    except np.linalg.LinAlgError:
-        x_b, x_w = np.zeros(k), g_w / np.maximum(np.abs(np.diagonal(H_blocks, 0, 1, 2)), 1.0)
-    t, out = 1.0, u
-    while t > 1e-6:
-        trial = u.copy()
-        trial[:k] += t * x_b
-        trial[Pg:] += t * x_w.ravel()
-        lp_trial, _ = _log_joint_grad(model, trial)
+    one Newton step of the location coordinates and a factor's effects jointly (tau, the
+    correlations, the positive parameters and the other factors' effects held), halved while
+    log p falls, factor after factor; then the M-steps of the positive parameters
+    (``_positive_m_step``) and of each factor's Psi. Returns (u, passes)."""
+    nb, k = model.n_base_params, model.n_location
+    passes, V = 0, []
+    for f, lay in enumerate(model.layouts):
+        lp, g, (H_GG, H_cross, H_blocks) = arrowhead_hessian(model, u, with_point=True)
         passes += 1
-        if lp_trial >= lp - 1e-12 * abs(lp):
-            out = trial
-            break
-        t *= 0.5
-    b = out[Pg:].reshape(G, K)
-    V = np.linalg.inv(H_blocks)
-    out = out.copy()
+        blocks = H_blocks[f]
+        try:
+            np.linalg.cholesky(blocks)
+        except np.linalg.LinAlgError:  # a likelihood that is not log-concave (Student-t)
+            blocks = _positive(blocks)
+        V.append(np.linalg.inv(blocks))
+        x = slice(lay.x_at, lay.x_at + lay.n_x)
+        g_w = g[x].reshape(lay.G, lay.K)
+        try:
+            x_b, x_w = arrowhead_solve(H_GG[:k, :k], H_cross[f][:, :, :k], blocks, g[:k], g_w)
+        except np.linalg.LinAlgError:
+            x_b, x_w = np.zeros(k), g_w / np.maximum(np.abs(np.diagonal(blocks, 0, 1, 2)), 1.0)
+        u, tries = _line_search(model, u, lp, k, x, x_b, x_w.ravel())
+        passes += tries
+    out = u.copy()
     passes += _positive_m_step(model, out, V, H_GG[k:nb, k:nb])
-    psi = (b.T @ b + V.sum(axis=0)) / G
-    _set_population(model, out, psi, floor)
+    for lay, V_f in zip(model.layouts, V, strict=True):
+        b = out[lay.x_at:lay.x_at + lay.n_x].reshape(lay.G, lay.K)
+        _set_population(model, lay, out, (b.T @ b + V_f.sum(axis=0)) / lay.G, floor)
     return out, passes
 
 
-def _positive_m_step(model, u: np.ndarray, V: np.ndarray, H_pos: np.ndarray) -> int:
+def _line_search(model, u, lp, k, x, x_b, x_w):
+    """u moved by t (x_b on the location coordinates, x_w on the slice x), t halved from 1
+    until log p does not fall; (u, passes)."""
+    t, tries = 1.0, 0
+    while t > 1e-6:
+        trial = u.copy()
+        trial[:k] += t * x_b
+        trial[x] += t * x_w
+        lp_trial, _ = _log_joint_grad(model, trial)
+        tries += 1
+        if lp_trial >= lp - 1e-12 * abs(lp):
+            return trial, tries
+        t *= 0.5
+    return u, tries
+
+
+def _positive_m_step(model, u: np.ndarray, V: list, H_pos: np.ndarray) -> int:
     """EM's M-step for the likelihood's positive parameters (sigma, phi, nu), in place: a
     Newton step (at most MAX_BASE_STEP in each log) to where the expectation of their gradient
     over the groups' effects b_g ~ N(b^_g, V_g) vanishes (at b^ alone sigma comes out low by
     the effects' variance: 10% at 20 rows per group). The expectation is the unscented one,
-    exact for a gaussian likelihood: 2K draws, draw (k, +-) moving every group's effects by
-    +-sqrt(K) column k of chol(V_g) at once (the log likelihood is a sum over groups, so each
-    group gets its own K-point rule); one pass. Returns the passes made. (The location
-    coordinates move with the effects in ``em_map``'s joint step: for a gaussian likelihood
-    their joint mode given the variances is the generalised least-squares estimate,
-    Henderson's mixed model equations. Taking the expectation for them too, with the
-    effects at their modes, drifts for a Poisson model: exp(b) averages above exp(b^), the
-    intercept falls, the effects and tau rise, without end.)"""
-    nb, Pg, K, k = model.n_base_params, model.n_global, model.groups.K, model.n_location
+    exact for a gaussian likelihood: over the n = sum K effects a row depends on (one group of
+    each factor, taken independent), 2n draws, draw (f, k, +-) moving every group of factor f
+    by +-sqrt(n) column k of chol(V_g) at once (the log likelihood is a sum over rows, and
+    each row meets one group per factor, so each row gets its own n-point rule); one pass.
+    Returns the passes made. (The location coordinates move with the effects in ``em_map``'s
+    joint step: for a gaussian likelihood their joint mode given the variances is the
+    generalised least-squares estimate, Henderson's mixed model equations. Taking the
+    expectation for them too, with the effects at their modes, drifts for a Poisson model:
+    exp(b) averages above exp(b^), the intercept falls, the effects and tau rise, without
+    end.)"""
+    nb, k = model.n_base_params, model.n_location
     if nb == k:
         return 0
     try:
-        chol = np.linalg.cholesky(V)
+        chol = [np.linalg.cholesky(V_f) for V_f in V]
     except np.linalg.LinAlgError:
         return 0
-    U = np.repeat(u[None, :], 2 * K, axis=0)
-    for col in range(K):
-        shift = np.sqrt(K) * chol[:, :, col].ravel()
-        U[2 * col, Pg:] += shift
-        U[2 * col + 1, Pg:] -= shift
+    n = sum(lay.K for lay in model.layouts)
+    U = np.repeat(u[None, :], 2 * n, axis=0)
+    row = 0
+    for lay, C in zip(model.layouts, chol, strict=True):
+        x = slice(lay.x_at, lay.x_at + lay.n_x)
+        for col in range(lay.K):
+            shift = np.sqrt(n) * C[:, :, col].ravel()
+            U[2 * row, x] += shift
+            U[2 * row + 1, x] -= shift
+            row += 1
     with np.errstate(**QUIET):
         _, grads = model.log_joint_grad(U)
     try:
@@ -198,18 +227,33 @@ def _positive_m_step(model, u: np.ndarray, V: np.ndarray, H_pos: np.ndarray) -> 
     return 1
 
 
-def _set_population(model, u: np.ndarray, psi: np.ndarray, floor: float) -> None:
-    """Write tau and the correlation into u: each log tau_k the mode in log tau of the effects'
-    expected log density plus tau's prior with its Jacobian (``_log_tau_mode``; at least
-    ``floor``), the correlation that of Psi."""
-    nb, K, G = model.n_base_params, model.groups.K, model.groups.n_groups
-    t = np.array([_log_tau_mode(model.group_sd, G * psi[k, k], G, u[nb + k])
-                  for k in range(K)])
-    tau = np.exp(np.maximum(t, np.log(floor)))
-    u[nb:nb + K] = np.log(tau)
-    if model.groups.n_cor:
-        rho = psi[0, 1] / (tau[0] * tau[1])
-        u[nb + K] = np.arctanh(np.clip(rho, -MAX_START_CORRELATION, MAX_START_CORRELATION))
+def _set_population(model, lay, u: np.ndarray, psi: np.ndarray, floor: float) -> None:
+    """Write a factor's tau and correlation into u: each log tau_k the mode in log tau of the
+    effects' expected log density plus tau's prior with its Jacobian (``_log_tau_mode``; at
+    least ``floor``), the correlation coordinates those of Psi's correlation, each canonical
+    partial correlation within MAX_START_CORRELATION."""
+    t = lay.tau_at
+    log_tau = np.array([_log_tau_mode(model.group_sd, lay.G * psi[j, j], lay.G, u[t + j])
+                        for j in range(lay.K)])
+    tau = np.exp(np.maximum(log_tau, np.log(floor)))
+    u[t:t + lay.K] = np.log(tau)
+    if lay.n_cor:
+        u[t + lay.K:t + lay.K + lay.n_cor] = cpc_coordinates(psi / np.outer(tau, tau))
+
+
+def cpc_coordinates(R: np.ndarray) -> np.ndarray:
+    """c (K (K - 1) / 2, ``lkj`` order) whose ``corr_cholesky`` is the Cholesky factor of the
+    correlation of R (a covariance-like matrix, made positive definite), each canonical partial
+    correlation z_ij = L_ij / sqrt(1 - sum_{m<j} L_im^2) within MAX_START_CORRELATION."""
+    d = np.sqrt(np.maximum(np.diag(R), 1e-300))
+    C = _positive((R / np.outer(d, d))[None])[0]
+    d = np.sqrt(np.diag(C))
+    L = np.linalg.cholesky(C / np.outer(d, d))
+    rows, cols = np.tril_indices(L.shape[0], -1)
+    left = np.sqrt(np.maximum(1.0 - np.array([np.sum(L[i, :j] ** 2)
+                                               for i, j in zip(rows, cols, strict=True)]), 1e-300))
+    z = np.clip(L[rows, cols] / left, -MAX_START_CORRELATION, MAX_START_CORRELATION)
+    return np.arctanh(z)
 
 
 def _log_tau_mode(prior, A: float, G: int, t: float) -> float:
@@ -233,15 +277,22 @@ def _log_tau_mode(prior, A: float, G: int, t: float) -> float:
 
 
 def _clamp(model, u: np.ndarray, floor: float) -> np.ndarray:
-    """u with log tau at least log ``floor`` and the correlation within MAX_START_CORRELATION
-    (SQUAREM's extrapolation can overshoot them)."""
-    nb, K = model.n_base_params, model.groups.K
+    """u with each log tau at least log ``floor`` and each correlation coordinate within
+    atanh(MAX_START_CORRELATION) (SQUAREM's extrapolation can overshoot them)."""
     u = u.copy()
-    u[nb:nb + K] = np.maximum(u[nb:nb + K], np.log(floor))
-    if model.groups.n_cor:
-        c = np.arctanh(MAX_START_CORRELATION)
-        u[nb + K] = np.clip(u[nb + K], -c, c)
+    c_max = np.arctanh(MAX_START_CORRELATION)
+    for lay in model.layouts:
+        t = lay.tau_at
+        u[t:t + lay.K] = np.maximum(u[t:t + lay.K], np.log(floor))
+        u[t + lay.K:t + lay.K + lay.n_cor] = np.clip(u[t + lay.K:t + lay.K + lay.n_cor],
+                                                     -c_max, c_max)
     return u
+
+
+def _watched(model) -> np.ndarray:
+    """The coordinates whose change ends EM: the base model's and every log tau."""
+    return np.concatenate([np.arange(model.n_base_params)]
+                          + [lay.tau_at + np.arange(lay.K) for lay in model.layouts])
 
 
 def run_em(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int, int]:
@@ -249,7 +300,7 @@ def run_em(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int, int]:
     maps u1, u2, r = u1 - u0, v = u2 - u1 - r, alpha = -|r| / |v|, the extrapolation
     u0 - 2 alpha r + alpha^2 v, then one more map), which takes EM's many small steps where the
     data say little about the groups in a few; returns (u, iterations, passes)."""
-    nb, K = model.n_base_params, model.groups.K
+    watched = _watched(model)
     passes = 0
     for iteration in range(1, EM_MAX_ITERATIONS + 1):
         u1, p1 = em_map(model, u, floor)
@@ -265,7 +316,7 @@ def run_em(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int, int]:
                  and _log_joint_grad(model, extrapolated)[0] >= _log_joint_grad(model, u2)[0])
         u_next, p3 = em_map(model, extrapolated if lp_ok else u2, floor)
         passes += p3 + 2
-        change = np.max(np.abs(u_next[:nb + K] - u[:nb + K]))
+        change = np.max(np.abs(u_next[watched] - u[watched]))
         u = u_next
         if change < EM_TOL:
             return u, iteration, passes
@@ -278,22 +329,25 @@ def find_start(model, u0: np.ndarray) -> GroupedLaplace:
     from vireg.families.structured import StructuredFactor
     from vireg.models.multilevel import population_cov
 
-    nb, K, G = model.n_base_params, model.groups.K, model.groups.n_groups
     scale = model.y_scale if model.likelihood.HAS_SCALE else 1.0
-    model.centring = np.zeros((G, K))
-    model.cor_centring = np.zeros(G)
-    u = np.array(u0, dtype=np.float64)
-    u[nb:nb + K] = np.log(0.5 * scale)
+    model.centring = [np.zeros((lay.G, lay.K)) for lay in model.layouts]
+    model.cor_centring = [np.zeros(lay.G) for lay in model.layouts]
+    u = np.zeros(model.n_params)
+    u[:model.n_base_params] = u0[:model.n_base_params]
+    for lay in model.layouts:
+        u[lay.tau_at:lay.tau_at + lay.K] = np.log(0.5 * scale)
     u, iterations, passes = run_em(model, u, MIN_TAU_FRACTION * scale)
     if not np.all(np.isfinite(u)):
         raise FitError("the start of the fit with group terms is not finite: check the data "
                        "and priors")
     _, _, H_blocks = arrowhead_hessian(model, u)
-    tau = np.exp(u[nb:nb + K])
-    psi_inv = np.linalg.inv(population_cov(u[None], nb, K, bool(model.groups.n_cor))[0])
-    info = np.diagonal(H_blocks - psi_inv[None], axis1=1, axis2=2)
-    lam = 1.0 / (1.0 + tau[None, :] ** 2 * np.maximum(info, 0.0))
-    u = model.set_centring(lam, cor_centring(lam), u)[0]
+    lam = []
+    for lay, blocks in zip(model.layouts, H_blocks, strict=True):
+        tau = np.exp(u[lay.tau_at:lay.tau_at + lay.K])
+        psi_inv = np.linalg.inv(population_cov(u[None], lay)[0])
+        info = np.diagonal(blocks - psi_inv[None], axis1=1, axis2=2)
+        lam.append(1.0 / (1.0 + tau[None, :] ** 2 * np.maximum(info, 0.0)))
+    u = model.set_centring(lam, [cor_centring(a) for a in lam], u)[0]
     H_GG, H_cross, H_blocks = arrowhead_hessian(model, u)
     factor = _factor(StructuredFactor, H_GG, H_cross, H_blocks)
     log_p, _ = _log_joint_grad(model, u)
@@ -312,14 +366,14 @@ def _factor(cls, H_GG, H_cross, H_blocks):
     its eigenvalues are made positive: |value|, at least a tenth of the smallest positive one
     (``_positive``)."""
     try:
-        return cls.from_precision(H_GG, H_cross, H_blocks)
+        return cls.from_precision(H_GG, tuple(H_cross), tuple(H_blocks))
     except np.linalg.LinAlgError:
         pass
-    H_blocks = _positive(H_blocks)
-    blocks_inv = np.linalg.inv(H_blocks)
-    coupling = np.einsum("gkp,gkl,glq->pq", H_cross, blocks_inv, H_cross)
+    H_blocks = [_positive(blocks) for blocks in H_blocks]
+    coupling = sum(np.einsum("gkp,gkl,glq->pq", C, np.linalg.inv(D), C)
+                   for C, D in zip(H_cross, H_blocks, strict=True))
     H_GG = _positive((H_GG - coupling)[None])[0] + coupling
-    return cls.from_precision(H_GG, H_cross, H_blocks)
+    return cls.from_precision(H_GG, tuple(H_cross), tuple(H_blocks))
 
 
 def _positive(H: np.ndarray) -> np.ndarray:

@@ -132,7 +132,7 @@ class PosteriorDraws:
     ess: float | None  # relative effective sample size of the smoothed weights
     elbo: float
     elbo_se: float
-    group_effects: np.ndarray | None = None  # models with group terms: b (draws, G, K)
+    group_effects: list | None = None  # models with group terms: per factor b (draws, G, K)
 
 
 def draw_posterior(model, family, phi: np.ndarray, n_draws: int, psis_draws: int,
@@ -182,7 +182,10 @@ def fitted_q(doc: dict):
     var = doc["variational"]
     groups = doc["design"].get("groups")
     if var["family"] == "structured":
-        family = Structured(groups["n_global"], len(groups["levels"]), len(groups["terms"]))
+        from vireg.models.multilevel import records_of
+
+        family = Structured(groups["n_global"], [(len(r["levels"]), len(r["terms"]))
+                                                 for r in records_of(groups)])
     else:
         family = make_family(var["family"], len(var["m"]))
     return family, family.from_dict(var)

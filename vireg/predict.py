@@ -132,28 +132,43 @@ def _draws_of_q(doc: dict, draws: int, rng: np.random.Generator) -> np.ndarray:
 
 def _group_eta(groups: dict, table, U: np.ndarray, rng: np.random.Generator,
                notes: list[str] | None) -> np.ndarray:
-    """Each new row's group contribution w_i . b (rows x draws): b of the row's level, or for a
-    level the fit never saw a draw from N(0, Psi) (one per level and draw)."""
-    from vireg.data import numeric_column
-    from vireg.models.multilevel import INTERCEPT, group_effects_of, level_cells, population_cov
+    """Each new row's group contribution sum over factors of w_i . b (rows x draws): b of the
+    row's level, or for a level the fit never saw a draw from the factor's N(0, Psi) (one per
+    level and draw)."""
+    from vireg.models.multilevel import records_of
 
-    factor, terms, K = groups["factor"], groups["terms"], len(groups["terms"])
-    if factor not in table.columns:
-        raise InputError(f"column '{factor}' (the fit's group column) is missing from "
-                         f"'{table.source}': add it, or predict with --no-group-effects")
-    cells, _ = level_cells(factor, table.columns[factor])
+    return sum(_factor_eta(rec, table, U, rng, notes) for rec in records_of(groups))
+
+
+def _factor_eta(rec: dict, table, U: np.ndarray, rng: np.random.Generator,
+                notes: list[str] | None) -> np.ndarray:
+    """One factor's part of ``_group_eta``."""
+    from vireg.data import numeric_column
+    from vireg.models.multilevel import (
+        INTERCEPT,
+        effects_of_record,
+        factor_cells,
+        layout_of_record,
+        population_cov,
+    )
+
+    factor, terms, K = rec["factor"], rec["terms"], len(rec["terms"])
+    for column in factor.split(":"):
+        if column not in table.columns:
+            raise InputError(f"column '{column}' (a group column of the fit) is missing from "
+                             f"'{table.source}': add it, or predict with --no-group-effects")
+    cells, _ = factor_cells(factor, lambda name: table.columns[name])
     W = np.column_stack([np.ones(table.n_rows) if t == INTERCEPT else numeric_column(table, t)
                          for t in terms])
-    b = group_effects_of(U, groups["n_base"], np.asarray(groups["centring"]),
-                         np.asarray(groups["cor_centring"]), groups["has_cor"])  # (S, G, K)
-    index = {level: j for j, level in enumerate(groups["levels"])}
+    b = effects_of_record(U, rec)  # (S, G, K)
+    index = {level: j for j, level in enumerate(rec["levels"])}
     new_levels = sorted({c for c in cells if c not in index})
     if new_levels:
-        chol = np.linalg.cholesky(population_cov(U, groups["n_base"], K, groups["has_cor"]))
+        chol = np.linalg.cholesky(population_cov(U, layout_of_record(rec)))
         z = rng.standard_normal((len(new_levels), U.shape[0], K))
         b_new = np.einsum("skl,nsl->snk", chol, z)  # (S, new levels, K)
         b = np.concatenate([b, b_new], axis=1)
-        index.update({level: len(groups["levels"]) + i for i, level in enumerate(new_levels)})
+        index.update({level: len(rec["levels"]) + i for i, level in enumerate(new_levels)})
         if notes is not None:
             n_rows = sum(c in set(new_levels) for c in cells)
             notes.append(f"{n_rows} of {len(cells)} rows have a '{factor}' level the fit never "

@@ -262,11 +262,13 @@ def _entry_auxiliary(family, aux, a0, a1, block):
 
 @njit(**JIT_OPTIONS)
 def _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, G, Gt, sums, widen,
-               W, gid, Bg, Sg):
+               W, gid, Bg, Sg, Xi, Xw, Bx, R):
     """Adds rows start .. stop - 1 to G (sum r z) and sums ([sum r, sum l, sum d, sum d2]);
     widen as in ``likelihood._gaussian_chunk``. With group terms (W: N x K, K > 0), eta_is
     gains W_i . Bg[gid_i, :, s] and Sg[gid_i, :, s] gains r_is W_i, in row order (a chunk holds
-    whole groups, so no other chunk writes them)."""
+    whole groups, so no other chunk writes them). Other factors' terms (Xi, Xw: N x E, E > 0)
+    add sum_e Xw[i, e] Bx[Xi[i, e], s] to eta_is, and R[i, s] (when R has rows) receives r_is
+    for ``gather_effect_sums``."""
     S = B.shape[0]
     block = block_rows_for(Z, S)
     work = np.empty((8, block * S))
@@ -292,8 +294,13 @@ def _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, G, Gt, sums,
                 if offset:
                     q[r * S + s] += xr
         _add_group_terms(W, gid, Bg, b0, nb, q, S)
+        _add_extra_terms(Xi, Xw, Bx, b0, nb, q, S)
         _elementwise(family, q, yb, xb, a0, a1, llb, db, d2b, nb * S)
         _scatter_group_sums(W, gid, Sg, b0, nb, q, S, acc)
+        if R.shape[0] > 0:
+            for r in range(nb):
+                for s in range(S):
+                    R[b0 + r, s] = q[r * S + s]
         for s in range(S):
             s0 = 0.0
             s1 = 0.0
@@ -328,6 +335,38 @@ def _add_group_terms(W, gid, Bg, b0, nb, q, S):
             wk = W[i, k]
             for s in range(S):
                 q[r * S + s] += wk * Bg[g, k, s]
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _add_extra_terms(Xi, Xw, Bx, b0, nb, q, S):
+    """q[r S + s] += sum_e Xw[b0 + r, e] Bx[Xi[b0 + r, e], s] (nothing for E = 0)."""
+    E = Xi.shape[1]
+    if E == 0:
+        return
+    for r in range(nb):
+        i = b0 + r
+        for e in range(E):
+            w = Xw[i, e]
+            j = Xi[i, e]
+            for s in range(S):
+                q[r * S + s] += w * Bx[j, s]
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def gather_effect_sums(R, ptr, rows, weights):
+    """Out[j, s] = sum over t in ptr[j] .. ptr[j + 1] - 1 of R[rows[t], s] weights[t]: each
+    effect's sum of r_is w_i over its rows (in the order given, ascending rows), effects in
+    parallel, so the sums are the same at any thread count."""
+    n = ptr.shape[0] - 1
+    S = R.shape[1]
+    out = np.zeros((n, S))
+    for j in prange(n):
+        for t in range(ptr[j], ptr[j + 1]):
+            i = rows[t]
+            w = weights[t]
+            for s in range(S):
+                out[j, s] += R[i, s] * w
+    return out
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -387,15 +426,18 @@ def _glm_loglik_grad(family, Z, Y, U, has_intercept, chunk_rows, with_grad):
     a, B, Bt = _split_draws(U, has_intercept, D)
     aux = _auxiliary(U, off + D)
     no_w, no_id, no_b = np.zeros((0, 0)), np.zeros(0, dtype=np.int64), np.zeros((0, 0, 0))
+    no_xi = np.zeros((0, 0), dtype=np.int64)
     for c in prange(n_chunks):
         start = c * chunk_rows
         stop = min(N, start + chunk_rows)
         if widen:
             _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, grad_part[c],
-                       group_part[c], sum_part[c], marker, no_w, no_id, no_b, no_b)
+                       group_part[c], sum_part[c], marker, no_w, no_id, no_b, no_b, no_xi, no_w,
+                       no_w, no_w)
         else:
             _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, grad_part[c],
-                       group_part[c], sum_part[c], None, no_w, no_id, no_b, no_b)
+                       group_part[c], sum_part[c], None, no_w, no_id, no_b, no_b, no_xi, no_w,
+                       no_w, no_w)
     G_sum, sums = _reduce_chunks(grad_part, sum_part)
     return _finish(family, G_sum, sums, aux, N, P, has_intercept)
 
@@ -431,12 +473,14 @@ def _finish(family, G_sum, sums, aux, N, P, has_intercept):
     return G, ll
 
 
-def _grouped_loglik_grad(family, Z, Y, W, gid, chunk_starts, U, Bg, has_intercept, with_grad):
-    """``_glm_loglik_grad`` with group terms: rows sorted by group, chunk c the rows
+def _grouped_loglik_grad(family, Z, Y, W, gid, chunk_starts, U, Bg, has_intercept, with_grad,
+                         Xi, Xw, Bx, R):
+    """``_glm_loglik_grad`` with group terms: rows sorted by the primary factor, chunk c the rows
     chunk_starts[c] .. chunk_starts[c + 1] - 1 (whole groups); Bg (G x K x S) the draws' group
     effects on the kernel's scale. Returns (G, ll, Sg), Sg[g, k, s] = sum over the group's rows
     of r_is W_ik, each group's sum formed by one thread in row order (the same result at any
-    thread count)."""
+    thread count). The other factors' effects Bx (n x S) are reached through Xi and Xw
+    (``_glm_chunk``); R (N x S, or 0 rows for none) receives each row's r."""
     N, D = Z.shape
     S, P = U.shape
     n_chunks = chunk_starts.shape[0] - 1
@@ -453,10 +497,10 @@ def _grouped_loglik_grad(family, Z, Y, W, gid, chunk_starts, U, Bg, has_intercep
         stop = chunk_starts[c + 1]
         if widen:
             _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, grad_part[c],
-                       group_part[c], sum_part[c], marker, W, gid, Bg, Sg)
+                       group_part[c], sum_part[c], marker, W, gid, Bg, Sg, Xi, Xw, Bx, R)
         else:
             _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, grad_part[c],
-                       group_part[c], sum_part[c], None, W, gid, Bg, Sg)
+                       group_part[c], sum_part[c], None, W, gid, Bg, Sg, Xi, Xw, Bx, R)
     G_sum, sums = _reduce_chunks(grad_part, sum_part)
     G, ll = _finish(family, G_sum, sums, aux, N, P, has_intercept)
     return G, ll, Sg

@@ -1,39 +1,46 @@
 """Multilevel regression: group effects with a hierarchical prior, partially non-centred.
 
-For one grouping factor with K terms (its intercept and slopes on some covariates),
+With grouping factors f = 1..F, factor f having K_f terms (its intercept and slopes on some
+covariates),
 
-    eta_i = alpha + x_i . beta + w_i . b_g(i),     b_g ~ N(0, diag(tau) R diag(tau))
+    eta_i = alpha + x_i . beta + sum_f w_fi . b_f,g_f(i),   b_fg ~ N(0, diag(tau_f) R_f diag(tau_f))
 
-w_i the row's term values (1 for the intercept, the covariate as given for a slope), tau the
-group sds, R the correlation (the identity for uncorrelated terms; for two correlated terms
-rho = tanh(c), R = L_R L_R^T, L_R = [[1, 0], [rho, s]], s = sqrt(1 - rho^2)).
+w_fi the row's term values for factor f (1 for the intercept, the covariate as given for a
+slope), tau_f the factor's group sds, R_f its correlation: the identity for uncorrelated terms,
+else R = L_R L_R^T with L_R the Cholesky factor built from the unconstrained c (K(K-1)/2) by
+canonical partial correlations (``lkj.corr_cholesky``; for two terms rho = tanh(c),
+L_R = [[1, 0], [rho, s]], s = sqrt(1 - rho^2)). Factors may be crossed ((1 | a) + (1 | b)) or
+nested ((1 | a/b), the factors a and a:b).
 
-Parameterisation: b_gk = tau_k^lambda_gk y_gk and y_g = M_g x_g, M_g = I + mu_g (L_R - I), the
-fitted coordinates being x_g. lambda = 1 (with mu = 1) is the non-centred b = diag(tau) L_R x,
-x ~ N(0, I), which a Gaussian q fits where the data say little about a group (the funnel of tau
-against b); lambda = 0 is the centred b = x, which it fits where they pin the group down. Each
-group's lambda_gk (and mu_g, the mean of its lambdas) is set once from the data's information
-about it at the start (``grouped_start``): radon's varying slopes reached ELBO -1044.3 with the
-correlation non-centred this way, -1045.1 with mu = 0. The prior of y_g is
-N(0, Lam_g R Lam_g), Lam_g = diag(tau^(1 - lambda_g)), and that of x_g adds log |det M_g| =
-log M_g,11 (M_g is lower-triangular with M_g,00 = 1).
+Parameterisation, per factor (the factor index dropped): b_gk = tau_k^lambda_gk y_gk and
+y_g = M_g x_g, M_g = I + mu_g (L_R - I), the fitted coordinates being x_g. lambda = 1 (with
+mu = 1) is the non-centred b = diag(tau) L_R x, x ~ N(0, I), which a Gaussian q fits where the
+data say little about a group (the funnel of tau against b); lambda = 0 is the centred b = x,
+which it fits where they pin the group down. Each group's lambda_gk (and mu_g, the mean of its
+lambdas) is set once from the data's information about it at the start (``grouped_start``):
+radon's varying slopes reached ELBO -1044.3 with the correlation non-centred this way, -1045.1
+with mu = 0. The prior of y_g is N(0, Lam_g R Lam_g), Lam_g = diag(tau^(1 - lambda_g)), and
+that of x_g adds log |det M_g| = sum_k log M_g,kk (M_g is lower-triangular).
 
 The fitted coordinates u are the model's own (intercept and coefficients standardised, the
-likelihood's positive parameters as logs: ``Model``), then log tau (K), c (one for two
-correlated terms), then x (G x K, group by group). The data kernel reads the rows sorted by
-group (``kernels.glm.grouped_loglik_grad``) and returns, per draw, the sums
+likelihood's positive parameters as logs: ``Model``), then per factor log tau (K) and c
+(K(K-1)/2 for correlated terms), then per factor x (G x K, group by group). The data kernel
+reads the rows sorted by one factor (the one with the most effects, whose sums are kept in
+registers) and reaches the others' effects through per-row indices
+(``kernels.glm.grouped_loglik_grad``); it returns, per draw and factor, the sums
 S_g = sum over the group's rows of r_i w_i (r = dl/deta on the kernel's scale, eta / s_y for
 the response's scale s_y). With dS_g = S_g / s_y = dl/db_g and g_y = tau^lambda dS_g + the
 prior's d/dy:
 
     d/dx_g        = M_g^T g_y
     d/dlog tau_k  = sum_g lambda_gk b_gk dS_gk + the prior's (``_effects_prior``)
-    d/dc          = sum_g g_y . (dM_g/dc) x_g + d/dc log det M_g + the prior's + LKJ's
+    d/dL_R        = sum_g mu_g g_y x_g^T + diag(sum_g mu_g / M_g,kk) + the prior's,
+    d/dc          = that pulled back through L_R(c) (``lkj.corr_cholesky_vjp``) + LKJ's
 
 Priors: tau_k ~ ``model.prior.group_sd`` (a positive-parameter prior, on log tau with its
-Jacobian), rho ~ LKJ(eta) for K = 2: p(rho) = 2^(1 - 2 eta) (1 - rho^2)^(eta - 1) / B(eta, eta),
-on c with the Jacobian 1 - rho^2: log p(c) = eta log(1 - rho^2) + (1 - 2 eta) log 2
-- log B(eta, eta), d/dc = -2 eta rho. docs/derivations.md has the derivations.
+Jacobian), R ~ LKJ(eta) with the Jacobian of c (``lkj.lkj_log_density``; for K = 2,
+log p(c) = eta log(1 - rho^2) + (1 - 2 eta) log 2 - log B(eta, eta)). docs/derivations.md has
+the derivations.
 """
 
 from __future__ import annotations
@@ -47,11 +54,14 @@ import numpy as np
 from vireg.data import MISSING_TOKENS
 from vireg.errors import InputError
 from vireg.kernels.flags import chunk_rows_for
+from vireg.models.lkj import corr_cholesky, corr_cholesky_vjp, corr_of, lkj_log_density
 from vireg.models.model import Model
 from vireg.models.priors import Prior
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 INTERCEPT = "(Intercept)"
+# Correlated terms per factor: each adds a K x K block per group and K (K - 1) / 2 globals.
+MAX_CORRELATED_TERMS = 6
 
 
 @dataclass(frozen=True)
@@ -77,19 +87,22 @@ class GroupTerms:
 
     @property
     def n_cor(self) -> int:
-        return int(self.correlated and self.K == 2)
+        """Correlation coordinates: K (K - 1) / 2 for correlated terms, else 0."""
+        return self.K * (self.K - 1) // 2 if self.correlated else 0
 
 
-def group_terms(factor: str, terms: list[str], correlated: bool, cells, covariate) -> GroupTerms:
-    """GroupTerms from the factor's cells (text, or numbers when the file's column parsed as
-    numbers) and ``covariate(name)`` -> a column's values."""
-    cells, levels = level_cells(factor, cells)
+def group_terms(factor: str, terms: list[str], correlated: bool, column, covariate
+                ) -> GroupTerms:
+    """GroupTerms of a factor from ``column(name)`` -> a grouping column's cells (text, or
+    numbers when the file's column parsed as numbers; an interaction a:b joins its columns')
+    and ``covariate(name)`` -> a column's values."""
+    cells, levels = factor_cells(factor, column)
     if len(levels) < 2:
         raise InputError(f"group column '{factor}' has {len(levels)} level(s): a group term needs "
                          "at least two groups; drop the term or use another column")
-    if correlated and len(terms) > 2:
+    if correlated and len(terms) > MAX_CORRELATED_TERMS:
         raise InputError(f"correlated group terms ({' + '.join(terms)} | {factor}) are fitted for "
-                         "up to two terms: write them uncorrelated, (... || "
+                         f"up to {MAX_CORRELATED_TERMS} terms: write them uncorrelated, (... || "
                          f"{factor}), or split them")
     index = {level: i for i, level in enumerate(levels)}
     gid = np.array([index[c] for c in cells], dtype=np.int64)
@@ -102,6 +115,14 @@ def group_terms(factor: str, terms: list[str], correlated: bool, cells, covariat
                              f"within every '{factor}' group, so it cannot: drop '{t}' from the "
                              "group term (keep it as a covariate)")
     return GroupTerms(factor, terms, correlated, levels, gid, W)
+
+
+def factor_cells(factor: str, column) -> tuple[list[str], list[str]]:
+    """(each row's level, the levels) of a factor: ``level_cells`` of its column, or
+    ``joined_cells`` of an interaction's columns (a:b)."""
+    if ":" in factor:
+        return joined_cells(factor, [(part, column(part)) for part in factor.split(":")])
+    return level_cells(factor, column(factor))
 
 
 def level_cells(factor: str, cells) -> tuple[list[str], list[str]]:
@@ -123,6 +144,20 @@ def level_cells(factor: str, cells) -> tuple[list[str], list[str]]:
     return cells, sorted(set(cells))
 
 
+def joined_cells(factor: str, parts) -> tuple[list[str], list[str]]:
+    """``level_cells`` of an interaction a:b (a nested factor): each row's level the parts'
+    levels joined by ":", the levels ordered by the parts' own orders."""
+    cells, ranks = [], []
+    for name, column in parts:
+        text, levels = level_cells(name, column)
+        rank = {level: i for i, level in enumerate(levels)}
+        cells.append(text)
+        ranks.append([rank[t] for t in text])
+    joined = [":".join(c) for c in zip(*cells, strict=True)]
+    keys = dict(zip(joined, zip(*ranks, strict=True), strict=True))
+    return joined, sorted(keys, key=keys.__getitem__)
+
+
 def _constant_within_groups(col: np.ndarray, gid: np.ndarray, n_groups: int) -> bool:
     lo = np.full(n_groups, np.inf)
     hi = np.full(n_groups, -np.inf)
@@ -137,13 +172,16 @@ _TERM_RE = re.compile(r"\(([^()|]*?)(\|\|?)\s*([^()|]*?)\s*\)")
 def split_group_terms(formula: str) -> tuple[str, list[tuple[str, list[str], bool]]]:
     """(the formula without its group terms, [(factor, terms, correlated)]) of lme4 terms
     ``(1 | g)``, ``(1 + x | g)``, ``(0 + x | g)`` and ``(x || g)`` (terms uncorrelated; the
-    intercept included unless removed, as lme4 does)."""
+    intercept included unless removed, as lme4 does), ``(1 | a:b)`` (the interaction's levels)
+    and ``(1 | a/b)`` (nested: the same terms for a and for a:b)."""
     found = []
     for m in _TERM_RE.finditer(formula):
-        lhs, bars, factor = m.group(1), m.group(2), m.group(3).strip()
-        if not re.fullmatch(r"[A-Za-z_.][\w.]*", factor):
-            raise InputError(f"data.formula: group term '{m.group(0)}' must end with one "
-                             "grouping column, e.g. (1 + x | county)")
+        lhs, bars, factor = m.group(1), m.group(2), re.sub(r"\s+", "", m.group(3))
+        if not re.fullmatch(r"[A-Za-z_.][\w.]*([:/][A-Za-z_.][\w.]*)*", factor) or (
+                ":" in factor and "/" in factor):
+            raise InputError(f"data.formula: group term '{m.group(0)}' must end with a grouping "
+                             "column, e.g. (1 + x | county), a nesting (1 | state/county) or an "
+                             "interaction (1 | state:county)")
         parts = [p.strip() for p in lhs.replace("-", "+-").split("+") if p.strip()]
         intercept = not any(p in ("0", "-1") for p in parts)
         names = [p for p in parts if p not in ("0", "-1", "1")]
@@ -154,7 +192,7 @@ def split_group_terms(formula: str) -> tuple[str, list[tuple[str, list[str], boo
         terms = ([INTERCEPT] if intercept else []) + names
         if not terms:
             raise InputError(f"data.formula: group term '{m.group(0)}' has no terms")
-        found.append((factor, terms, bars == "|"))
+        found += [(f, terms, bars == "|") for f in nested_factors(factor)]
     fixed = _TERM_RE.sub("", formula)
     fixed = re.sub(r"\+\s*(?=\+|$)", "", re.sub(r"~\s*\+", "~ ", fixed)).strip()
     if fixed.endswith("~"):
@@ -163,6 +201,12 @@ def split_group_terms(formula: str) -> tuple[str, list[tuple[str, list[str], boo
         raise InputError(f"data.formula '{formula}': a group term is written (terms | column), "
                          "in parentheses")
     return fixed, found
+
+
+def nested_factors(factor: str) -> list[str]:
+    """The factors of a nesting: a/b/c -> a, a:b, a:b:c (a factor without "/" itself)."""
+    parts = factor.split("/")
+    return [":".join(parts[:i + 1]) for i in range(len(parts))]
 
 
 def lkj_prior(text: str, where: str) -> float:
@@ -178,67 +222,136 @@ def lkj_prior(text: str, where: str) -> float:
     return eta
 
 
-class MultilevelModel(Model):
-    """A ``Model`` with one grouping factor's effects (module doc). The rows are held sorted by
-    group; ``log_joint_grad`` covers every coordinate of u, and ``centring`` (lambda, G x K) is
-    set once from the start (``multilevel_start``): 1 (non-centred) until then."""
+@dataclass(frozen=True)
+class FactorLayout:
+    """Where one factor's coordinates sit in u: log tau at ``tau_at`` (K), the correlation's c
+    right after (n_cor), and x from ``x_at`` (G x K, group by group)."""
 
-    def __init__(self, design, likelihood, intercept, priors, groups: GroupTerms,
-                 group_sd: Prior, group_cor_eta: float = 1.0, **kwargs):
-        order = np.argsort(groups.gid, kind="stable")
+    terms: GroupTerms
+    tau_at: int
+    x_at: int
+
+    @property
+    def K(self) -> int:
+        return self.terms.K
+
+    @property
+    def G(self) -> int:
+        return self.terms.n_groups
+
+    @property
+    def n_cor(self) -> int:
+        return self.terms.n_cor
+
+    @property
+    def n_x(self) -> int:
+        return self.G * self.K
+
+    def population(self, U: np.ndarray):
+        """(log tau (S, K), c (S, n_cor) or None) of draws U (views; U may hold the globals
+        only)."""
+        t = self.tau_at
+        c = U[:, t + self.K:t + self.K + self.n_cor] if self.n_cor else None
+        return U[:, t:t + self.K], c
+
+    def split(self, U: np.ndarray):
+        """(log tau (S, K), c (S, n_cor) or None, x (S, G, K)) of draws U (views)."""
+        return (*self.population(U),
+                U[:, self.x_at:self.x_at + self.n_x].reshape(U.shape[0], self.G, self.K))
+
+
+def layouts_of(factors, n_base: int) -> list[FactorLayout]:
+    """The layouts of u (module doc): base, each factor's log tau and c, each factor's x."""
+    n_global = n_base + sum(f.K + f.n_cor for f in factors)
+    out, t, x = [], n_base, n_global
+    for f in factors:
+        out.append(FactorLayout(f, t, x))
+        t += f.K + f.n_cor
+        x += f.n_groups * f.K
+    return out
+
+
+class MultilevelModel(Model):
+    """A ``Model`` with group effects of one or more grouping factors (module doc). The rows
+    are held sorted by the primary factor (the one with the most effects); ``log_joint_grad``
+    covers every coordinate of u; ``centring`` (lambda, per factor G x K) and ``cor_centring``
+    (mu, per factor G) are set once from the start (``grouped_start``): 1 (non-centred) until
+    then."""
+
+    def __init__(self, design, likelihood, intercept, priors, groups, group_sd: Prior,
+                 group_cor_eta: float = 1.0, **kwargs):
+        factors = list(groups) if isinstance(groups, (list, tuple)) else [groups]
+        self.primary = int(np.argmax([f.n_groups * f.K for f in factors]))
+        keys = [f.gid for i, f in enumerate(factors) if i != self.primary]
+        order = np.lexsort(keys[::-1] + [factors[self.primary].gid])
         design = replace(design, y=design.y[order], X=np.ascontiguousarray(design.X[order]),
                          row_data=None if design.row_data is None else design.row_data[order])
-        self.groups = replace(groups, gid=np.ascontiguousarray(groups.gid[order]),
-                              W=np.ascontiguousarray(groups.W[order]))
+        self.groups = tuple(replace(f, gid=np.ascontiguousarray(f.gid[order]),
+                                    W=np.ascontiguousarray(f.W[order])) for f in factors)
         self.row_order = order
         self.group_sd = group_sd
         self.group_cor_eta = group_cor_eta
-        self.centring = np.ones((groups.n_groups, groups.K))
-        self.cor_centring = np.ones(groups.n_groups)
+        self.centring = [np.ones((f.n_groups, f.K)) for f in factors]
+        self.cor_centring = [np.ones(f.n_groups) for f in factors]
         super().__init__(design, likelihood, intercept, priors, **kwargs)
         if not self.in_memory:
             raise InputError("group terms are fitted with the rows in memory: remove "
                              "runtime.out_of_core and the Dask backend")
+        self.layouts = layouts_of(self.groups, self.n_base_params)
         self.Yk = (self.Y if self.Y.ndim == 2
                    else np.ascontiguousarray(np.column_stack([self.Y, np.zeros(self.n_rows)])))
-        self.chunk_starts = _group_chunks(self.groups.gid, self.groups.n_groups,
+        main = self.groups[self.primary]
+        self.chunk_starts = _group_chunks(main.gid, main.n_groups,
                                           chunk_rows_for(self.n_rows, self.n_cov))
-        self.group_rows = np.bincount(self.groups.gid, minlength=self.groups.n_groups)
+        self.extra = ExtraFactors(self.groups, self.primary)
 
     # --- layout of u ------------------------------------------------------------------------
 
     @property
     def n_global(self) -> int:
-        """u's global coordinates: the base model's, log tau (K) and the correlation (0 or 1)."""
-        return self.n_base_params + self.groups.K + self.groups.n_cor
+        """u's global coordinates: the base model's, then each factor's log tau and c."""
+        return self.n_base_params + sum(f.K + f.n_cor for f in self.groups)
 
     @property
     def n_params(self) -> int:
-        return self.n_global + self.groups.n_groups * self.groups.K
+        return self.n_global + sum(f.n_groups * f.K for f in self.groups)
+
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        """(groups, terms) of each factor: the blocks of the structured family."""
+        return [(f.n_groups, f.K) for f in self.groups]
 
     @property
     def param_names(self) -> list[str]:
-        """The reported quantities: the base model's, then sd(factor:term), cor(...)."""
-        g = self.groups
-        names = super().param_names + [f"sd({g.factor}:{t})" for t in g.terms]
-        if g.n_cor:
-            names.append(f"cor({g.factor}:{g.terms[0]},{g.terms[1]})")
+        """The reported quantities: the base model's, then per factor sd(factor:term) and
+        cor(factor:term_i,term_j) for i < j."""
+        names = super().param_names
+        for f in self.groups:
+            names += [f"sd({f.factor}:{t})" for t in f.terms]
+            if f.n_cor:
+                i, j = np.triu_indices(f.K, 1)
+                names += [f"cor({f.factor}:{f.terms[a]},{f.terms[b]})" for a, b in zip(i, j, strict=True)]
         return names
 
     @property
     def theta_names(self) -> list[str]:
-        """theta's global coordinates: the base model's, log of each group sd, atanh of the
-        correlation."""
-        names = self.param_names
-        nb, K = self.n_base_params, self.groups.K
-        base = super().theta_names[:nb]
-        return (base + [f"log_{n}" for n in names[nb:nb + K]]
-                + [f"atanh_{n}" for n in names[nb + K:]])
+        """theta's global coordinates: the base model's, log of each group sd, and each
+        correlation coordinate c: atanh of the correlation for two terms, of the canonical
+        partial correlation (``lkj``) of terms (j, i), i > j, for more."""
+        names = super().theta_names[:self.n_base_params]
+        for f in self.groups:
+            names += [f"log_sd({f.factor}:{t})" for t in f.terms]
+            if f.n_cor:
+                kind = "cor" if f.K == 2 else "cpc"
+                i, j = np.tril_indices(f.K, -1)
+                names += [f"atanh_{kind}({f.factor}:{f.terms[b]},{f.terms[a]})"
+                          for a, b in zip(i, j, strict=True)]
+        return names
 
     def affine_map(self) -> tuple[np.ndarray, np.ndarray]:
         """theta = T u + c over the global coordinates only (the group coordinates are not
         reported through theta, and a P x P map would not fit in memory at 10,000 groups): the
-        base model's T and c, the identity for log tau and the correlation."""
+        base model's T and c, the identity for log tau and the correlations."""
         T0, c0 = super().affine_map()
         n = self.n_global
         T = np.eye(n)
@@ -251,150 +364,133 @@ class MultilevelModel(Model):
         """theta = T u + c of each draw's global coordinates."""
         return U[:, :self.n_global] @ self.T.T + self.c
 
-    def _split(self, U: np.ndarray):
-        """(base part, log tau (S, K), c (S,) or None, w (S, G, K)) of draws U."""
-        g, nb = self.groups, self.n_base_params
-        log_tau = U[:, nb:nb + g.K]
-        c = U[:, nb + g.K] if g.n_cor else None
-        w = U[:, self.n_global:].reshape(U.shape[0], g.n_groups, g.K)
-        return U[:, :nb], log_tau, c, w
-
-    def _mixing(self, c: np.ndarray):
-        return mixing(c, self.cor_centring)
-
-    def _mixed(self, c: np.ndarray | None, x: np.ndarray) -> np.ndarray:
-        return mixed(c, x, self.cor_centring)
-
-    def group_effects(self, U: np.ndarray) -> np.ndarray:
-        """b (S, G, K) on the natural scale, deviations from the fixed effects (module doc)."""
-        return group_effects_of(U, self.n_base_params, self.centring, self.cor_centring,
-                                bool(self.groups.n_cor))
+    def group_effects(self, U: np.ndarray) -> list[np.ndarray]:
+        """b per factor (S, G, K) on the natural scale, deviations from the fixed effects."""
+        return [factor_effects(U, lay, lam, mu) for lay, lam, mu
+                in zip(self.layouts, self.centring, self.cor_centring, strict=True)]
 
     def group_names(self) -> list[str]:
-        """"factor[level]:term" of every group effect, group by group (group_draws.csv)."""
-        g = self.groups
-        return [f"{g.factor}[{level}]:{term}" for level in g.levels for term in g.terms]
+        """"factor[level]:term" of every group effect, factor by factor and group by group
+        (group_draws.csv)."""
+        return [f"{f.factor}[{level}]:{term}" for f in self.groups for level in f.levels
+                for term in f.terms]
 
     def groups_record(self) -> dict:
-        """What ``vireg predict`` needs of the group terms (fit.json's design.groups)."""
-        g = self.groups
-        return {"factor": g.factor, "terms": g.terms, "has_cor": bool(g.n_cor),
-                "levels": g.levels, "n_global": self.n_global, "n_base": self.n_base_params,
-                "centring": self.centring.tolist(), "cor_centring": self.cor_centring.tolist()}
+        """What ``vireg predict`` and the workflow need of the group terms (fit.json's
+        design.groups)."""
+        factors = [{"factor": lay.terms.factor, "terms": lay.terms.terms,
+                    "correlated": bool(lay.n_cor), "levels": lay.terms.levels,
+                    "tau_at": lay.tau_at, "x_at": lay.x_at, "centring": lam.tolist(),
+                    "cor_centring": mu.tolist()}
+                   for lay, lam, mu in zip(self.layouts, self.centring, self.cor_centring,
+                                           strict=True)]
+        return {"factors": factors, "n_global": self.n_global, "n_base": self.n_base_params}
 
-    def set_centring(self, lam: np.ndarray, mu: np.ndarray, U: np.ndarray) -> np.ndarray:
-        """Change lambda to ``lam`` (G x K) and mu to ``mu`` (G) and return the points U in the
-        new coordinates, with the same group effects b."""
+    def set_centring(self, lam: list, mu: list, U: np.ndarray) -> np.ndarray:
+        """Change lambda to ``lam`` (per factor G x K) and mu to ``mu`` (per factor G) and
+        return the points U in the new coordinates, with the same group effects b."""
         U = np.array(U, dtype=np.float64, ndmin=2)
-        b = self.group_effects(U)
-        _, log_tau, c, x = self._split(U)
-        self.centring = np.array(lam, dtype=np.float64)
-        self.cor_centring = np.array(mu, dtype=np.float64)
-        y = b * np.exp(-log_tau[:, None, :] * self.centring[None])
-        x[...] = y
-        if c is not None:
-            m10, m11, _, _ = self._mixing(c)
-            x[:, :, 1] = (y[:, :, 1] - m10 * y[:, :, 0]) / m11
+        effects = self.group_effects(U)
+        self.centring = [np.array(a, dtype=np.float64) for a in lam]
+        self.cor_centring = [np.array(a, dtype=np.float64) for a in mu]
+        for lay, b, new_lam, new_mu in zip(self.layouts, effects, self.centring,
+                                           self.cor_centring, strict=True):
+            log_tau, c, x = lay.split(U)
+            y = b * np.exp(-log_tau[:, None, :] * new_lam[None])
+            x[...] = y if c is None else unmixed(corr_cholesky(c, lay.K), y, new_mu)
         return U
 
     # --- the log joint ----------------------------------------------------------------------
 
-    def log_joint_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """log p(y, u) and its gradient for each draw: the base model's terms with each row's
-        linear predictor shifted by its group's effects (one pass of the grouped kernel), the
-        group effects' prior and the priors of tau and the correlation (module doc)."""
+    def _kernel_pass(self, U: np.ndarray, effects: list[np.ndarray], with_grad: bool):
+        """One pass of the grouped kernel: (base gradient, log lik, per factor dl/db (S, G, K))."""
         from vireg.kernels.glm import grouped_loglik_grad
 
-        S, nb, K = U.shape[0], self.n_base_params, self.groups.K
-        base, log_tau, c, x = self._split(U)
-        y = self._mixed(c, x)
-        tau_lam = np.exp(log_tau[:, None, :] * self.centring[None])  # db/dy
-        b = tau_lam * y
-        Bg = np.ascontiguousarray(np.transpose(b, (1, 2, 0)) / self.y_scale)  # (G, K, S)
-        Gk, ll, Sg = grouped_loglik_grad(self.likelihood.CODE, self.Z, self.Yk, self.groups.W,
-                                         self.groups.gid, self.chunk_starts,
-                                         np.ascontiguousarray(self.kernel_draws(base)), Bg,
-                                         self.intercept, True)
+        main = self.groups[self.primary]
+        Bg = np.ascontiguousarray(np.transpose(effects[self.primary], (1, 2, 0)) / self.y_scale)
+        Bx = self.extra.effects_rows(effects, self.y_scale)
+        R = np.empty((self.n_rows if with_grad and self.extra.n_terms else 0, U.shape[0]))
+        Gk, ll, Sg = grouped_loglik_grad(
+            self.likelihood.CODE, self.Z, self.Yk, main.W, main.gid, self.chunk_starts,
+            np.ascontiguousarray(self.kernel_draws(U[:, :self.n_base_params])), Bg,
+            self.intercept, with_grad, self.extra.index, self.extra.weight, Bx, R)
+        dS = self.extra.sums(R, U.shape[0]) if with_grad else [None] * len(self.groups)
+        dS[self.primary] = np.transpose(Sg, (2, 0, 1))
+        return Gk, ll, [None if d is None else d / self.y_scale for d in dS]
+
+    def log_joint_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """log p(y, u) and its gradient for each draw: the base model's terms with each row's
+        linear predictor shifted by its groups' effects (one pass of the grouped kernel), each
+        factor's effects' prior and the priors of tau and the correlations (module doc)."""
+        nb = self.n_base_params
+        base = U[:, :nb]
+        mixed_parts = [self._mixed(lay, mu, U) for lay, mu
+                       in zip(self.layouts, self.cor_centring, strict=True)]
+        effects = [np.exp(lay.split(U)[0][:, None, :] * lam[None]) * y for lay, lam, (y, _)
+                   in zip(self.layouts, self.centring, mixed_parts, strict=True)]
+        Gk, ll, dS = self._kernel_pass(U, effects, True)
         T0, c0 = self.T[:nb, :nb], self.c[:nb]
         lp_prior, g_theta = self.log_prior_grad(base @ T0.T + c0)
         ll_r, G_r = self.response_terms(base)
         G = np.zeros_like(U)
         G[:, :nb] = self.data_grad(Gk) + G_r + g_theta @ T0
-        dS = np.transpose(Sg, (2, 0, 1)) / self.y_scale  # (S, G, K): dl/db
-        lp_y, gy_prior, gt_prior, gc_prior = self._effects_prior(log_tau, c, y)
-        g_y = dS * tau_lam + gy_prior  # d log p / dy
-        g_x = g_y
-        if c is not None:  # g_x = M^T g_y
-            m10, m11, dm10, dm11 = self._mixing(c)
-            g_x = g_y.copy()
-            g_x[:, :, 0] += m10 * g_y[:, :, 1]
-            g_x[:, :, 1] = m11 * g_y[:, :, 1]
-        G[:, self.n_global:] = g_x.reshape(S, -1)
-        G[:, nb:nb + K] = (np.einsum("sgk,gk->sk", dS * b, self.centring) + gt_prior
-                           + self.group_sd.grad(log_tau))
-        lp = (ll + ll_r + self.loglik_const + lp_prior + lp_y
-              + self.group_sd.logpdf(log_tau).sum(axis=1))
-        if c is not None:  # with log |det M| = sum_g log M_g11
-            rho = np.tanh(c)
-            lp = lp + lkj_logpdf(rho, self.group_cor_eta) + np.log(m11).sum(axis=1)
-            dy1 = dm10 * x[:, :, 0] + dm11 * x[:, :, 1]
-            G[:, nb + K] = (gc_prior + np.sum(g_y[:, :, 1] * dy1, axis=1)
-                            + np.sum(dm11 / m11, axis=1) - 2.0 * self.group_cor_eta * rho)
+        lp = ll + ll_r + self.loglik_const + lp_prior
+        for lay, lam, mu, (y, L), b, d in zip(self.layouts, self.centring, self.cor_centring,
+                                              mixed_parts, effects, dS, strict=True):
+            lp = lp + self._factor_terms(lay, lam, mu, U, y, L, b, d, G)
         return lp, G
 
-    def _effects_prior(self, log_tau, c, y):
-        """log p(y | tau, rho) summed over groups and its gradients in y, log tau and c (with y
-        held): y_g ~ N(0, Lam_g R Lam_g), Lam_g = diag(tau^(1 - lambda_g)); with v = Lam^-1 y
-        and e = L_R^-1 v (R = L_R L_R^T),
-
-            log p = -sum_k (1 - lambda_gk) log tau_k - log det L_R - |e|^2 / 2 - K/2 log 2 pi
-            d/dy_g = -Lam_g^-1 L_R^-T e_g
-            d/dlog tau_k = sum_g (1 - lambda_gk) (v_gk (L_R^-T e_g)_k - 1)
-            d/dc = sum_g (rho + s v_g1 e_g2 - rho e_g2^2)    (K = 2, rho = tanh c, s^2 = 1 - rho^2)
-        """
-        one_minus = 1.0 - self.centring[None]  # (1, G, K)
-        scale = np.exp(log_tau[:, None, :] * one_minus)  # Lam_g's diagonal
-        v = y / scale
-        G_groups = y.shape[1]
+    def _mixed(self, lay: FactorLayout, mu: np.ndarray, U: np.ndarray):
+        """(y = M x (S, G, K), L_R (S, K, K) or None) of a factor."""
+        _, c, x = lay.split(U)
         if c is None:
-            e, LTe, log_det = v, v, 0.0
-        else:
-            rho = np.tanh(c)[:, None]
-            s = np.sqrt(1.0 - rho * rho)
-            e = np.stack([v[:, :, 0], (v[:, :, 1] - rho * v[:, :, 0]) / s], axis=2)
-            LTe = np.stack([e[:, :, 0] - rho * e[:, :, 1] / s, e[:, :, 1] / s], axis=2)
-            log_det = G_groups * np.log(s[:, 0])
-        lp = (-log_tau @ one_minus[0].sum(axis=0) - log_det
-              - 0.5 * np.einsum("sgk,sgk->s", e, e) - y[0].size * HALF_LOG_2PI)
-        g_y = -LTe / scale
-        g_log_tau = np.einsum("gk,sgk->sk", one_minus[0], v * LTe) - one_minus[0].sum(axis=0)
-        g_c = None
-        if c is not None:
-            rho1 = rho[:, 0]
-            g_c = (G_groups * rho1 + s[:, 0] * np.einsum("sg,sg->s", v[:, :, 0], e[:, :, 1])
-                   - rho1 * np.einsum("sg,sg->s", e[:, :, 1], e[:, :, 1]))
-        return lp, g_y, g_log_tau, g_c
+            return x, None
+        L = corr_cholesky(c, lay.K)
+        return mixed(L, x, mu), L
+
+    def _factor_terms(self, lay, lam, mu, U, y, L, b, dS, G) -> np.ndarray:
+        """A factor's log prior terms (its effects', tau's, the correlation's); writes the
+        gradient of everything in its coordinates into G (dS = dl/db of the kernel pass)."""
+        log_tau, c, x = lay.split(U)
+        t, K = lay.tau_at, lay.K
+        lp_y, gy_prior, gt_prior, gL_prior = _effects_prior(log_tau, L, y, lam)
+        g_y = dS * np.exp(log_tau[:, None, :] * lam[None]) + gy_prior  # d log p / dy
+        lp = lp_y + self.group_sd.logpdf(log_tau).sum(axis=1)
+        G[:, t:t + K] = (np.einsum("sgk,gk->sk", dS * b, lam) + gt_prior
+                         + self.group_sd.grad(log_tau))
+        if c is None:
+            G[:, lay.x_at:lay.x_at + lay.n_x] = g_y.reshape(U.shape[0], -1)
+            return lp
+        g_x = g_y + mu[None, :, None] * (np.einsum("slk,sgl->sgk", L, g_y) - g_y)  # M^T g_y
+        G[:, lay.x_at:lay.x_at + lay.n_x] = g_x.reshape(U.shape[0], -1)
+        diag = 1.0 + mu[None, :, None] * (np.diagonal(L, 0, 1, 2)[:, None, :] - 1.0)
+        gL = np.einsum("g,sgk,sgl->skl", mu, g_y, x) + gL_prior  # with log |det M_g|
+        gL[:, np.arange(K), np.arange(K)] += np.einsum("g,sgk->sk", mu, 1.0 / diag)
+        lp_c, g_c = lkj_log_density(c, K, self.group_cor_eta)
+        G[:, t + K:t + K + lay.n_cor] = corr_cholesky_vjp(c, K, gL) + g_c
+        return lp + lp_c + np.log(diag).sum(axis=(1, 2))
 
     def log_joint_values(self, U: np.ndarray) -> np.ndarray:
         """log p(y, u) of each draw without the gradient (the kernel's pass without its
         gradient sums): the terms of ``log_joint_grad``."""
-        from vireg.kernels.glm import grouped_loglik_grad
-
         nb = self.n_base_params
-        base, log_tau, c, x = self._split(U)
-        y = self._mixed(c, x)
-        b = np.exp(log_tau[:, None, :] * self.centring[None]) * y
-        Bg = np.ascontiguousarray(np.transpose(b, (1, 2, 0)) / self.y_scale)
-        _, ll, _ = grouped_loglik_grad(self.likelihood.CODE, self.Z, self.Yk, self.groups.W,
-                                       self.groups.gid, self.chunk_starts,
-                                       np.ascontiguousarray(self.kernel_draws(base)), Bg,
-                                       self.intercept, False)
+        base = U[:, :nb]
+        mixed_parts = [self._mixed(lay, mu, U) for lay, mu
+                       in zip(self.layouts, self.cor_centring, strict=True)]
+        effects = [np.exp(lay.split(U)[0][:, None, :] * lam[None]) * y for lay, lam, (y, _)
+                   in zip(self.layouts, self.centring, mixed_parts, strict=True)]
+        _, ll, _ = self._kernel_pass(U, effects, False)
         lp_prior, _ = self.log_prior_grad(base @ self.T[:nb, :nb].T + self.c[:nb])
-        lp = (ll + self.response_terms(base)[0] + self.loglik_const + lp_prior
-              + self._effects_prior(log_tau, c, y)[0] + self.group_sd.logpdf(log_tau).sum(axis=1))
-        if c is not None:
-            lp = (lp + lkj_logpdf(np.tanh(c), self.group_cor_eta)
-                  + np.log(self._mixing(c)[1]).sum(axis=1))
+        lp = ll + self.response_terms(base)[0] + self.loglik_const + lp_prior
+        for lay, lam, mu, (y, L) in zip(self.layouts, self.centring, self.cor_centring,
+                                        mixed_parts, strict=True):
+            log_tau, c, _ = lay.split(U)
+            lp = (lp + _effects_prior(log_tau, L, y, lam)[0]
+                  + self.group_sd.logpdf(log_tau).sum(axis=1))
+            if c is not None:
+                diag = 1.0 + mu[None, :, None] * (np.diagonal(L, 0, 1, 2)[:, None, :] - 1.0)
+                lp = (lp + lkj_log_density(c, lay.K, self.group_cor_eta)[0]
+                      + np.log(diag).sum(axis=(1, 2)))
         return lp
 
     def log_joint_batches(self, U: np.ndarray, batch: int | None = None):
@@ -409,28 +505,32 @@ class MultilevelModel(Model):
         self.log_joint_grad(np.zeros((1, self.n_params)))
 
     def natural(self, U: np.ndarray) -> np.ndarray:
-        """The reported quantities for each draw: the base model's natural parameters, tau,
-        and the correlation."""
+        """The reported quantities for each draw: the base model's natural parameters, then
+        per factor tau and the correlations (``param_names``)."""
         theta = self.to_theta(U)
-        nb, k = self.n_base_params, self.n_location
+        k = self.n_location
         out = theta[:, :self.n_global].copy()
-        out[:, k:nb + self.groups.K] = np.exp(out[:, k:nb + self.groups.K])
-        if self.groups.n_cor:
-            out[:, nb + self.groups.K] = np.tanh(out[:, nb + self.groups.K])
+        out[:, k:self.n_base_params] = np.exp(out[:, k:self.n_base_params])
+        for lay in self.layouts:
+            log_tau, c = lay.population(theta)
+            out[:, lay.tau_at:lay.tau_at + lay.K] = np.exp(log_tau)
+            if c is not None:
+                at = lay.tau_at + lay.K
+                out[:, at:at + lay.n_cor] = corr_of(corr_cholesky(c, lay.K))
         return out
 
     def pointwise_loglik(self, U: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """log p(y_i | theta_s, b_s) (S x n) for the rows ``rows`` in the data's own order
-        (default all): the base model's kernel pass with each row's group effects w_i . b_g(i)
-        added to its linear predictor."""
+        (default all): the base model's kernel pass with each row's group effects
+        sum_f w_fi . b_f,g(i) added to its linear predictor."""
         from vireg.kernels.glm import pointwise_loglik
 
         U = np.atleast_2d(U)
         position = np.empty(self.n_rows, dtype=np.int64)
         position[self.row_order] = np.arange(self.n_rows)  # data row -> sorted row
         idx = position[np.arange(self.n_rows) if rows is None else np.asarray(rows)]
-        b = self.group_effects(U)  # (S, G, K)
-        shift = np.einsum("rk,srk->sr", self.groups.W[idx], b[:, self.groups.gid[idx], :])
+        shift = sum(np.einsum("rk,srk->sr", f.W[idx], b[:, f.gid[idx], :])
+                    for f, b in zip(self.groups, self.group_effects(U), strict=True))
         Uk = np.ascontiguousarray(self.kernel_draws(U[:, :self.n_base_params]), dtype=np.float64)
         L = pointwise_loglik(self.likelihood.CODE, self.Z, self.Yk, Uk, self.intercept,
                              np.ascontiguousarray(idx),
@@ -438,63 +538,169 @@ class MultilevelModel(Model):
         return L - np.log(self.y_scale) if self.likelihood.HAS_SCALE else L
 
 
-def mixing(c: np.ndarray, mu: np.ndarray):
-    """The second row of M_g in y_g = M_g x_g (two correlated terms) and its derivative in
-    c, each (S, G): M_g = I + mu_g (L_R - I) = [[1, 0], [mu rho, 1 + mu (s - 1)]],
-    rho = tanh c, s = sqrt(1 - rho^2), dM/dc = mu [[0, 0], [s^2, -rho s]] (ds/dc = -rho s)."""
-    mu = mu[None, :]
-    rho = np.tanh(c)[:, None]
-    s = np.sqrt(1.0 - rho * rho)
-    return mu * rho, 1.0 + mu * (s - 1.0), mu * s * s, -mu * rho * s
+class ExtraFactors:
+    """The factors other than the primary one, as the kernel reads them: per row and term e,
+    ``index[i, e]`` the effect's row in the stacked effects (factor by factor, group by group,
+    term by term) and ``weight[i, e]`` the row's term value; and, to gather each effect's sum of
+    r_i w_i from the kernel's per-row r, the entries (row, weight) of each effect in row order
+    (CSR: ``ptr``, ``rows``, ``weights``), so every sum is formed in one order at any thread
+    count."""
+
+    def __init__(self, factors, primary: int):
+        others = [f for i, f in enumerate(factors) if i != primary]
+        self.slots = [i for i in range(len(factors)) if i != primary]
+        self.shapes = [(f.n_groups, f.K) for f in others]
+        n = len(factors[0].gid)
+        offsets = np.cumsum([0] + [G * K for G, K in self.shapes])
+        self.n_effects = int(offsets[-1])
+        cols_i, cols_w = [], []
+        for f, off in zip(others, offsets, strict=False):
+            for k in range(f.K):
+                cols_i.append(off + f.gid * f.K + k)
+                cols_w.append(f.W[:, k])
+        self.n_terms = len(cols_i)
+        self.index = (np.ascontiguousarray(np.column_stack(cols_i), dtype=np.int64)
+                      if cols_i else np.empty((n, 0), dtype=np.int64))
+        self.weight = (np.ascontiguousarray(np.column_stack(cols_w)) if cols_w
+                       else np.empty((n, 0)))
+        flat = self.index.ravel()
+        order = np.argsort(flat, kind="stable")  # row-major, so rows ascend within an effect
+        self.ptr = np.searchsorted(flat[order], np.arange(self.n_effects + 1)).astype(np.int64)
+        self.rows = (order // max(self.n_terms, 1)).astype(np.int64)
+        self.weights = np.ascontiguousarray(self.weight.ravel()[order])
+
+    def effects_rows(self, effects: list[np.ndarray], y_scale: float) -> np.ndarray:
+        """The stacked effects (n_effects, S) on the kernel's scale."""
+        S = effects[0].shape[0]
+        if not self.n_effects:
+            return np.empty((0, S))
+        parts = [effects[i].reshape(S, -1).T for i in self.slots]
+        return np.ascontiguousarray(np.vstack(parts) / y_scale)
+
+    def sums(self, R: np.ndarray, S: int) -> list:
+        """Per factor (None at the primary's slot) the sums S_g (S, G, K) of r_i w_i from the
+        kernel's per-row r (N, S)."""
+        from vireg.kernels.glm import gather_effect_sums
+
+        out: list = [None] * (len(self.slots) + 1)
+        if not self.n_effects:
+            return out
+        flat = gather_effect_sums(R, self.ptr, self.rows, self.weights)  # (n_effects, S)
+        at = 0
+        for slot, (G, K) in zip(self.slots, self.shapes, strict=True):
+            out[slot] = flat[at:at + G * K].T.reshape(S, G, K)
+            at += G * K
+        return out
 
 
-def mixed(c: np.ndarray | None, x: np.ndarray, mu: np.ndarray) -> np.ndarray:
-    """y = M x for every draw and group (x itself without a correlation)."""
-    if c is None:
+def _effects_prior(log_tau, L, y, lam):
+    """log p(y | tau, R) of a factor, summed over its groups, and its gradients in y, log tau
+    and L_R (with y held; None without a correlation): y_g ~ N(0, Lam_g R Lam_g),
+    Lam_g = diag(tau^(1 - lambda_g)); with v = Lam^-1 y and e = L_R^-1 v,
+
+        log p = -sum_k (1 - lambda_gk) log tau_k - log det L_R - |e|^2 / 2 - K/2 log 2 pi
+        d/dy_g = -Lam_g^-1 L_R^-T e_g
+        d/dlog tau_k = sum_g (1 - lambda_gk) (v_gk (L_R^-T e_g)_k - 1)
+        d/dL_R = sum_g (L_R^-T e_g) e_g^T - G diag(1 / L_R,kk)    (lower triangle)
+    """
+    one_minus = 1.0 - lam  # (G, K)
+    scale = np.exp(log_tau[:, None, :] * one_minus[None])  # Lam_g's diagonal
+    v = y / scale
+    G_groups = y.shape[1]
+    if L is None:
+        e, LTe, log_det, g_L = v, v, 0.0, None
+    else:
+        L_inv = np.linalg.inv(L)
+        e = np.einsum("skl,sgl->sgk", L_inv, v)
+        LTe = np.einsum("slk,sgl->sgk", L_inv, e)
+        diag = np.diagonal(L, 0, 1, 2)
+        log_det = G_groups * np.log(diag).sum(axis=1)
+        g_L = np.tril(np.einsum("sgk,sgl->skl", LTe, e))
+        g_L[:, np.arange(L.shape[1]), np.arange(L.shape[1])] -= G_groups / diag
+    lp = (-log_tau @ one_minus.sum(axis=0) - log_det
+          - 0.5 * np.einsum("sgk,sgk->s", e, e) - y[0].size * HALF_LOG_2PI)
+    g_y = -LTe / scale
+    g_log_tau = np.einsum("gk,sgk->sk", one_minus, v * LTe) - one_minus.sum(axis=0)
+    return lp, g_y, g_log_tau, g_L
+
+
+def mixed(L: np.ndarray | None, x: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """y = M x per draw and group, M_g = I + mu_g (L_R - I) (x itself without a correlation)."""
+    if L is None:
         return x
-    m10, m11, _, _ = mixing(c, mu)
-    y = x.copy()
-    y[:, :, 1] = m10 * x[:, :, 0] + m11 * x[:, :, 1]
-    return y
+    return x + mu[None, :, None] * (np.einsum("skl,sgl->sgk", L, x) - x)
 
 
-def group_effects_of(U: np.ndarray, n_base: int, centring: np.ndarray, cor_centring: np.ndarray,
-                     correlated: bool) -> np.ndarray:
-    """b (S, G, K) of draws U: b_gk = tau_k^lambda_gk y_gk, y_g = M_g x_g (module doc), from
-    u's layout (base coordinates, log tau, the correlation if any, then x group by group)."""
-    G, K = centring.shape
-    log_tau = U[:, n_base:n_base + K]
-    c = U[:, n_base + K] if correlated else None
-    x = U[:, n_base + K + int(correlated):].reshape(U.shape[0], G, K)
-    return np.exp(log_tau[:, None, :] * centring[None]) * mixed(c, x, cor_centring)
+def unmixed(L: np.ndarray, y: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """x = M^-1 y per draw and group (M_g lower-triangular: forward substitution)."""
+    K = L.shape[1]
+    M = mu[None, :, None, None] * (L[:, None] - np.eye(K)) + np.eye(K)  # (S, G, K, K)
+    x = np.empty(y.shape)
+    for k in range(K):
+        r = y[:, :, k] - np.sum(M[:, :, k, :k] * x[:, :, :k], axis=2)
+        x[:, :, k] = r / M[:, :, k, k]
+    return x
 
 
-def population_cov(U: np.ndarray, n_base: int, K: int, correlated: bool) -> np.ndarray:
-    """Psi = diag(tau) R diag(tau) of each draw (S, K, K): the population new groups come from."""
-    tau = np.exp(U[:, n_base:n_base + K])
-    R = np.broadcast_to(np.eye(K), (U.shape[0], K, K)).copy()
-    if correlated:
-        R[:, 0, 1] = R[:, 1, 0] = np.tanh(U[:, n_base + K])
+def factor_effects(U: np.ndarray, lay: FactorLayout, lam: np.ndarray, mu: np.ndarray
+                   ) -> np.ndarray:
+    """b (S, G, K) of one factor for draws U: b_gk = tau_k^lambda_gk y_gk, y_g = M_g x_g."""
+    log_tau, c, x = lay.split(U)
+    L = None if c is None else corr_cholesky(c, lay.K)
+    return np.exp(log_tau[:, None, :] * lam[None]) * mixed(L, x, mu)
+
+
+def population_cov(U: np.ndarray, lay: FactorLayout) -> np.ndarray:
+    """Psi = diag(tau) R diag(tau) of each draw (S, K, K): the population a factor's new
+    groups come from."""
+    log_tau, c = lay.population(U)
+    tau = np.exp(log_tau)
+    if c is None:
+        R = np.broadcast_to(np.eye(lay.K), (U.shape[0], lay.K, lay.K))
+    else:
+        L = corr_cholesky(c, lay.K)
+        R = L @ np.swapaxes(L, 1, 2)
     return tau[:, :, None] * R * tau[:, None, :]
 
 
-def lkj_logpdf(rho: np.ndarray, eta: float) -> np.ndarray:
-    """log p(c) for rho = tanh(c) ~ LKJ(eta) with K = 2: p(rho) = 2^(1 - 2 eta)
-    (1 - rho^2)^(eta - 1) / B(eta, eta), with the Jacobian 1 - rho^2 of c."""
-    return (eta * np.log1p(-rho * rho) + (1.0 - 2.0 * eta) * math.log(2.0)
-            - (2.0 * math.lgamma(eta) - math.lgamma(2.0 * eta)))
+def records_of(record: dict) -> list[dict]:
+    """fit.json's design.groups as one record per factor with its layout (tau_at, x_at,
+    correlated, centring, cor_centring); a record of the single-factor form is read too."""
+    if "factors" in record:
+        return record["factors"]
+    K = len(record["terms"])
+    return [{"factor": record["factor"], "terms": record["terms"],
+             "correlated": record["has_cor"], "levels": record["levels"],
+             "tau_at": record["n_base"], "x_at": record["n_global"],
+             "centring": record["centring"],
+             "cor_centring": record["cor_centring"]}] if K else []
 
 
-def group_table(model, b: np.ndarray) -> list[dict]:
-    """groups.csv's rows from draws of the group effects b (draws, G, K): per level and term,
-    the mean, sd and 5/50/95% quantiles of the deviation (lme4's ranef)."""
-    g = model.groups
-    q = np.quantile(b, [0.05, 0.5, 0.95], axis=0)
-    mean, sd = b.mean(axis=0), b.std(axis=0, ddof=1)
-    return [{"group": g.factor, "level": level, "term": term, "mean": float(mean[j, k]),
-             "sd": float(sd[j, k]), "q5": float(q[0, j, k]), "q50": float(q[1, j, k]),
-             "q95": float(q[2, j, k])}
-            for j, level in enumerate(g.levels) for k, term in enumerate(g.terms)]
+def layout_of_record(rec: dict) -> FactorLayout:
+    """The FactorLayout of one factor's record (``records_of``)."""
+    terms = GroupTerms(rec["factor"], rec["terms"], rec["correlated"], rec["levels"],
+                       np.zeros(0, dtype=np.int64), np.zeros((0, len(rec["terms"]))))
+    return FactorLayout(terms, rec["tau_at"], rec["x_at"])
+
+
+def effects_of_record(U: np.ndarray, rec: dict) -> np.ndarray:
+    """b (S, G, K) of one factor of a fit.json record for draws U of u."""
+    return factor_effects(U, layout_of_record(rec), np.asarray(rec["centring"], float),
+                          np.asarray(rec["cor_centring"], float))
+
+
+def group_table(model, effects: list[np.ndarray]) -> list[dict]:
+    """groups.csv's rows from draws of each factor's group effects (draws, G, K): per level
+    and term, the mean, sd and 5/50/95% quantiles of the deviation (lme4's ranef)."""
+    rows = []
+    for f, b in zip(model.groups, effects, strict=True):
+        q = np.quantile(b, [0.05, 0.5, 0.95], axis=0)
+        mean, sd = b.mean(axis=0), b.std(axis=0, ddof=1)
+        rows += [{"group": f.factor, "level": level, "term": term, "mean": float(mean[j, k]),
+                  "sd": float(sd[j, k]), "q5": float(q[0, j, k]), "q50": float(q[1, j, k]),
+                  "q95": float(q[2, j, k])}
+                 for j, level in enumerate(f.levels) for k, term in enumerate(f.terms)]
+    return rows
 
 
 def _group_chunks(gid: np.ndarray, n_groups: int, target_rows: int) -> np.ndarray:

@@ -87,15 +87,7 @@ def inference_data(run, log_likelihood="auto"):
     coords = {"covariate": list(covariates), "obs": np.arange(n_rows)}
     dims = {"beta": ["covariate"]}
     if run.grouped:  # the group effects (deviations, lme4's ranef) of the fit's own draws
-        from vireg.models.multilevel import group_effects_of
-        from vireg.posterior import redrawn
-
-        spec = run.doc["design"]["groups"]
-        posterior["group_effects"] = group_effects_of(
-            redrawn(run.doc, S), spec["n_base"], np.asarray(spec["centring"]),
-            np.asarray(spec["cor_centring"]), spec["has_cor"])[None]
-        coords.update({"level": list(spec["levels"]), "term": list(spec["terms"])})
-        dims["group_effects"] = ["level", "term"]
+        _add_group_effects(run, S, posterior, coords, dims)
     log_ratio = run.log_p - run.log_q
     log_w = psis(log_ratio)[0] if np.all(np.isfinite(log_ratio)) else np.full(S, np.nan)
     sample_stats = {"lp": run.log_p[None], "log_q": run.log_q[None], "log_weight": log_w[None]}
@@ -166,6 +158,24 @@ def export_run(run_dir: Path | str, out: Path | None = None, log_likelihood=None
     idata = inference_data(run, setting)
     export.write_atomically(parent, {target.name: netcdf_writer(idata)})
     return target
+
+
+def _add_group_effects(run, S: int, posterior: dict, coords: dict, dims: dict) -> None:
+    """Each factor's group effects (draws of the fit's own q) as a variable with dimensions
+    level and term: ``group_effects`` (level, term) for one factor, ``group_effects_<factor>``
+    (<factor>_level, <factor>_term; ":" of a nesting written "_") for several."""
+    from vireg.models.multilevel import effects_of_record, records_of
+    from vireg.posterior import redrawn
+
+    U = redrawn(run.doc, S)
+    records = records_of(run.doc["design"]["groups"])
+    for rec in records:
+        name = rec["factor"].replace(":", "_")
+        var, level, term = ((f"group_effects_{name}", f"{name}_level", f"{name}_term")
+                            if len(records) > 1 else ("group_effects", "level", "term"))
+        posterior[var] = effects_of_record(U, rec)[None]
+        coords.update({level: list(rec["levels"]), term: list(rec["terms"])})
+        dims[var] = [level, term]
 
 
 def _version() -> str:

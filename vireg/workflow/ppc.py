@@ -219,24 +219,24 @@ def _statistics(v: np.ndarray) -> np.ndarray:
 
 
 def _group_shifts(run, design):
-    """For a run with group terms, (f(lo, hi): each row's group effects w_i . b_g(i) for draws
-    lo..hi (draws x rows), their mean over the draws (rows)), from the fit's own draws of q
-    (``posterior.redrawn``); (zero, 0) without group terms."""
+    """For a run with group terms, (f(lo, hi): each row's group effects sum_f w_fi . b_f,g(i)
+    for draws lo..hi (draws x rows), their mean over the draws (rows)), from the fit's own
+    draws of q (``posterior.redrawn``); (zero, 0) without group terms."""
     if not run.grouped:
         return (lambda lo, hi: 0.0), 0.0
-    from vireg.models.multilevel import group_effects_of
+    from vireg.models.multilevel import effects_of_record, records_of
     from vireg.posterior import redrawn
 
-    groups = run.doc["design"]["groups"]
-    if design.groups.levels != groups["levels"]:
-        raise InputError(f"the data of run '{run.label}' have changed since the fit (its "
-                         f"'{groups['factor']}' levels): refit")
-    b = group_effects_of(redrawn(run.doc, run.draws.shape[0]), groups["n_base"],
-                         np.asarray(groups["centring"]), np.asarray(groups["cor_centring"]),
-                         groups["has_cor"])
-    W, gid = design.groups.W, design.groups.gid
-    mean = np.einsum("ik,ik->i", W, b.mean(axis=0)[gid])
-    return (lambda lo, hi: np.einsum("ik,sik->si", W, b[lo:hi][:, gid, :])), mean
+    U = redrawn(run.doc, run.draws.shape[0])
+    parts = []
+    for rec, terms in zip(records_of(run.doc["design"]["groups"]), design.groups, strict=True):
+        if terms.levels != rec["levels"]:
+            raise InputError(f"the data of run '{run.label}' have changed since the fit (its "
+                             f"'{rec['factor']}' levels): refit")
+        parts.append((terms.W, terms.gid, effects_of_record(U, rec)))
+    mean = sum(np.einsum("ik,ik->i", W, b.mean(axis=0)[gid]) for W, gid, b in parts)
+    return (lambda lo, hi: sum(np.einsum("ik,sik->si", W, b[lo:hi][:, gid, :])
+                               for W, gid, b in parts)), mean
 
 
 def _bins_by_fit(pred: Predictive, X, alpha, beta, params, data, shift

@@ -174,9 +174,12 @@ def rebuild(run: Run, check: bool = True) -> Iterator[Rebuilt]:
             raise InputError(f"the data of run '{run.label}' have changed since the fit ("
                              f"{model.n_rows} rows now, {run.doc.get('n_rows')} then): refit")
         if run.grouped:  # the coordinates the fit's q is over
-            groups = run.doc["design"]["groups"]
-            model.centring = np.asarray(groups["centring"], dtype=np.float64)
-            model.cor_centring = np.asarray(groups["cor_centring"], dtype=np.float64)
+            from vireg.models.multilevel import records_of
+
+            records = records_of(run.doc["design"]["groups"])
+            model.centring = [np.asarray(r["centring"], dtype=np.float64) for r in records]
+            model.cor_centring = [np.asarray(r["cor_centring"], dtype=np.float64)
+                                  for r in records]
         if check:
             check_log_p(run, model)
         yield Rebuilt(model, design.X, design.y, design)
