@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 DATA = Path(__file__).parent / "data" / "multilevel"
+CROSSED = ["penicillin_crossed", "pastes_nested", "grouseticks_crossed"]
 CASES = ["radon_mn_intercepts", "verbagg_logit", "cbpp_binomial", "radon_mn_slopes",
-         "sleepstudy"]
+         "sleepstudy", *CROSSED]
 
 
 def reference(name: str) -> dict:
@@ -27,6 +28,8 @@ def reference(name: str) -> dict:
                    "sigma": "half_normal(1)", "group_sd": "half_normal(1)"}}}
         return {"fixed": ref, "effects": effects, "config": cfg}
     own = DATA / f"{name}.json"
+    if not own.exists() and name in CROSSED:
+        own = DATA / "crossed.json"
     doc = json.loads((own if own.exists() else DATA / "reference.json").read_text())[name]
     fixed, effects = {}, {}
     for p in doc["parameters"]:
@@ -37,11 +40,14 @@ def reference(name: str) -> dict:
             effects[(group, level, term)] = value
         else:
             fixed["intercept" if p == "(Intercept)" else p] = value
-    data = {"path": str(DATA / doc["csv"]), "response": doc["response"],
-            "covariates": doc["covariates"],
-            "groups": {doc["group"]: ["intercept" if t == "(Intercept)" else t
-                                      for t in doc["group_terms"]]}}
-    if doc["trials"]:
+    if "groups" in doc:  # several grouping factors: the reference's formula
+        data = {"path": str(DATA / doc["csv"]), "formula": doc["formula"]}
+    else:
+        data = {"path": str(DATA / doc["csv"]), "response": doc["response"],
+                "covariates": doc["covariates"],
+                "groups": {doc["group"]: ["intercept" if t == "(Intercept)" else t
+                                          for t in doc["group_terms"]]}}
+    if doc.get("trials"):
         data["trials"] = doc["trials"]
     prior = {k: v for k, v in doc["priors"].items()
              if k in ("intercept", "coefficients", "sigma", "group_sd", "group_cor", "overrides")}
@@ -52,13 +58,13 @@ def reference(name: str) -> dict:
 
 def errors_against(result, ref: dict):
     """{parameter: (mean error in reference sds, sd ratio)} of a fit's reported quantities,
-    and {(level, term): (the same)} of its group effects."""
+    and {(group, level, term): (the same)} of its group effects."""
     rows = {r["parameter"]: r for r in result.summary_rows()}
     fixed = {p: ((rows[p]["mean"] - m) / s, rows[p]["sd"] / s) for p, (m, s) in
              ref["fixed"].items()}
     effects = {}
     for r in result.group_rows:
         m, s = ref["effects"][(r["group"], r["level"], r["term"])]
-        effects[(r["level"], r["term"])] = ((r["mean"] - m) / s, r["sd"] / s)
+        effects[(r["group"], r["level"], r["term"])] = ((r["mean"] - m) / s, r["sd"] / s)
     assert len(effects) == len(ref["effects"])
     return fixed, effects

@@ -425,3 +425,23 @@ def test_ppc_replicates_with_the_group_effects(tmp_path):
     sd_row = next(r for r in result.statistics if r["statistic"] == "sd")
     assert 0.05 < sd_row["p_value"] < 0.95, sd_row
     assert abs(sd_row["rep_mean"] / sd_row["observed"] - 1) < 0.1
+
+
+def test_small_crossed_factor_joins_the_dense_block(tmp_path):
+    """(1 | g) + (1 | h): h (5 effects) is fitted in the structured family's dense block with
+    the globals, so q holds the dependence between g's and h's effects (here negative: the two
+    share the rows' intercept), which a factorised q would set to 0."""
+    from vireg.api import fit
+
+    path = grouped_data(tmp_path, n=300, G=12)
+    cfg = {"data": {"path": str(path), "formula": "y ~ x + (1 | g) + (1 | h)"},
+           "model": {"family": "gaussian"}, "output": {"draws": 200}}
+    model = model_of(path, "y ~ x + (1 | g) + (1 | h)")
+    assert model.joint == [False, True] and model.n_joint == model.n_global + 5
+    assert model.segments == [(12, 1)]
+    result = fit(cfg)
+    assert result.converged, result.reason
+    L_g = np.asarray(result.variational["L_cross"][0])[:, 0, :]  # g's rows against the block
+    cov = L_g @ np.asarray(result.variational["L_global"]).T  # (12, n_joint)
+    h_cols = slice(model.n_global, model.n_joint)
+    assert np.mean(cov[:, h_cols]) < 0

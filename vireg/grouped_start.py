@@ -349,9 +349,35 @@ def find_start(model, u0: np.ndarray) -> GroupedLaplace:
         lam.append(1.0 / (1.0 + tau[None, :] ** 2 * np.maximum(info, 0.0)))
     u = model.set_centring(lam, [cor_centring(a) for a in lam], u)[0]
     H_GG, H_cross, H_blocks = arrowhead_hessian(model, u)
-    factor = _factor(StructuredFactor, H_GG, H_cross, H_blocks)
+    factor = _factor(StructuredFactor, *joint_precision(model, H_GG, H_cross, H_blocks))
     log_p, _ = _log_joint_grad(model, u)
     return GroupedLaplace(u, factor, log_p, iterations, passes + 3)
+
+
+def joint_precision(model, H_GG, H_cross, H_blocks):
+    """The arrowhead blocks in the structured family's own pattern: the globals' block grown by
+    the joint factors' effects (``MultilevelModel.joint``: their blocks and coupling to the
+    globals; between two factors' effects nothing, which the fit itself then learns), and the
+    other factors' couplings padded to the grown block."""
+    n, Pg = model.n_joint, model.n_global
+    H = np.zeros((n, n))
+    H[:Pg, :Pg] = H_GG
+    crosses, blocks = [], []
+    parts = sorted(zip(model.layouts, model.joint, H_cross, H_blocks, strict=True),
+                   key=lambda part: part[0].x_at)
+    for lay, joint, C, D in parts:
+        if joint:
+            x = slice(lay.x_at, lay.x_at + lay.n_x)
+            H[x, :Pg] = C.reshape(lay.n_x, Pg)
+            H[:Pg, x] = H[x, :Pg].T
+            first = lay.x_at + lay.K * np.arange(lay.G)[:, None, None]
+            H[first + np.arange(lay.K)[None, :, None], first + np.arange(lay.K)[None, None, :]] = D
+        else:
+            padded = np.zeros((lay.G, lay.K, n))
+            padded[:, :, :Pg] = C
+            crosses.append(padded)
+            blocks.append(D)
+    return H, crosses, blocks
 
 
 def cor_centring(lam: np.ndarray) -> np.ndarray:

@@ -184,8 +184,9 @@ def fitted_q(doc: dict):
     if var["family"] == "structured":
         from vireg.models.multilevel import records_of
 
-        family = Structured(groups["n_global"], [(len(r["levels"]), len(r["terms"]))
-                                                 for r in records_of(groups)])
+        segments = groups.get("segments") or [(len(r["levels"]), len(r["terms"]))
+                                              for r in records_of(groups)]
+        family = Structured(groups.get("n_joint", groups["n_global"]), segments)
     else:
         family = make_family(var["family"], len(var["m"]))
     return family, family.from_dict(var)

@@ -23,7 +23,7 @@ def make_family(name: str, n_params: int, laplace=None, model=None):
     if getattr(model, "groups", None) is not None and laplace is not None:
         factor = laplace.factor
         if name == "structured":
-            return Structured(model.n_global, model.segments, laplace.mode, factor)
+            return Structured(model.n_joint, model.segments, laplace.mode, factor)
         if name == "fullrank":
             return FullRank(n_params, laplace.mode, factor.dense(), factor.log_det)
         return MeanField(n_params)

@@ -62,6 +62,10 @@ HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 INTERCEPT = "(Intercept)"
 # Correlated terms per factor: each adds a K x K block per group and K (K - 1) / 2 globals.
 MAX_CORRELATED_TERMS = 6
+# A factor other than the primary one with at most this many effects (groups x terms) is
+# fitted in the structured family's dense block with the globals (its cost: that block's
+# square)
+JOINT_EFFECTS_MAX = 200
 
 
 @dataclass(frozen=True)
@@ -260,14 +264,18 @@ class FactorLayout:
                 U[:, self.x_at:self.x_at + self.n_x].reshape(U.shape[0], self.G, self.K))
 
 
-def layouts_of(factors, n_base: int) -> list[FactorLayout]:
-    """The layouts of u (module doc): base, each factor's log tau and c, each factor's x."""
+def layouts_of(factors, n_base: int, x_order: list[int]) -> list[FactorLayout]:
+    """The layouts of u (module doc): base, each factor's log tau and c, then the factors'
+    x in ``x_order`` (the factors in the structured family's joint block first)."""
     n_global = n_base + sum(f.K + f.n_cor for f in factors)
-    out, t, x = [], n_base, n_global
-    for f in factors:
-        out.append(FactorLayout(f, t, x))
+    x_at, x = {}, n_global
+    for i in x_order:
+        x_at[i] = x
+        x += factors[i].n_groups * factors[i].K
+    out, t = [], n_base
+    for i, f in enumerate(factors):
+        out.append(FactorLayout(f, t, x_at[i]))
         t += f.K + f.n_cor
-        x += f.n_groups * f.K
     return out
 
 
@@ -297,7 +305,14 @@ class MultilevelModel(Model):
         if not self.in_memory:
             raise InputError("group terms are fitted with the rows in memory: remove "
                              "runtime.out_of_core and the Dask backend")
-        self.layouts = layouts_of(self.groups, self.n_base_params)
+        # Beside the primary factor, a factor with few effects joins the globals' dense block of
+        # the structured family, so q keeps its effects' dependence on every other factor's
+        # (crossed designs couple them through the rows they share)
+        self.joint = [i != self.primary and f.n_groups * f.K <= JOINT_EFFECTS_MAX
+                      for i, f in enumerate(self.groups)]
+        order = ([i for i, j in enumerate(self.joint) if j]
+                 + [i for i, j in enumerate(self.joint) if not j])
+        self.layouts = layouts_of(self.groups, self.n_base_params, order)
         self.Yk = (self.Y if self.Y.ndim == 2
                    else np.ascontiguousarray(np.column_stack([self.Y, np.zeros(self.n_rows)])))
         main = self.groups[self.primary]
@@ -317,9 +332,17 @@ class MultilevelModel(Model):
         return self.n_global + sum(f.n_groups * f.K for f in self.groups)
 
     @property
+    def n_joint(self) -> int:
+        """The structured family's dense block: the globals and the joint factors' effects."""
+        return self.n_global + sum(lay.n_x for lay, j in zip(self.layouts, self.joint,
+                                                             strict=True) if j)
+
+    @property
     def segments(self) -> list[tuple[int, int]]:
-        """(groups, terms) of each factor: the blocks of the structured family."""
-        return [(f.n_groups, f.K) for f in self.groups]
+        """(groups, terms) of each factor outside the joint block, in u's order: the
+        structured family's segments."""
+        outside = [lay for lay, j in zip(self.layouts, self.joint, strict=True) if not j]
+        return [(lay.G, lay.K) for lay in sorted(outside, key=lambda lay: lay.x_at)]
 
     @property
     def param_names(self) -> list[str]:
@@ -384,7 +407,8 @@ class MultilevelModel(Model):
                     "cor_centring": mu.tolist()}
                    for lay, lam, mu in zip(self.layouts, self.centring, self.cor_centring,
                                            strict=True)]
-        return {"factors": factors, "n_global": self.n_global, "n_base": self.n_base_params}
+        return {"factors": factors, "n_global": self.n_global, "n_base": self.n_base_params,
+                "n_joint": self.n_joint, "segments": self.segments}
 
     def set_centring(self, lam: list, mu: list, U: np.ndarray) -> np.ndarray:
         """Change lambda to ``lam`` (per factor G x K) and mu to ``mu`` (per factor G) and
