@@ -1,12 +1,14 @@
 """End-to-end speed, memory and recovery of a multilevel fit (``vireg fit`` on synthetic data).
 
-    python bench/multilevel.py [--n 1000000] [--d 10] [--groups 10000]
+    python bench/multilevel.py [--n 1000000] [--d 10] [--groups 10000] [--crossed L]
                                [--family gaussian|bernoulli|both] [--threads T] [--out-file PATH]
 
 Data (seeded): n rows, covariates x0..x{d-1} ~ N(0, 1), group ids g drawn uniformly from
 ``--groups`` levels, fixed effects intercept 0.3 and beta = 0.5 * linspace(-1, 1, d), each group's
 intercept deviation ~ N(0, 0.5^2) and slope-on-x0 deviation ~ N(0, 0.3^2) (independent, so the
-true correlation is 0);
+true correlation is 0); with ``--crossed L``, a second grouping column h of L levels crossed
+with g (drawn uniformly, from its own seeded stream), whose intercept deviations ~ N(0, 0.4^2)
+join eta, and the term ``(1 | h)`` joins the formula;
 
     gaussian:   y = eta + N(0, 1)          bernoulli:  y ~ Bernoulli(logistic(eta))
     eta = 0.3 + x . beta + b0[g] + b1[g] * x0
@@ -44,7 +46,7 @@ import numpy as np
 from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
-SD_INTERCEPT, SD_SLOPE, SIGMA = 0.5, 0.3, 1.0
+SD_INTERCEPT, SD_SLOPE, SIGMA, SD_CROSSED = 0.5, 0.3, 1.0, 0.4
 INTERCEPT = 0.3
 
 
@@ -53,7 +55,8 @@ def truth(d: int) -> dict:
             else np.array([0.5])}
 
 
-def make_data(path: Path, family: str, n: int, d: int, groups: int, seed: int) -> dict:
+def make_data(path: Path, family: str, n: int, d: int, groups: int, seed: int,
+              crossed: int = 0) -> dict:
     """Write the synthetic data set to ``path``; return the drawn truth."""
     rng = np.random.default_rng(seed)
     t = truth(d)
@@ -62,18 +65,24 @@ def make_data(path: Path, family: str, n: int, d: int, groups: int, seed: int) -
     g = rng.integers(0, groups, n)
     X = np.round(rng.standard_normal((n, d)), 6)
     eta = t["intercept"] + X @ t["beta"] + b0[g] + b1[g] * X[:, 0]
+    if crossed:
+        other = np.random.default_rng(seed + 1)
+        h = other.integers(0, crossed, n)
+        eta += other.normal(0.0, SD_CROSSED, crossed)[h]
     if family == "gaussian":
         y = np.round(eta + SIGMA * rng.standard_normal(n), 6)
     else:
         y = (rng.random(n) < 1.0 / (1.0 + np.exp(-eta))).astype(np.int64)
     del eta
-    names = ["y"] + [f"x{j}" for j in range(d)] + ["g"]
+    names = ["y"] + [f"x{j}" for j in range(d)] + ["g"] + (["h"] if crossed else [])
     labels = np.array([f"g{k}" for k in range(groups)])
+    h_labels = np.array([f"h{k}" for k in range(crossed)])[h] if crossed else None
     try:
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
         cols = [pa.array(y)] + [pa.array(X[:, j]) for j in range(d)] + [pa.array(labels[g])]
+        cols += [pa.array(h_labels)] if crossed else []
         pacsv.write_csv(pa.table(cols, names=names), str(path),
                         pacsv.WriteOptions(quoting_style="none"))
     except ImportError:  # pyarrow is optional: plain Python formatting (slower)
@@ -81,15 +90,17 @@ def make_data(path: Path, family: str, n: int, d: int, groups: int, seed: int) -
         with path.open("w") as fh:
             fh.write(",".join(names) + "\n")
             for i in range(n):
-                fh.write(ys[i] + "," + ",".join(f"{v:.6f}" for v in X[i]) + f",g{g[i]}\n")
+                fh.write(ys[i] + "," + ",".join(f"{v:.6f}" for v in X[i]) + f",g{g[i]}"
+                         + (f",{h_labels[i]}" if crossed else "") + "\n")
     used = np.bincount(g, minlength=groups) > 0
     return {"b0": b0, "b1": b1, "levels": labels, "used": used,
             "sample_sd0": float(b0[used].std(ddof=1)), "sample_sd1": float(b1[used].std(ddof=1)),
             "sample_cor": float(np.corrcoef(b0[used], b1[used])[0, 1]), **t}
 
 
-def write_config(path: Path, data: Path, family: str, d: int) -> str:
-    formula = "y ~ " + " + ".join(f"x{j}" for j in range(d)) + " + (1 + x0 | g)"
+def write_config(path: Path, data: Path, family: str, d: int, crossed: int = 0) -> str:
+    formula = ("y ~ " + " + ".join(f"x{j}" for j in range(d)) + " + (1 + x0 | g)"
+               + (" + (1 | h)" if crossed else ""))
     path.write_text(f"data:\n  path: {data}\n  formula: '{formula}'\n"
                     f"model:\n  family: {family}\n")
     return formula
@@ -127,10 +138,10 @@ def group_rmse(path: Path, drawn: dict) -> dict:
 def run_one(family: str, args, work: Path) -> dict:
     data = work / f"{family}.csv"
     t0 = time.perf_counter()
-    drawn = make_data(data, family, args.n, args.d, args.groups, args.seed)
+    drawn = make_data(data, family, args.n, args.d, args.groups, args.seed, args.crossed)
     gen_s = time.perf_counter() - t0
     config = work / f"{family}.yaml"
-    formula = write_config(config, data, family, args.d)
+    formula = write_config(config, data, family, args.d, args.crossed)
     out = work / f"out_{family}"
     cmd = ["/usr/bin/time", "-v", _vireg(), "fit", str(config), "--quiet", "--out", str(out)]
     if args.threads is not None:
@@ -167,7 +178,8 @@ def run_one(family: str, args, work: Path) -> dict:
         "converged": fit["converged"], "stop_reason": fit.get("stop_reason"),
         "khat": fit.get("khat"),
         "sd_intercept": est("sd(g:(Intercept))"), "sd_x0": est("sd(g:x0)"),
-        "cor": est("cor(g:(Intercept),x0)"),
+        "cor": est("cor(g:(Intercept),x0)"), "crossed": args.crossed,
+        "sd_h": est("sd(h:(Intercept))"), "true_sd_h": SD_CROSSED if args.crossed else None,
         "sigma": est("sigma") if family == "gaussian" else None,
         "true_sd_intercept": SD_INTERCEPT, "true_sd_x0": SD_SLOPE, "true_cor": 0.0,
         "true_sigma": SIGMA if family == "gaussian" else None,
@@ -204,6 +216,10 @@ def tables(rows: list[dict]) -> str:
                      f"[{r['sample_cor']:.3f}] | {_pm(r['sigma'])} | "
                      f"{r['fixed_max_abs_err_sd']:.2f} ({r['fixed_worst']}) | "
                      f"{r['group_rmse']['(Intercept)']:.3f}, {r['group_rmse']['x0']:.3f} |")
+    if any(r["crossed"] for r in rows):
+        lines += ["", f"| family | levels of h | sd(h:(Intercept)) (true {SD_CROSSED}) |",
+                  "|---|---|---|"]
+        lines += [f"| {r['family']} | {r['crossed']} | {_pm(r['sd_h'])} |" for r in rows]
     lines.append("")
     lines.append("[brackets]: the sample sd / correlation of the drawn group effects.")
     return "\n".join(lines)
@@ -214,6 +230,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--d", type=int, default=10)
     p.add_argument("--groups", type=int, default=10_000)
+    p.add_argument("--crossed", type=int, default=0,
+                   help="levels of a second grouping column h crossed with g (0: none)")
     p.add_argument("--family", choices=["gaussian", "bernoulli", "both"], default="both")
     p.add_argument("--threads", type=int, default=None,
                    help="runtime.threads for the fit (default: vireg's, all cores)")
@@ -246,7 +264,8 @@ def main() -> None:
     print(text)
     target = Path(args.out_file) if args.out_file else (
         ROOT / "bench" / "results"
-        / f"multilevel_{args.n}x{args.d}_g{args.groups}_{meta['commit']}.txt")
+        / (f"multilevel_{args.n}x{args.d}_g{args.groups}"
+           + (f"_h{args.crossed}" if args.crossed else "") + f"_{meta['commit']}.txt"))
     target.parent.mkdir(parents=True, exist_ok=True)
     header = "\n".join(f"{k}: {v}" for k, v in meta.items())
     target.write_text(header + "\n\n" + text + "\n\n"

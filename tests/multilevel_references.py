@@ -8,7 +8,7 @@ from pathlib import Path
 DATA = Path(__file__).parent / "data" / "multilevel"
 CROSSED = ["penicillin_crossed", "pastes_nested", "grouseticks_crossed"]
 CASES = ["radon_mn_intercepts", "verbagg_logit", "cbpp_binomial", "radon_mn_slopes",
-         "sleepstudy", *CROSSED]
+         "sleepstudy"]
 
 
 def reference(name: str) -> dict:

@@ -249,8 +249,8 @@ def test_bad_group_terms_fail_in_one_line(tmp_path, formula, data, message):
 
 
 @pytest.mark.parametrize("inference, message", [
-    ({"batch_size": 10}, "remove inference.batch_size"),
     ({"family": "fullrank"}, None),
+    ({"family": "structured", "batch_size": 20}, None),
 ])
 def test_settings_that_do_not_apply_to_group_terms(tmp_path, inference, message):
     path = grouped_data(tmp_path, n=60, G=3)
@@ -260,7 +260,7 @@ def test_settings_that_do_not_apply_to_group_terms(tmp_path, inference, message)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     res = runner.invoke(app, ["fit", str(config), "--quiet"])
-    if message is None:  # fullrank is allowed while small
+    if message is None:  # fullrank is allowed while small, minibatches always
         assert res.exit_code == 0, res.stderr
     else:
         assert res.exit_code == 2 and message in res.stderr
@@ -445,3 +445,25 @@ def test_small_crossed_factor_joins_the_dense_block(tmp_path):
     cov = L_g @ np.asarray(result.variational["L_global"]).T  # (12, n_joint)
     h_cols = slice(model.n_global, model.n_joint)
     assert np.mean(cov[:, h_cols]) < 0
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + z + (1 + x | g)", "y ~ x + (1 | g) + (1 | h)"])
+def test_minibatch_gives_the_full_batch_answer(tmp_path, formula):
+    """Blocks of whole groups, with the control variate: every reported quantity's mean and
+    every group effect's within 0.1 of the full-batch posterior sd, and their sds within 10%."""
+    from vireg.api import fit
+
+    path = grouped_data(tmp_path, n=4000, G=40, seed=3)
+    base = {"data": {"path": str(path), "formula": formula}, "model": {"family": "gaussian"},
+            "output": {"draws": 4000}}
+    full = fit({**base, "inference": {"seed": 2}})
+    mini = fit({**base, "inference": {"seed": 2, "batch_size": 500}})
+    assert full.converged and mini.converged, mini.reason
+    assert mini.extras["minibatch"]["blocks"] == 8
+    rows = {r["parameter"]: r for r in full.summary_rows()}
+    for r in mini.summary_rows():
+        ref = rows[r["parameter"]]
+        assert abs(r["mean"] - ref["mean"]) < 0.1 * ref["sd"], (r["parameter"], r, ref)
+        assert abs(r["sd"] / ref["sd"] - 1) < 0.1, (r["parameter"], r["sd"], ref["sd"])
+    for a, b in zip(mini.group_rows, full.group_rows, strict=True):
+        assert abs(a["mean"] - b["mean"]) < 0.1 * b["sd"] and abs(a["sd"] / b["sd"] - 1) < 0.1

@@ -168,8 +168,10 @@ def _minibatch(cfg: Config, model, rng: np.random.Generator):
     batch = cfg.inference.batch_size
     if batch is None or batch >= model.n_rows:
         return None
-    from vireg.minibatch import MinibatchLogJoint
+    from vireg.minibatch import GroupedMinibatch, MinibatchLogJoint
 
+    if getattr(model, "groups", None) is not None:
+        return GroupedMinibatch(model, batch, rng, cfg.inference.control_variate)
     return MinibatchLogJoint(model, batch, cfg.inference.samples, rng,
                              cfg.inference.control_variate)
 

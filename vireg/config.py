@@ -447,9 +447,6 @@ def _check_groups(data: dict[str, Any], inference: dict[str, Any], runtime: dict
     if has_terms and data.get("standardize"):
         raise InputError("data.standardize does not apply to models with group terms (their "
                          "slopes vary on the columns as given): remove it")
-    if has_terms and inference.get("batch_size") is not None:
-        raise InputError("group terms are fitted with all rows every step: remove "
-                         "inference.batch_size")
     if has_terms and (runtime["out_of_core"] or runtime["backend"] == "dask"):
         raise InputError("group terms are fitted with the rows in memory: remove "
                          "runtime.out_of_core and the Dask backend")

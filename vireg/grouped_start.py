@@ -23,7 +23,8 @@ at that point: the arrowhead Hessian (globals dense, each group a K x K block, e
 coupled to the globals) by central differences of the hand-derived gradient, all of them in
 one pass of the grouped kernel (the groups are independent given the globals, so one
 perturbation of term k in every group at once gives every group's column k), inverted
-blockwise into a structured factor (``families.structured.StructuredFactor.from_precision``).
+blockwise into a structured factor (``families.structured.StructuredFactor.from_precision``;
+with several factors, ``frame_hessian``).
 """
 
 from __future__ import annotations
@@ -348,36 +349,52 @@ def find_start(model, u0: np.ndarray) -> GroupedLaplace:
         info = np.diagonal(blocks - psi_inv[None], axis1=1, axis2=2)
         lam.append(1.0 / (1.0 + tau[None, :] ** 2 * np.maximum(info, 0.0)))
     u = model.set_centring(lam, [cor_centring(a) for a in lam], u)[0]
-    H_GG, H_cross, H_blocks = arrowhead_hessian(model, u)
-    factor = _factor(StructuredFactor, *joint_precision(model, H_GG, H_cross, H_blocks))
+    factor = _factor(StructuredFactor, *frame_hessian(model, u))
     log_p, _ = _log_joint_grad(model, u)
     return GroupedLaplace(u, factor, log_p, iterations, passes + 3)
 
 
-def joint_precision(model, H_GG, H_cross, H_blocks):
-    """The arrowhead blocks in the structured family's own pattern: the globals' block grown by
-    the joint factors' effects (``MultilevelModel.joint``: their blocks and coupling to the
-    globals; between two factors' effects nothing, which the fit itself then learns), and the
-    other factors' couplings padded to the grown block."""
-    n, Pg = model.n_joint, model.n_global
-    H = np.zeros((n, n))
-    H[:Pg, :Pg] = H_GG
-    crosses, blocks = [], []
-    parts = sorted(zip(model.layouts, model.joint, H_cross, H_blocks, strict=True),
-                   key=lambda part: part[0].x_at)
-    for lay, joint, C, D in parts:
-        if joint:
-            x = slice(lay.x_at, lay.x_at + lay.n_x)
-            H[x, :Pg] = C.reshape(lay.n_x, Pg)
-            H[:Pg, x] = H[x, :Pg].T
-            first = lay.x_at + lay.K * np.arange(lay.G)[:, None, None]
-            H[first + np.arange(lay.K)[None, :, None], first + np.arange(lay.K)[None, None, :]] = D
-        else:
-            padded = np.zeros((lay.G, lay.K, n))
-            padded[:, :, :Pg] = C
-            crosses.append(padded)
-            blocks.append(D)
-    return H, crosses, blocks
+def frame_hessian(model, u: np.ndarray):
+    """-d2 log p / du2 at u in the structured family's own pattern (``MultilevelModel.joint``):
+    the dense block over the globals and the joint factors' effects, every coordinate of it
+    perturbed alone, and for each other factor its blocks (coloured, as in
+    ``arrowhead_hessian``) and its coupling to the whole dense block, the joint factors'
+    effects included: 2 (n_joint + sum K) draws in one pass. (Leaving the coupling between a
+    joint factor's effects and the primary factor's out would count the rows they share twice:
+    on 100,000 rows crossed over 1,000 x 50 levels the intercept's sd came out 0.011 against
+    0.058.)"""
+    n = model.n_joint
+    outside = sorted((lay for lay, joint in zip(model.layouts, model.joint, strict=True)
+                      if not joint), key=lambda lay: lay.x_at)
+    h = FD_STEP * np.maximum(1.0, np.abs(u))
+    m = n + sum(lay.K for lay in outside)
+    U = np.repeat(u[None, :], 2 * m, axis=0)
+    U[np.arange(n), np.arange(n)] += h[:n]
+    U[m + np.arange(n), np.arange(n)] -= h[:n]
+    row, steps = n, []
+    for lay in outside:
+        step = np.empty((lay.K, lay.G))
+        for k in range(lay.K):
+            cols = lay.x_at + np.arange(lay.G) * lay.K + k
+            U[row + k, cols] += h[cols]
+            U[m + row + k, cols] -= h[cols]
+            step[k] = h[cols]
+        steps.append(step)
+        row += lay.K
+    with np.errstate(**QUIET):
+        _, grads = model.log_joint_grad(U)
+    D = -(grads[:m] - grads[m:])  # (m, P): row j is 2 h_j times column j of H
+    H = D[:n, :n] / (2.0 * h[:n, None])
+    crosses, blocks, row = [], [], n
+    for lay, step in zip(outside, steps, strict=True):
+        x = slice(lay.x_at, lay.x_at + lay.n_x)
+        crosses.append((D[:n, x] / (2.0 * h[:n, None])).reshape(n, lay.G, lay.K)
+                       .transpose(1, 2, 0))
+        B = (D[row:row + lay.K, x].reshape(lay.K, lay.G, lay.K)
+             / (2.0 * step[:, :, None])).transpose(1, 2, 0)
+        blocks.append(0.5 * (B + B.transpose(0, 2, 1)))
+        row += lay.K
+    return 0.5 * (H + H.T), crosses, blocks
 
 
 def cor_centring(lam: np.ndarray) -> np.ndarray:

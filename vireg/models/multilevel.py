@@ -319,6 +319,7 @@ class MultilevelModel(Model):
         self.chunk_starts = _group_chunks(main.gid, main.n_groups,
                                           chunk_rows_for(self.n_rows, self.n_cov))
         self.extra = ExtraFactors(self.groups, self.primary)
+        self.all_rows = RowBlock(self.chunk_starts, self.extra.csr)
 
     # --- layout of u ------------------------------------------------------------------------
 
@@ -426,33 +427,51 @@ class MultilevelModel(Model):
 
     # --- the log joint ----------------------------------------------------------------------
 
-    def _kernel_pass(self, U: np.ndarray, effects: list[np.ndarray], with_grad: bool):
-        """One pass of the grouped kernel: (base gradient, log lik, per factor dl/db (S, G, K))."""
+    def _kernel_pass(self, U: np.ndarray, effects: list[np.ndarray], with_grad: bool,
+                     rows: RowBlock | None = None):
+        """One pass of the grouped kernel over all rows, or over the block ``rows``: (base
+        gradient, log lik, per factor dl/db (S, G, K))."""
         from vireg.kernels.glm import grouped_loglik_grad
 
         main = self.groups[self.primary]
+        rows = rows or self.all_rows
         Bg = np.ascontiguousarray(np.transpose(effects[self.primary], (1, 2, 0)) / self.y_scale)
         Bx = self.extra.effects_rows(effects, self.y_scale)
         R = np.empty((self.n_rows if with_grad and self.extra.n_terms else 0, U.shape[0]))
         Gk, ll, Sg = grouped_loglik_grad(
-            self.likelihood.CODE, self.Z, self.Yk, main.W, main.gid, self.chunk_starts,
+            self.likelihood.CODE, self.Z, self.Yk, main.W, main.gid, rows.chunk_starts,
             np.ascontiguousarray(self.kernel_draws(U[:, :self.n_base_params])), Bg,
             self.intercept, with_grad, self.extra.index, self.extra.weight, Bx, R)
-        dS = self.extra.sums(R, U.shape[0]) if with_grad else [None] * len(self.groups)
+        dS = (self.extra.sums(R, U.shape[0], rows.csr) if with_grad
+              else [None] * len(self.groups))
         dS[self.primary] = np.transpose(Sg, (2, 0, 1))
         return Gk, ll, [None if d is None else d / self.y_scale for d in dS]
 
-    def log_joint_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def row_blocks(self, batch_size: int) -> list[RowBlock]:
+        """The rows cut into blocks of whole groups of the primary factor (about
+        ``batch_size`` rows each; a larger group is a block of its own), for minibatch steps."""
+        main = self.groups[self.primary]
+        bounds = _group_chunks(main.gid, main.n_groups, batch_size)
+        target = chunk_rows_for(self.n_rows, self.n_cov)
+        blocks = []
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            gid = main.gid[lo:hi] - main.gid[lo]
+            starts = lo + _group_chunks(gid, int(gid[-1]) + 1, target)
+            blocks.append(RowBlock(starts, self.extra.csr_of_rows(int(lo), int(hi))))
+        return blocks
+
+    def log_joint_grad(self, U: np.ndarray, kernel_pass=None) -> tuple[np.ndarray, np.ndarray]:
         """log p(y, u) and its gradient for each draw: the base model's terms with each row's
-        linear predictor shifted by its groups' effects (one pass of the grouped kernel), each
-        factor's effects' prior and the priors of tau and the correlations (module doc)."""
+        linear predictor shifted by its groups' effects (one pass of the grouped kernel, or
+        ``kernel_pass``'s estimate of it: ``minibatch.GroupedMinibatch``), each factor's
+        effects' prior and the priors of tau and the correlations (module doc)."""
         nb = self.n_base_params
         base = U[:, :nb]
         mixed_parts = [self._mixed(lay, mu, U) for lay, mu
                        in zip(self.layouts, self.cor_centring, strict=True)]
         effects = [np.exp(lay.split(U)[0][:, None, :] * lam[None]) * y for lay, lam, (y, _)
                    in zip(self.layouts, self.centring, mixed_parts, strict=True)]
-        Gk, ll, dS = self._kernel_pass(U, effects, True)
+        Gk, ll, dS = (kernel_pass or self._kernel_pass)(U, effects, True)
         T0, c0 = self.T[:nb, :nb], self.c[:nb]
         lp_prior, g_theta = self.log_prior_grad(base @ T0.T + c0)
         ll_r, G_r = self.response_terms(base)
@@ -562,6 +581,15 @@ class MultilevelModel(Model):
         return L - np.log(self.y_scale) if self.likelihood.HAS_SCALE else L
 
 
+@dataclass(frozen=True)
+class RowBlock:
+    """Rows the grouped kernel passes over: its chunks' row offsets (whole groups of the primary
+    factor) and the other factors' gather entries over those rows (``ExtraFactors.csr``)."""
+
+    chunk_starts: np.ndarray
+    csr: tuple
+
+
 class ExtraFactors:
     """The factors other than the primary one, as the kernel reads them: per row and term e,
     ``index[i, e]`` the effect's row in the stacked effects (factor by factor, group by group,
@@ -589,9 +617,18 @@ class ExtraFactors:
                        else np.empty((n, 0)))
         flat = self.index.ravel()
         order = np.argsort(flat, kind="stable")  # row-major, so rows ascend within an effect
-        self.ptr = np.searchsorted(flat[order], np.arange(self.n_effects + 1)).astype(np.int64)
-        self.rows = (order // max(self.n_terms, 1)).astype(np.int64)
-        self.weights = np.ascontiguousarray(self.weight.ravel()[order])
+        self.csr = (np.searchsorted(flat[order], np.arange(self.n_effects + 1)).astype(np.int64),
+                    (order // max(self.n_terms, 1)).astype(np.int64),
+                    np.ascontiguousarray(self.weight.ravel()[order]))
+
+    def csr_of_rows(self, lo: int, hi: int) -> tuple:
+        """``csr`` restricted to the rows lo .. hi - 1 (a minibatch block's)."""
+        ptr, rows, weights = self.csr
+        keep = (rows >= lo) & (rows < hi)
+        effect = np.repeat(np.arange(self.n_effects), np.diff(ptr))
+        counts = np.bincount(effect[keep], minlength=self.n_effects)
+        return (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                np.ascontiguousarray(rows[keep]), np.ascontiguousarray(weights[keep]))
 
     def effects_rows(self, effects: list[np.ndarray], y_scale: float) -> np.ndarray:
         """The stacked effects (n_effects, S) on the kernel's scale."""
@@ -601,15 +638,15 @@ class ExtraFactors:
         parts = [effects[i].reshape(S, -1).T for i in self.slots]
         return np.ascontiguousarray(np.vstack(parts) / y_scale)
 
-    def sums(self, R: np.ndarray, S: int) -> list:
+    def sums(self, R: np.ndarray, S: int, csr: tuple) -> list:
         """Per factor (None at the primary's slot) the sums S_g (S, G, K) of r_i w_i from the
-        kernel's per-row r (N, S)."""
+        kernel's per-row r (N, S), over the rows of ``csr`` (``csr``, or a block's)."""
         from vireg.kernels.glm import gather_effect_sums
 
         out: list = [None] * (len(self.slots) + 1)
         if not self.n_effects:
             return out
-        flat = gather_effect_sums(R, self.ptr, self.rows, self.weights)  # (n_effects, S)
+        flat = gather_effect_sums(R, *csr)  # (n_effects, S)
         at = 0
         for slot, (G, K) in zip(self.slots, self.shapes, strict=True):
             out[slot] = flat[at:at + G * K].T.reshape(S, G, K)
