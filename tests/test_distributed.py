@@ -112,3 +112,57 @@ def test_bad_data_on_a_worker_is_one_line_from_the_cli(tmp_path):
         "error: column 'x1' has missing values (row 2 of partition 0): remove or impute them, "
         "or set data.missing: drop"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_dask_backend_takes_group_terms(tmp_path):
+    """(1 + x | a) + (1 | b) from data.groups: the Dask fit (4 partitions, each sorted by the
+    primary factor on its worker) gives the local fit's posterior to rounding, and a minibatch
+    of partitions the same within 0.1 sd; a slope constant within every group is refused in one
+    line as in memory."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    a, b, x = rng.integers(0, 30, n), rng.integers(0, 8, n), rng.standard_normal(n)
+    y = (1 + 0.5 * x + rng.normal(0, 0.7, 30)[a] + rng.normal(0, 0.3, 30)[a] * x
+         + rng.normal(0, 0.5, 8)[b] + rng.normal(0, 1, n))
+    lines = ["y,x,c,a,b"] + [f"{y[i]:.6f},{x[i]:.6f},{a[i] % 3},a{a[i]},{b[i]}" for i in range(n)]
+    (tmp_path / "g.csv").write_text("\n".join(lines) + "\n")
+    cfg = {"data": {"path": "g.csv", "response": "y", "covariates": ["x"],
+                    "groups": {"a": ["intercept", "x"], "b": ["intercept"]}},
+           "model": {"family": "gaussian"}, "output": {"draws": 1000},
+           "runtime": {"backend": "dask", "scheduler": "local", "partitions": 4}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    script = textwrap.dedent(f"""
+        import json, vireg
+        from vireg.errors import InputError
+        if __name__ == "__main__":
+            out = {{}}
+            for name, extra in (("dask", []), ("local", ["runtime.backend=local"]),
+                                ("dask_mb", ["inference.batch_size=1500"])):
+                r = vireg.fit({str(config)!r}, overrides=extra)
+                out[name] = {{"rows": r.summary_rows(), "groups": r.group_rows,
+                              "converged": r.converged, "source": r.extras["data_source"]}}
+            try:
+                vireg.fit({str(config)!r}, overrides=["data.groups.a=[intercept, c]"])
+            except InputError as exc:
+                out["error"] = str(exc)
+            print(json.dumps(out))
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import json
+
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["dask"]["source"]["backend"] == "dask" and out["local"]["converged"]
+    local = {r["parameter"]: r for r in out["local"]["rows"]}
+    assert "sd(b:(Intercept))" in local and "cor(a:(Intercept),x)" in local
+    for name, tol in (("dask", 1e-6), ("dask_mb", 0.1)):
+        assert out[name]["converged"]
+        for r in out[name]["rows"]:
+            ref = local[r["parameter"]]
+            assert abs(r["mean"] - ref["mean"]) < tol * ref["sd"], (name, r, ref)
+        for g, ref in zip(out[name]["groups"], out["local"]["groups"], strict=True):
+            assert (g["group"], g["level"]) == (ref["group"], ref["level"])
+            assert abs(g["mean"] - ref["mean"]) < tol * ref["sd"], (name, g, ref)
+    assert "constant within every 'a' group" in out["error"]

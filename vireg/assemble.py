@@ -92,7 +92,8 @@ def read_design(cfg: Config):
 
         source = DaskSource(path, cfg.data.response, cfg.data.covariates, cfg.data.missing,
                             cfg.model.family, cfg.runtime.scheduler, cfg.runtime.partitions,
-                            cfg.model.link, _row_data(cfg) and _row_data(cfg)[1])
+                            cfg.model.link, _row_data(cfg) and _row_data(cfg)[1],
+                            _dask_group_spec(cfg))
         return source.design, intercept, source
     if cfg.runtime.out_of_core:
         from vireg.cache import CachedSource
@@ -136,6 +137,16 @@ def read_design(cfg: Config):
     if cfg.data.standardize:
         design = standardize_design(design)
     return design, intercept, None
+
+
+def _dask_group_spec(cfg: Config) -> list | None:
+    """data.groups as (factor, terms with "(Intercept)", correlated) for the Dask backend."""
+    from vireg.models.multilevel import INTERCEPT
+
+    if not cfg.data.groups:
+        return None
+    return [(factor, [INTERCEPT if t.lower() in ("intercept", "1", INTERCEPT.lower()) else t
+                      for t in terms], True) for factor, terms in cfg.data.groups.items()]
 
 
 def _check_group_spec(table, spec: list[tuple[str, list[str], bool]]):
@@ -207,7 +218,9 @@ def _multilevel_model(cfg: Config, design, intercept: bool, priors, kwargs):
     if prior.group_sd is not None:
         group_sd = parse_prior(prior.group_sd, "model.prior.group_sd", "scale")
     else:
-        scale = float(np.std(design.y)) if cfg.model.family in ("gaussian", "student_t") else 2.5
+        y_sd = (float(np.std(design.y)) if kwargs.get("source") is None
+                else kwargs["source"].moments.y_sd)
+        scale = y_sd if cfg.model.family in ("gaussian", "student_t") else 2.5
         group_sd = parse_prior(f"half_student_t(3, {max(scale, 1e-12):.6g})",
                                "model.prior.group_sd", "scale")
     eta = lkj_prior(prior.group_cor, "model.prior.group_cor")

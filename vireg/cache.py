@@ -155,11 +155,11 @@ def _check_columns(path: Path, header: list[str], names: list[str]) -> None:
 
 
 def checked_piece(cols: list[np.ndarray], names: list[str], missing: str, likelihood,
-                  has_row_data: bool, where
-                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, int]:
+                  has_row_data: bool, where, with_rows: bool = False):
     """(y, row data or None, X, dropped) of a streamed piece: ``checked_rows`` with the trials
     or exposure as the last column, then the likelihood's own row checks (counts, trials,
-    exposure), each row named by ``where`` of its place in the piece."""
+    exposure), each row named by ``where`` of its place in the piece; ``with_rows`` adds the
+    indices of the rows kept."""
     y, X, dropped, kept = checked_rows(cols, names, missing, likelihood.NAME == "bernoulli",
                                        where, with_rows=True)
     x = None
@@ -168,7 +168,7 @@ def checked_piece(cols: list[np.ndarray], names: list[str], missing: str, likeli
     if hasattr(likelihood, "check_rows"):
         likelihood.check_rows(y, x, names[0], names[-1] if has_row_data else None,
                               lambda i: where(int(kept[i])))
-    return y, x, X, dropped
+    return (y, x, X, dropped, kept) if with_rows else (y, x, X, dropped)
 
 
 def checked_rows(cols: list[np.ndarray], names: list[str], missing: str, binary: bool,

@@ -59,45 +59,156 @@ def _likelihood(kind: tuple[str, str | None]):
     return likelihood_module(*kind)
 
 
-def _partition_arrays(df, names: list[str], missing: str, kind, has_row_data: bool, index: int):
+def _partition_arrays(df, names: list[str], missing: str, kind, has_row_data: bool, index: int,
+                     groups: tuple | None = None):
     """(y, row data or None, X, dropped) of one partition as float64 arrays, checked (runs on a
-    worker); ``kind``: (model.family, model.link)."""
+    worker); ``kind``: (model.family, model.link). With group terms (``groups``: the factor
+    columns and the slope columns), also each factor's cells (text, or numbers for a numeric
+    column) and the slope columns' values (rows x slopes), for the same rows."""
+    dropped = 0
+    if groups:
+        df, dropped = _drop_missing_groups(df, groups[0], missing, index)
+    slopes = list(groups[1]) if groups else []
+    head, tail = (names[:-1], names[-1:]) if has_row_data else (names, [])
+    numeric = head + slopes + tail
     cols = []
-    for name in names:
+    for name in numeric:
         try:
             cols.append(np.asarray(df[name].to_numpy(dtype=np.float64, na_value=np.nan)))
         except (ValueError, TypeError):
             raise InputError(f"column '{name}' has a non-numeric value (partition {index}): the "
                              "Dask backend takes numeric columns only") from None
-    return checked_piece(cols, names, missing, _likelihood(kind), has_row_data,
-                         lambda i: f"row {i + 1} of partition {index}")
+    y, x, X, more, kept = checked_piece(cols, numeric, missing, _likelihood(kind), has_row_data,
+                                        lambda i: f"row {i + 1} of partition {index}", True)
+    if not groups:
+        return y, x, X, dropped + more
+    n_cov = len(head) - 1
+    cells = [_cells(df[f])[kept] for f in groups[0]]
+    return (y, x, np.ascontiguousarray(X[:, :n_cov]), dropped + more, cells,
+            np.ascontiguousarray(X[:, n_cov:]))
+
+
+def _drop_missing_groups(df, factors, missing: str, index: int):
+    """(df without the rows that miss a group value, how many), or the error naming the first."""
+    from vireg.data import MISSING_TOKENS
+
+    bad = np.zeros(len(df), dtype=bool)
+    for f in factors:
+        col = df[f]
+        miss = (col.isna().to_numpy()
+                | col.astype(str).str.strip().str.lower().isin(MISSING_TOKENS).to_numpy())
+        if miss.any() and missing != "drop":
+            raise InputError(f"group column '{f}' misses a value in row "
+                             f"{int(np.flatnonzero(miss)[0]) + 1} of partition {index}: fill it "
+                             "in, or set data.missing: drop")
+        bad |= miss
+    return (df[~bad], int(bad.sum())) if bad.any() else (df, 0)
+
+
+def _cells(col) -> np.ndarray:
+    """A group column's cells: float64 for a numeric column, else stripped text."""
+    if col.dtype.kind in "iuf":
+        return np.asarray(col.to_numpy(dtype=np.float64))
+    return np.array([str(c).strip() for c in col.to_numpy()], dtype=object)
+
+
+def _levels(part):
+    """Per factor (numeric, its distinct cells) of one partition."""
+    return [(cells.dtype != object, np.unique(cells)) for cells in part[4]]
 
 
 def _moments(part, kind):
-    y, x, X, dropped = part
+    y, x, X, dropped = part[:4]
     lik = _likelihood(kind)
     counts = lik.CODE not in (GAUSSIAN, LOGIT)
     return (ColumnMoments.of_chunk(X, y, lik.NAME == "bernoulli", x, lik if counts else None)
             if len(y) else None), dropped
 
 
-def _standardize(part, x_centre, x_scale, y_centre, y_scale, intercept, dtype, kind):
+def _standardize(part, x_centre, x_scale, y_centre, y_scale, intercept, dtype, kind,
+                 plan=None):
+    """(Z, kernel response, Gram[, group payload, slope ranges]) of a partition (runs on a
+    worker); with group terms (``plan``: ``DaskSource.group_plan``) the rows are sorted by the
+    primary factor and the payload holds what the grouped kernel reads (``_group_payload``)."""
     from vireg.rows import kernel_response
 
-    y, x, X, _ = part
+    y, x, X = part[:3]
     Z = (X - x_centre) / x_scale
     yz = (y - y_centre) / y_scale
-    return (np.ascontiguousarray(Z, dtype=dtype),
-            np.ascontiguousarray(kernel_response(_likelihood(kind), yz, x), dtype=dtype),
-            standardized_gram(Z, yz, intercept))
+    gram = standardized_gram(Z, yz, intercept)
+    Yk = kernel_response(_likelihood(kind), yz, x)
+    if plan is None:
+        return np.ascontiguousarray(Z, dtype=dtype), np.ascontiguousarray(Yk, dtype=dtype), gram
+    factors, ranges = _partition_factors(part[4], part[5], plan)
+    primary = plan["primary"]
+    order = np.argsort(factors[primary].gid, kind="stable")
+    factors = [_rows_taken(f, order) for f in factors]
+    Yk = Yk.reshape(len(yz), -1)
+    Yk = np.column_stack([Yk, np.zeros(len(yz))]) if Yk.shape[1] == 1 else Yk
+    payload = _group_payload(factors, primary, len(yz), Z.shape[1])
+    return (np.ascontiguousarray(Z[order], dtype=dtype),
+            np.ascontiguousarray(Yk[order], dtype=np.float64), gram, payload, ranges)
+
+
+def _partition_factors(cells, slopes, plan):
+    """A partition's GroupTerms (gid and W of its rows) and, per factor and term, each group's
+    (min, max) of the term's values (the check that a slope varies within some group)."""
+    from dataclasses import replace
+
+    from vireg.models.multilevel import INTERCEPT
+
+    factors, ranges = [], []
+    for f, index in zip(plan["factors"], plan["index"], strict=True):
+        cells_f = cells[len(factors)]
+        keys = [level_key(c) for c in cells_f]
+        gid = np.array([index[k] for k in keys], dtype=np.int64)
+        cols = [np.ones(len(gid)) if t == INTERCEPT else slopes[:, plan["slopes"].index(t)]
+                for t in f.terms]
+        W = np.ascontiguousarray(np.column_stack(cols)) if cols else np.empty((len(gid), 0))
+        lo = np.full((f.n_groups, f.K), np.inf)
+        hi = np.full((f.n_groups, f.K), -np.inf)
+        np.minimum.at(lo, gid, W)
+        np.maximum.at(hi, gid, W)
+        factors.append(replace(f, gid=gid, W=W))
+        ranges.append((lo, hi))
+    return factors, ranges
+
+
+def level_key(cell) -> str:
+    """A cell as the text of its level (``models.multilevel.level_text`` for numbers)."""
+    from vireg.models.multilevel import level_text
+
+    return level_text(cell) if isinstance(cell, float) else str(cell)
+
+
+def _rows_taken(f, order):
+    from dataclasses import replace
+
+    return replace(f, gid=np.ascontiguousarray(f.gid[order]), W=np.ascontiguousarray(f.W[order]))
+
+
+def _group_payload(factors, primary: int, n_rows: int, n_cov: int):
+    """What the grouped kernel reads of a partition sorted by the primary factor: its W and
+    group ids, the chunks (whole groups) and the other factors' indices (``ExtraFactors``)."""
+    from vireg.kernels.flags import chunk_rows_for
+    from vireg.models.multilevel import ExtraFactors, _group_chunks
+
+    main = factors[primary]
+    starts = (_group_chunks(main.gid, main.n_groups, chunk_rows_for(n_rows, n_cov)) if n_rows
+              else np.zeros(1, dtype=np.int64))
+    return main.W, main.gid, starts, ExtraFactors(factors, primary)
 
 
 def _strip_gram(part):
-    return part[0], part[1]
+    return (part[0], part[1], *part[3:4])
 
 
 def _gram_of(part):
     return part[2]
+
+
+def _ranges_of(part):
+    return part[4] if len(part) > 4 else None
 
 
 def _rows_of(part):
@@ -126,6 +237,23 @@ def _partial_sums(parts, U, kind, intercept: bool, draws: int, with_grad: bool):
     return out
 
 
+def _grouped_sums(parts, U, Bg, Bx, kind, intercept: bool, with_grad: bool):
+    """The grouped kernel on each of a worker's partitions (runs on the worker): per partition
+    (base sums G, ll, the primary factor's per-group sums, the other factors' per-effect sums
+    or None)."""
+    from vireg.kernels.glm import gather_effect_sums, grouped_loglik_grad
+
+    code = _likelihood(kind).CODE
+    out = []
+    for Z, Yk, (W, gid, starts, extra) in parts:
+        R = np.empty((len(Yk) if with_grad and extra.n_terms else 0, U.shape[0]))
+        G, ll, Sg = grouped_loglik_grad(code, Z, Yk, W, gid, starts, U, Bg, intercept,
+                                        with_grad, extra.index, extra.weight, Bx, R)
+        Sx = gather_effect_sums(R, *extra.csr) if R.shape[0] else None
+        out.append((G, ll, Sg, Sx))
+    return out
+
+
 def _partial_curvature(parts, u, kind, intercept: bool):
     """``rows.curvature_sums`` of each of a worker's partitions (runs on the worker)."""
     from vireg.rows import curvature_sums
@@ -140,7 +268,10 @@ class DaskSource:
 
     def __init__(self, path, response: str, covariates: list[str] | None, missing: str,
                  family: str, scheduler: str, partitions: int | None = None,
-                 link: str | None = None, row_data: str | None = None):
+                 link: str | None = None, row_data: str | None = None,
+                 groups: list[tuple[str, list[str], bool]] | None = None):
+        """``groups``: the group terms, (factor column, terms, correlated) per factor (terms
+        "(Intercept)" or a numeric column)."""
         try:
             import dask.dataframe as dd
         except ImportError:
@@ -149,19 +280,27 @@ class DaskSource:
             raise InputError(f"data file '{path}' not found: check data.path (relative to the "
                              "config file)")
         from vireg.cache import default_covariates
+        from vireg.models.multilevel import INTERCEPT
 
+        factors = [f for f, _, _ in groups or []]
+        slopes = sorted({t for _, terms, _ in groups or [] for t in terms if t != INTERCEPT})
         covariates = (default_covariates(path, response, covariates) if covariates is not None
-                      else [c for c in default_covariates(path, response, None) if c != row_data])
+                      else [c for c in default_covariates(path, response, None)
+                            if c != row_data and c not in factors])
         # The response, the covariates, then the trials or exposure (split off when read)
         self.names = [response, *covariates] + ([row_data] if row_data else [])
         self.kind = (family, link)
-        check_source_columns(path, self.names)
+        self.group_spec = groups or None
+        self.group_columns = (factors, slopes) if groups else None
+        check_source_columns(path, self.names + factors + slopes)
         try:
             if path.suffix.lower() in (".parquet", ".pq"):
-                ddf = dd.read_parquet(str(path), columns=list(dict.fromkeys(self.names)))
+                ddf = dd.read_parquet(str(path), columns=list(dict.fromkeys(
+                    self.names + factors + slopes)))
             else:
-                ddf = dd.read_csv(str(path), usecols=list(dict.fromkeys(self.names)),
-                                  blocksize="64MB")
+                ddf = dd.read_csv(str(path), usecols=list(dict.fromkeys(
+                    self.names + factors + slopes)), blocksize="64MB",
+                    dtype={f: "object" for f in factors})
         except (ValueError, KeyError) as exc:
             raise InputError(f"cannot read '{path}' with Dask: {str(exc).splitlines()[0]}; check "
                              "data.response and data.covariates") from None
@@ -180,10 +319,12 @@ class DaskSource:
             parts = ddf.to_delayed()
             self.raw = self.client.compute(
                 [delayed(_partition_arrays)(p, self.names, missing, self.kind,
-                                            row_data is not None, k)
+                                            row_data is not None, k, self.group_columns)
                  for k, p in enumerate(parts)])
             stats = self.client.gather(self.client.map(_moments, self.raw, kind=self.kind,
                                                        pure=False))
+            levels = (self.client.gather(self.client.map(_levels, self.raw, pure=False))
+                      if groups else None)
         except InputError:
             self.close()
             raise
@@ -197,6 +338,17 @@ class DaskSource:
             raise InputError(f"data file '{path}' has no rows to fit")
         self.moments, self.dropped = moments, dropped
         self.design = Design.names_only(response, covariates, dropped)
+        self.primary = 0  # the model's primary factor (``MultilevelModel``) before standardize
+        if groups:
+            from dataclasses import replace
+
+            self.design = replace(self.design, groups=_group_terms(groups, levels))
+
+    def group_plan(self) -> dict:
+        """What the workers need to turn a partition's cells into group ids and term values."""
+        factors = self.design.groups
+        return {"factors": factors, "primary": self.primary, "slopes": self.group_columns[1],
+                "index": [{level: i for i, level in enumerate(f.levels)} for f in factors]}
 
     def standardize(self, x_centre, x_scale, y_centre, y_scale, intercept, dtype, draws_per_step,
                     likelihood):
@@ -204,11 +356,15 @@ class DaskSource:
         # Round-robin placement: partition k is standardised on (and stays with) worker k mod W,
         # so every worker gets an equal share of each step's work.
         workers = sorted(self.client.scheduler_info()["workers"])
+        plan = self.group_plan() if self.group_spec else None
         with_gram = [self.client.submit(_standardize, part, x_centre, x_scale, y_centre, y_scale,
-                                        intercept, np_dtype, self.kind,
+                                        intercept, np_dtype, self.kind, plan,
                                         workers=[workers[k % len(workers)]], pure=False)
                      for k, part in enumerate(self.raw)]
         grams = self.client.gather(self.client.map(_gram_of, with_gram, pure=False))
+        if plan is not None:
+            _check_slopes_vary(self.design.groups, self.client.gather(
+                self.client.map(_ranges_of, with_gram, pure=False)))
         parts = [self.client.submit(_strip_gram, f, workers=[workers[k % len(workers)]], pure=False)
                  for k, f in enumerate(with_gram)]  # kept on the workers
         sizes = self.client.gather(self.client.map(_rows_of, parts, pure=False))
@@ -227,6 +383,43 @@ class DaskSource:
         if getattr(self, "cluster", None) is not None:
             self.cluster.close()
             self.cluster = None
+
+
+def _group_terms(spec, levels):
+    """GroupTerms (levels, no rows) of each factor from the partitions' distinct cells: numbers
+    in numeric order when every partition read the column as numbers, else text, sorted."""
+    from vireg.models.multilevel import GroupTerms, level_text
+
+    out = []
+    for f, (factor, terms, correlated) in enumerate(spec):
+        parts = [p[f] for p in levels]
+        if all(numeric for numeric, _ in parts):
+            values = sorted(set(np.concatenate([v for _, v in parts]).tolist()))
+            names = [level_text(v) for v in values]
+        else:
+            names = sorted({level_key(c) for _, v in parts for c in v.tolist()})
+        if len(names) < 2:
+            raise InputError(f"group column '{factor}' has {len(names)} level(s): a group term "
+                             "needs at least two groups; drop the term or use another column")
+        terms_f = GroupTerms(factor, terms, correlated, names, np.zeros(0, dtype=np.int64),
+                             np.zeros((0, len(terms))))
+        out.append(terms_f)
+    return tuple(out)
+
+
+def _check_slopes_vary(factors, ranges) -> None:
+    """The error of ``multilevel.group_terms`` for a slope constant within every group, from
+    the partitions' per-group ranges."""
+    from vireg.models.multilevel import INTERCEPT
+
+    for f, factor in enumerate(factors):
+        lo = np.min([r[f][0] for r in ranges], axis=0)
+        hi = np.max([r[f][1] for r in ranges], axis=0)
+        for k, t in enumerate(factor.terms):
+            if t != INTERCEPT and np.all(hi[:, k] - lo[:, k] == 0):
+                raise InputError(f"the slope on '{t}' varies by '{factor.factor}', but '{t}' is "
+                                 f"constant within every '{factor.factor}' group, so it cannot: "
+                                 "drop it from the group term (keep it as a covariate)")
 
 
 class DaskRows:
@@ -287,6 +480,27 @@ class DaskRows:
 
     def loglik_grad(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._sums(U, list(range(len(self.parts))))
+
+    def grouped_pass(self, U: np.ndarray, Bg: np.ndarray, Bx: np.ndarray, with_grad: bool,
+                     indices: list[int] | None = None):
+        """The grouped kernel over the partitions ``indices`` (default all): (G, ll, the
+        primary factor's per-group sums, the other factors' per-effect sums or None), each
+        summed in partition order."""
+        indices = list(range(len(self.parts))) if indices is None else indices
+        results = self._per_partition(_grouped_sums, indices, U, Bg, Bx, self.source.kind,
+                                      self.intercept, with_grad)
+        G, ll, Sg, Sx = 0.0, 0.0, 0.0, None
+        for i in indices:  # partition order, whichever worker answered first
+            g, l_i, sg, sx = results[i]
+            G, ll, Sg = G + g, ll + l_i, Sg + sg
+            Sx = sx if Sx is None else (Sx if sx is None else Sx + sx)
+        return G, ll, Sg, Sx
+
+    def grouped_blocks(self, batch_size: int) -> list[list[int]]:
+        """Minibatch blocks of consecutive partitions, about ``batch_size`` rows each."""
+        per_block = max(1, round(batch_size / max(1.0, self.sizes.mean())))
+        n = len(self.parts)
+        return [list(range(k, min(n, k + per_block))) for k in range(0, n, per_block)]
 
     def curvature(self, u: np.ndarray) -> np.ndarray:
         """``rows.curvature_sums`` over all partitions, summed in partition order."""

@@ -138,7 +138,7 @@ def level_cells(factor: str, cells) -> tuple[list[str], list[str]]:
             raise InputError(f"group column '{factor}' misses a value in data row {bad[0] + 1}: "
                              "fill it in, or set data.missing: drop")
         order = sorted(set(cells.tolist()))
-        text = {v: (str(int(v)) if float(v).is_integer() else repr(float(v))) for v in order}
+        text = {v: level_text(v) for v in order}
         return [text[v] for v in cells.tolist()], [text[v] for v in order]
     cells = [str(c).strip() for c in cells]
     for i, c in enumerate(cells):
@@ -146,6 +146,11 @@ def level_cells(factor: str, cells) -> tuple[list[str], list[str]]:
             raise InputError(f"group column '{factor}' misses a value in data row {i + 1}: fill "
                              "it in, or set data.missing: drop")
     return cells, sorted(set(cells))
+
+
+def level_text(value: float) -> str:
+    """A numeric group level as written: 1, not 1.0."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def joined_cells(factor: str, parts) -> tuple[list[str], list[str]]:
@@ -290,21 +295,25 @@ class MultilevelModel(Model):
                  group_cor_eta: float = 1.0, **kwargs):
         factors = list(groups) if isinstance(groups, (list, tuple)) else [groups]
         self.primary = int(np.argmax([f.n_groups * f.K for f in factors]))
-        keys = [f.gid for i, f in enumerate(factors) if i != self.primary]
-        order = np.lexsort(keys[::-1] + [factors[self.primary].gid])
-        design = replace(design, y=design.y[order], X=np.ascontiguousarray(design.X[order]),
-                         row_data=None if design.row_data is None else design.row_data[order])
-        self.groups = tuple(replace(f, gid=np.ascontiguousarray(f.gid[order]),
-                                    W=np.ascontiguousarray(f.W[order])) for f in factors)
-        self.row_order = order
+        source = kwargs.get("source")
+        if source is None:  # rows in memory: sorted by the primary factor here
+            keys = [f.gid for i, f in enumerate(factors) if i != self.primary]
+            order = np.lexsort(keys[::-1] + [factors[self.primary].gid])
+            design = replace(design, y=design.y[order], X=np.ascontiguousarray(design.X[order]),
+                             row_data=None if design.row_data is None
+                             else design.row_data[order])
+            factors = [replace(f, gid=np.ascontiguousarray(f.gid[order]),
+                               W=np.ascontiguousarray(f.W[order])) for f in factors]
+            self.row_order = order
+        else:  # rows on Dask workers, each partition sorted there (``distributed``)
+            source.primary = self.primary
+            self.row_order = None
+        self.groups = tuple(factors)
         self.group_sd = group_sd
         self.group_cor_eta = group_cor_eta
         self.centring = [np.ones((f.n_groups, f.K)) for f in factors]
         self.cor_centring = [np.ones(f.n_groups) for f in factors]
         super().__init__(design, likelihood, intercept, priors, **kwargs)
-        if not self.in_memory:
-            raise InputError("group terms are fitted with the rows in memory: remove "
-                             "runtime.out_of_core and the Dask backend")
         # Beside the primary factor, a factor with few effects joins the globals' dense block of
         # the structured family, so q keeps its effects' dependence on every other factor's
         # (crossed designs couple them through the rows they share)
@@ -313,13 +322,14 @@ class MultilevelModel(Model):
         order = ([i for i, j in enumerate(self.joint) if j]
                  + [i for i, j in enumerate(self.joint) if not j])
         self.layouts = layouts_of(self.groups, self.n_base_params, order)
-        self.Yk = (self.Y if self.Y.ndim == 2
-                   else np.ascontiguousarray(np.column_stack([self.Y, np.zeros(self.n_rows)])))
-        main = self.groups[self.primary]
-        self.chunk_starts = _group_chunks(main.gid, main.n_groups,
-                                          chunk_rows_for(self.n_rows, self.n_cov))
         self.extra = ExtraFactors(self.groups, self.primary)
-        self.all_rows = RowBlock(self.chunk_starts, self.extra.csr)
+        if self.in_memory:
+            self.Yk = (self.Y if self.Y.ndim == 2
+                       else np.ascontiguousarray(np.column_stack([self.Y, np.zeros(self.n_rows)])))
+            main = self.groups[self.primary]
+            self.chunk_starts = _group_chunks(main.gid, main.n_groups,
+                                              chunk_rows_for(self.n_rows, self.n_cov))
+            self.all_rows = RowBlock(self.chunk_starts, self.extra.csr)
 
     # --- layout of u ------------------------------------------------------------------------
 
@@ -428,28 +438,35 @@ class MultilevelModel(Model):
     # --- the log joint ----------------------------------------------------------------------
 
     def _kernel_pass(self, U: np.ndarray, effects: list[np.ndarray], with_grad: bool,
-                     rows: RowBlock | None = None):
-        """One pass of the grouped kernel over all rows, or over the block ``rows``: (base
-        gradient, log lik, per factor dl/db (S, G, K))."""
+                     rows=None):
+        """One pass of the grouped kernel over all rows, or over the block ``rows`` (a
+        ``RowBlock``, or with the rows on Dask workers a list of partitions): (base gradient,
+        log lik, per factor dl/db (S, G, K))."""
         from vireg.kernels.glm import grouped_loglik_grad
 
-        main = self.groups[self.primary]
-        rows = rows or self.all_rows
+        S = U.shape[0]
         Bg = np.ascontiguousarray(np.transpose(effects[self.primary], (1, 2, 0)) / self.y_scale)
         Bx = self.extra.effects_rows(effects, self.y_scale)
-        R = np.empty((self.n_rows if with_grad and self.extra.n_terms else 0, U.shape[0]))
-        Gk, ll, Sg = grouped_loglik_grad(
-            self.likelihood.CODE, self.Z, self.Yk, main.W, main.gid, rows.chunk_starts,
-            np.ascontiguousarray(self.kernel_draws(U[:, :self.n_base_params])), Bg,
-            self.intercept, with_grad, self.extra.index, self.extra.weight, Bx, R)
-        dS = (self.extra.sums(R, U.shape[0], rows.csr) if with_grad
-              else [None] * len(self.groups))
+        draws = np.ascontiguousarray(self.kernel_draws(U[:, :self.n_base_params]))
+        if self.in_memory:
+            main, rows = self.groups[self.primary], rows or self.all_rows
+            R = np.empty((self.n_rows if with_grad and self.extra.n_terms else 0, S))
+            Gk, ll, Sg = grouped_loglik_grad(
+                self.likelihood.CODE, self.Z, self.Yk, main.W, main.gid, rows.chunk_starts,
+                draws, Bg, self.intercept, with_grad, self.extra.index, self.extra.weight, Bx, R)
+            flat = self.extra.gather(R, rows.csr) if with_grad else None
+        else:
+            Gk, ll, Sg, flat = self.rows.grouped_pass(draws, Bg, Bx, with_grad, rows)
+        dS = self.extra.split(flat, S)
         dS[self.primary] = np.transpose(Sg, (2, 0, 1))
         return Gk, ll, [None if d is None else d / self.y_scale for d in dS]
 
-    def row_blocks(self, batch_size: int) -> list[RowBlock]:
+    def row_blocks(self, batch_size: int) -> list:
         """The rows cut into blocks of whole groups of the primary factor (about
-        ``batch_size`` rows each; a larger group is a block of its own), for minibatch steps."""
+        ``batch_size`` rows each; a larger group is a block of its own), for minibatch steps;
+        on Dask workers, runs of consecutive partitions."""
+        if not self.in_memory:
+            return self.rows.grouped_blocks(batch_size)
         main = self.groups[self.primary]
         bounds = _group_chunks(main.gid, main.n_groups, batch_size)
         target = chunk_rows_for(self.n_rows, self.n_cov)
@@ -595,7 +612,7 @@ class ExtraFactors:
     ``index[i, e]`` the effect's row in the stacked effects (factor by factor, group by group,
     term by term) and ``weight[i, e]`` the row's term value; and, to gather each effect's sum of
     r_i w_i from the kernel's per-row r, the entries (row, weight) of each effect in row order
-    (CSR: ``ptr``, ``rows``, ``weights``), so every sum is formed in one order at any thread
+    (``csr``: pointers, rows, weights), so every sum is formed in one order at any thread
     count."""
 
     def __init__(self, factors, primary: int):
@@ -638,15 +655,19 @@ class ExtraFactors:
         parts = [effects[i].reshape(S, -1).T for i in self.slots]
         return np.ascontiguousarray(np.vstack(parts) / y_scale)
 
-    def sums(self, R: np.ndarray, S: int, csr: tuple) -> list:
-        """Per factor (None at the primary's slot) the sums S_g (S, G, K) of r_i w_i from the
-        kernel's per-row r (N, S), over the rows of ``csr`` (``csr``, or a block's)."""
+    def gather(self, R: np.ndarray, csr: tuple) -> np.ndarray | None:
+        """Every effect's sum of r_i w_i (n_effects, S) from the kernel's per-row r (N, S), over
+        the rows of ``csr`` (``csr``, or a block's); None without other factors."""
         from vireg.kernels.glm import gather_effect_sums
 
+        return gather_effect_sums(R, *csr) if self.n_effects else None
+
+    def split(self, flat: np.ndarray | None, S: int) -> list:
+        """Per factor (None at the primary's slot, and without sums) the sums S_g (S, G, K)
+        of ``gather``'s stacked ones."""
         out: list = [None] * (len(self.slots) + 1)
-        if not self.n_effects:
+        if flat is None:
             return out
-        flat = gather_effect_sums(R, *csr)  # (n_effects, S)
         at = 0
         for slot, (G, K) in zip(self.slots, self.shapes, strict=True):
             out[slot] = flat[at:at + G * K].T.reshape(S, G, K)
