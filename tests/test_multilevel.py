@@ -198,7 +198,7 @@ def test_predict_uses_seen_levels_and_draws_new_ones(tmp_path):
                                            "z": [0.0, 0.0, 0.0], "g": ["g0", "g1", "unseen"]})
     with_groups = runner.invoke(app, ["predict", str(out), str(new)])
     assert with_groups.exit_code == 0, with_groups.stderr
-    assert "1 of 3 rows have a 'g' level the fit never saw" in with_groups.stderr
+    assert "1 of 3 rows have a level of 'g' the fit never saw" in with_groups.stderr
     rows = list(csv.DictReader(with_groups.stdout.splitlines()))
     population = list(csv.DictReader(runner.invoke(
         app, ["predict", str(out), str(new), "--no-group-effects"]).stdout.splitlines()))

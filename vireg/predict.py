@@ -171,7 +171,7 @@ def _factor_eta(rec: dict, table, U: np.ndarray, rng: np.random.Generator,
         index.update({level: len(rec["levels"]) + i for i, level in enumerate(new_levels)})
         if notes is not None:
             n_rows = sum(c in set(new_levels) for c in cells)
-            notes.append(f"{n_rows} of {len(cells)} rows have a '{factor}' level the fit never "
+            notes.append(f"{n_rows} of {len(cells)} rows have a level of '{factor}' the fit never "
                          f"saw ({len(new_levels)} levels): their group effects are drawn from "
                          "the fitted population")
     rows = np.array([index[c] for c in cells], dtype=np.int64)
