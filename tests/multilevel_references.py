@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 DATA = Path(__file__).parent / "data" / "multilevel"
-CROSSED = ["penicillin_crossed", "pastes_nested", "grouseticks_crossed"]
+CROSSED = ["penicillin_crossed", "pastes_nested", "oats_slopes_crossed"]
 CASES = ["radon_mn_intercepts", "verbagg_logit", "cbpp_binomial", "radon_mn_slopes",
-         "sleepstudy"]
+         "sleepstudy", *CROSSED]
 
 
 def reference(name: str) -> dict:

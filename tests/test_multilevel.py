@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from vireg.assemble import build_model
 from vireg.cli import app
 from vireg.config import config_from_dict
-from vireg.grouped_start import arrowhead_hessian, find_start
+from vireg.grouped_start import find_start, frame_hessian
 from vireg.laplace import base_start
 
 DATA = Path(__file__).parent / "data" / "multilevel"
@@ -100,32 +100,34 @@ def test_centring_changes_coordinates_not_effects(tmp_path):
 
 
 @pytest.mark.parametrize("formula", ["y ~ x + z + (1 + x | g)", "y ~ x + (1 + x | g) + (1 | h)"])
-def test_arrowhead_hessian_matches_dense_differences(tmp_path, formula):
-    """The blocks from one pass of coloured differences against the full dense Hessian by
-    differences of the gradient, coordinate by coordinate: each factor's blocks and coupling
-    to the globals (the coupling between two factors' effects is not formed)."""
+def test_frame_hessian_matches_dense_differences(tmp_path, formula):
+    """The blocks from one pass of differences (the dense block coordinate by coordinate, the
+    primary factor coloured) against the full dense Hessian by differences of the gradient,
+    coordinate by coordinate: the dense block (the globals and h's effects), each group's block
+    and coupling to it."""
     model = model_of(grouped_data(tmp_path, "bernoulli"), formula, "bernoulli")
     rng = np.random.default_rng(3)
     random_centring(model, rng)
     u = rng.normal(0, 0.3, model.n_params)
-    H_GG, H_cross, H_blocks = arrowhead_hessian(model, u)
-    P, Pg = model.n_params, model.n_global
+    H_dense, crosses, blocks = frame_hessian(model, u)
+    P, n = model.n_params, model.n_joint
     h = 1e-5
     E = np.eye(P) * h
     _, G = model.log_joint_grad(np.vstack([u + E, u - E]))
     H = -(G[:P] - G[P:]) / (2 * h)
     H = 0.5 * (H + H.T)
     tol = 1e-5 * np.abs(H).max()
-    np.testing.assert_allclose(H_GG, H[:Pg, :Pg], atol=tol)
-    for lay, cross, blocks in zip(model.layouts, H_cross, H_blocks, strict=True):
-        K = lay.K
-        for g in range(lay.G):
-            rows = slice(lay.x_at + g * K, lay.x_at + (g + 1) * K)
-            np.testing.assert_allclose(cross[g], H[rows, :Pg], atol=tol)
-            np.testing.assert_allclose(blocks[g], H[rows, rows], atol=tol)
-            own = np.delete(H[rows, lay.x_at:lay.x_at + lay.n_x], np.arange(g * K, (g + 1) * K),
-                            axis=1)
-            assert np.all(np.abs(own) < tol)  # a factor's groups couple only through the globals
+    np.testing.assert_allclose(H_dense, H[:n, :n], atol=tol)
+    (lay,) = [lay for lay, joint in zip(model.layouts, model.joint, strict=True) if not joint]
+    (cross,), (block,) = crosses, blocks
+    K = lay.K
+    for g in range(lay.G):
+        rows = slice(lay.x_at + g * K, lay.x_at + (g + 1) * K)
+        np.testing.assert_allclose(cross[g], H[rows, :n], atol=tol)
+        np.testing.assert_allclose(block[g], H[rows, rows], atol=tol)
+        own = np.delete(H[rows, lay.x_at:lay.x_at + lay.n_x], np.arange(g * K, (g + 1) * K),
+                        axis=1)
+        assert np.all(np.abs(own) < tol)  # a factor's groups couple only through the globals
 
 
 def test_em_start_is_the_marginal_likelihood_mode(tmp_path):
@@ -429,22 +431,22 @@ def test_ppc_replicates_with_the_group_effects(tmp_path):
 
 def test_small_crossed_factor_joins_the_dense_block(tmp_path):
     """(1 | g) + (1 | h): h (5 effects) is fitted in the structured family's dense block with
-    the globals, so q holds the dependence between g's and h's effects (here negative: the two
-    share the rows' intercept), which a factorised q would set to 0."""
-    from vireg.api import fit
+    the globals, so with g the only factor outside it, the family holds the Laplace
+    approximation exactly: the start's frame is the inverse of the dense Hessian there, g's
+    coupling to h's effects included."""
+    from vireg.families.structured import StructuredFactor
 
-    path = grouped_data(tmp_path, n=300, G=12)
-    cfg = {"data": {"path": str(path), "formula": "y ~ x + (1 | g) + (1 | h)"},
-           "model": {"family": "gaussian"}, "output": {"draws": 200}}
-    model = model_of(path, "y ~ x + (1 | g) + (1 | h)")
+    model = model_of(grouped_data(tmp_path, n=300, G=12), "y ~ x + (1 | g) + (1 | h)")
     assert model.joint == [False, True] and model.n_joint == model.n_global + 5
     assert model.segments == [(12, 1)]
-    result = fit(cfg)
-    assert result.converged, result.reason
-    L_g = np.asarray(result.variational["L_cross"][0])[:, 0, :]  # g's rows against the block
-    cov = L_g @ np.asarray(result.variational["L_global"]).T  # (12, n_joint)
-    h_cols = slice(model.n_global, model.n_joint)
-    assert np.mean(cov[:, h_cols]) < 0
+    start = find_start(model, base_start(model))
+    u, P = start.mode, model.n_params
+    h = 1e-5
+    E = np.eye(P) * h
+    _, G = model.log_joint_grad(np.vstack([u + E, u - E]))
+    H = -(G[:P] - G[P:]) / (2 * h)
+    A = StructuredFactor.from_precision(*frame_hessian(model, u)).dense()
+    np.testing.assert_allclose(A @ A.T, np.linalg.inv(0.5 * (H + H.T)), rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("formula", ["y ~ x + z + (1 + x | g)", "y ~ x + (1 | g) + (1 | h)"])
