@@ -1,5 +1,6 @@
 """Accuracy of vireg's fits of models with group terms against the long-NUTS references in
-tests/data/multilevel (radon varying intercepts and slopes, verbal aggression, cbpp), for the
+tests/data/multilevel (radon varying intercepts and slopes, verbal aggression, cbpp,
+sleepstudy, and the crossed and nested Penicillin, Pastes and oats), for the
 structured family (the default) beside mean-field.
 
     python bench/multilevel_accuracy.py [--families structured,meanfield]
