@@ -516,16 +516,16 @@ class MultilevelModel(Model):
         lp_y, gy_prior, gt_prior, gL_prior = _effects_prior(log_tau, L, y, lam)
         g_y = dS * np.exp(log_tau[:, None, :] * lam[None]) + gy_prior  # d log p / dy
         lp = lp_y + self.group_sd.logpdf(log_tau).sum(axis=1)
-        G[:, t:t + K] = (np.einsum("sgk,gk->sk", dS * b, lam) + gt_prior
+        G[:, t:t + K] = (np.sum(dS * b * lam[None], axis=1) + gt_prior
                          + self.group_sd.grad(log_tau))
         if c is None:
             G[:, lay.x_at:lay.x_at + lay.n_x] = g_y.reshape(U.shape[0], -1)
             return lp
-        g_x = g_y + mu[None, :, None] * (np.einsum("slk,sgl->sgk", L, g_y) - g_y)  # M^T g_y
+        g_x = g_y + mu[None, :, None] * (np.matmul(g_y, L) - g_y)  # M^T g_y
         G[:, lay.x_at:lay.x_at + lay.n_x] = g_x.reshape(U.shape[0], -1)
         diag = 1.0 + mu[None, :, None] * (np.diagonal(L, 0, 1, 2)[:, None, :] - 1.0)
-        gL = np.einsum("g,sgk,sgl->skl", mu, g_y, x) + gL_prior  # with log |det M_g|
-        gL[:, np.arange(K), np.arange(K)] += np.einsum("g,sgk->sk", mu, 1.0 / diag)
+        gL = np.matmul(np.swapaxes(mu[None, :, None] * g_y, 1, 2), x) + gL_prior
+        gL[:, np.arange(K), np.arange(K)] += np.sum(mu[None, :, None] / diag, axis=1)  # log |M|
         lp_c, g_c = lkj_log_density(c, K, self.group_cor_eta)
         G[:, t + K:t + K + lay.n_cor] = corr_cholesky_vjp(c, K, gL) + g_c
         return lp + lp_c + np.log(diag).sum(axis=(1, 2))
@@ -589,7 +589,7 @@ class MultilevelModel(Model):
         position = np.empty(self.n_rows, dtype=np.int64)
         position[self.row_order] = np.arange(self.n_rows)  # data row -> sorted row
         idx = position[np.arange(self.n_rows) if rows is None else np.asarray(rows)]
-        shift = sum(np.einsum("rk,srk->sr", f.W[idx], b[:, f.gid[idx], :])
+        shift = sum(np.sum(f.W[idx][None] * b[:, f.gid[idx], :], axis=2)
                     for f, b in zip(self.groups, self.group_effects(U), strict=True))
         Uk = np.ascontiguousarray(self.kernel_draws(U[:, :self.n_base_params]), dtype=np.float64)
         L = pointwise_loglik(self.likelihood.CODE, self.Z, self.Yk, Uk, self.intercept,
@@ -693,16 +693,16 @@ def _effects_prior(log_tau, L, y, lam):
         e, LTe, log_det, g_L = v, v, 0.0, None
     else:
         L_inv = np.linalg.inv(L)
-        e = np.einsum("skl,sgl->sgk", L_inv, v)
-        LTe = np.einsum("slk,sgl->sgk", L_inv, e)
+        e = np.matmul(v, np.swapaxes(L_inv, 1, 2))
+        LTe = np.matmul(e, L_inv)
         diag = np.diagonal(L, 0, 1, 2)
         log_det = G_groups * np.log(diag).sum(axis=1)
-        g_L = np.tril(np.einsum("sgk,sgl->skl", LTe, e))
+        g_L = np.tril(np.matmul(np.swapaxes(LTe, 1, 2), e))
         g_L[:, np.arange(L.shape[1]), np.arange(L.shape[1])] -= G_groups / diag
     lp = (-log_tau @ one_minus.sum(axis=0) - log_det
-          - 0.5 * np.einsum("sgk,sgk->s", e, e) - y[0].size * HALF_LOG_2PI)
+          - 0.5 * np.sum(e * e, axis=(1, 2)) - y[0].size * HALF_LOG_2PI)
     g_y = -LTe / scale
-    g_log_tau = np.einsum("gk,sgk->sk", one_minus, v * LTe) - one_minus.sum(axis=0)
+    g_log_tau = np.sum(one_minus[None] * v * LTe, axis=1) - one_minus.sum(axis=0)
     return lp, g_y, g_log_tau, g_L
 
 
@@ -710,7 +710,7 @@ def mixed(L: np.ndarray | None, x: np.ndarray, mu: np.ndarray) -> np.ndarray:
     """y = M x per draw and group, M_g = I + mu_g (L_R - I) (x itself without a correlation)."""
     if L is None:
         return x
-    return x + mu[None, :, None] * (np.einsum("skl,sgl->sgk", L, x) - x)
+    return x + mu[None, :, None] * (np.matmul(x, np.swapaxes(L, 1, 2)) - x)
 
 
 def unmixed(L: np.ndarray, y: np.ndarray, mu: np.ndarray) -> np.ndarray:

@@ -235,7 +235,7 @@ def _group_shifts(run, design):
                              f"'{rec['factor']}' levels): refit")
         parts.append((terms.W, terms.gid, effects_of_record(U, rec)))
     mean = sum(np.einsum("ik,ik->i", W, b.mean(axis=0)[gid]) for W, gid, b in parts)
-    return (lambda lo, hi: sum(np.einsum("ik,sik->si", W, b[lo:hi][:, gid, :])
+    return (lambda lo, hi: sum(np.sum(W[None] * b[lo:hi][:, gid, :], axis=2)
                                for W, gid, b in parts)), mean
 
 
