@@ -462,6 +462,8 @@ def test_minibatch_gives_the_full_batch_answer(tmp_path, formula):
     mini = fit({**base, "inference": {"seed": 2, "batch_size": 500}})
     assert full.converged and mini.converged, mini.reason
     assert mini.extras["minibatch"]["blocks"] == 8
+    assert any("confirm with a full-batch fit" in w for w in mini.warnings())
+    assert not any("minibatch" in w for w in full.warnings())
     rows = {r["parameter"]: r for r in full.summary_rows()}
     for r in mini.summary_rows():
         ref = rows[r["parameter"]]
@@ -469,3 +471,25 @@ def test_minibatch_gives_the_full_batch_answer(tmp_path, formula):
         assert abs(r["sd"] / ref["sd"] - 1) < 0.1, (r["parameter"], r["sd"], ref["sd"])
     for a, b in zip(mini.group_rows, full.group_rows, strict=True):
         assert abs(a["mean"] - b["mean"]) < 0.1 * b["sd"] and abs(a["sd"] / b["sd"] - 1) < 0.1
+
+
+@pytest.mark.parametrize("control_variate", [True, False])
+def test_minibatch_estimate_averages_to_the_full_pass(tmp_path, control_variate):
+    """The estimate of one block, averaged over the blocks (each equally likely), is the full
+    log joint and gradient at every coordinate: unbiased, the groups' own effects included."""
+    from vireg.minibatch import GroupedMinibatch
+
+    model = model_of(grouped_data(tmp_path, "bernoulli", n=600, G=15),
+                     "y ~ x + (1 + x | g) + (1 | h)", "bernoulli")
+    rng = np.random.default_rng(5)
+    random_centring(model, rng)
+    U = rng.normal(0, 0.3, (3, model.n_params))
+    mb = GroupedMinibatch(model, 100, np.random.default_rng(0), control_variate)
+    mb._new_epoch(U + 0.1)  # the reference away from the draws
+    estimates = [model.log_joint_grad(U, kernel_pass=lambda U, e, _, b=b: mb._estimate(U, e, b))
+                 for b in mb.blocks]
+    lp, G = model.log_joint_grad(U)
+    assert len(mb.blocks) > 3
+    np.testing.assert_allclose(np.mean([e[0] for e in estimates], axis=0), lp, rtol=1e-10)
+    np.testing.assert_allclose(np.mean([e[1] for e in estimates], axis=0), G, rtol=1e-8,
+                               atol=1e-8 * np.abs(G).max())
