@@ -493,3 +493,17 @@ def test_minibatch_estimate_averages_to_the_full_pass(tmp_path, control_variate)
     np.testing.assert_allclose(np.mean([e[0] for e in estimates], axis=0), lp, rtol=1e-10)
     np.testing.assert_allclose(np.mean([e[1] for e in estimates], axis=0), G, rtol=1e-8,
                                atol=1e-8 * np.abs(G).max())
+
+
+def test_a_single_factor_record_of_the_earlier_layout_reads_as_one_factor():
+    """fit.json files whose design.groups has one factor's keys (factor, has_cor, n_base,
+    n_global) give the same layout as the per-factor records."""
+    from vireg.models.multilevel import effects_of_record, records_of
+
+    old = {"factor": "g", "terms": ["(Intercept)", "x"], "has_cor": True, "levels": ["a", "b"],
+           "n_global": 6, "n_base": 3, "centring": [[1.0, 0.5], [0.0, 1.0]],
+           "cor_centring": [0.75, 0.5]}
+    (rec,) = records_of(old)
+    assert (rec["tau_at"], rec["x_at"], rec["correlated"]) == (3, 6, True)
+    U = np.random.default_rng(0).normal(0, 0.3, (4, 10))
+    assert effects_of_record(U, rec).shape == (4, 2, 2)

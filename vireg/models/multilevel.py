@@ -750,12 +750,10 @@ def records_of(record: dict) -> list[dict]:
     correlated, centring, cor_centring); a record of the single-factor form is read too."""
     if "factors" in record:
         return record["factors"]
-    K = len(record["terms"])
     return [{"factor": record["factor"], "terms": record["terms"],
              "correlated": record["has_cor"], "levels": record["levels"],
              "tau_at": record["n_base"], "x_at": record["n_global"],
-             "centring": record["centring"],
-             "cor_centring": record["cor_centring"]}] if K else []
+             "centring": record["centring"], "cor_centring": record["cor_centring"]}]
 
 
 def layout_of_record(rec: dict) -> FactorLayout:
