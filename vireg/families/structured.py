@@ -188,7 +188,7 @@ class StructuredFactor:
         """A^-1 y per row, by forward substitution: the globals first, then each group
         x_g = A_Dg^-1 (y_g - A_Bg x_G)."""
         y_G, y_Z = self._split(y)
-        x_G = np.linalg.solve(self.G_block, y_G.T).T
+        x_G = _lower_solve(self.G_block, y_G.T).T
         x_Z = [_blocks_solve(D, y_f - _cross_times(X, x_G))
                for X, D, y_f in zip(self.cross, self.diag_blocks, y_Z, strict=True)]
         return self._join(x_G, x_Z)
@@ -201,7 +201,7 @@ class StructuredFactor:
         r = y_G
         for X, x_f in zip(self.cross, x_Z, strict=True):
             r = r - _cross_T_times(X, x_f)
-        x_G = np.linalg.solve(self.G_block.T, r.T).T
+        x_G = _lower_transpose_solve(self.G_block, r.T).T
         return self._join(x_G, x_Z)
 
     def matmul(self, other: StructuredFactor) -> StructuredFactor:
@@ -244,6 +244,23 @@ class StructuredFactor:
             A[o + g * K + r, o + g * K + c] = D.ravel()
             o += G * K
         return A
+
+
+def _lower_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """L^-1 B for the lower-triangular dense block (``kernels.triangular``: O(n^2 m), where
+    NumPy's general solve is O(n^3))."""
+    from vireg.kernels.triangular import lower_solve
+
+    return lower_solve(np.ascontiguousarray(L, dtype=np.float64),
+                       np.ascontiguousarray(B, dtype=np.float64))
+
+
+def _lower_transpose_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """L^-T B for the lower-triangular dense block (``kernels.triangular``)."""
+    from vireg.kernels.triangular import lower_transpose_solve
+
+    return lower_transpose_solve(np.ascontiguousarray(L, dtype=np.float64),
+                                 np.ascontiguousarray(B, dtype=np.float64))
 
 
 def _cross_times(cross: np.ndarray, x_G: np.ndarray) -> np.ndarray:
