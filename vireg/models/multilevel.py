@@ -501,10 +501,7 @@ class MultilevelModel(Model):
         effects' prior and the priors of tau and the correlations (module doc)."""
         nb = self.n_base_params
         base = U[:, :nb]
-        mixed_parts = [self._mixed(lay, mu, U) for lay, mu
-                       in zip(self.layouts, self.cor_centring, strict=True)]
-        effects = [np.exp(lay.split(U)[0][:, None, :] * lam[None]) * y for lay, lam, (y, _)
-                   in zip(self.layouts, self.centring, mixed_parts, strict=True)]
+        mixed_parts, effects = self._effects_of(U)
         Gk, ll, dS = (kernel_pass or self._kernel_pass)(U, effects, True)
         T0, c0 = self.T[:nb, :nb], self.c[:nb]
         lp_prior, g_theta = self.log_prior_grad(base @ T0.T + c0)
@@ -516,6 +513,14 @@ class MultilevelModel(Model):
                                               mixed_parts, effects, dS, strict=True):
             lp = lp + self._factor_terms(lay, lam, mu, U, y, L, b, d, G)
         return lp, G
+
+    def _effects_of(self, U: np.ndarray) -> tuple[list, list]:
+        """Per factor, (y = M x, L_R or None) and the effects b = tau^lambda y of draws U."""
+        mixed_parts = [self._mixed(lay, mu, U) for lay, mu
+                       in zip(self.layouts, self.cor_centring, strict=True)]
+        effects = [np.exp(lay.split(U)[0][:, None, :] * lam[None]) * y for lay, lam, (y, _)
+                   in zip(self.layouts, self.centring, mixed_parts, strict=True)]
+        return mixed_parts, effects
 
     def _mixed(self, lay: FactorLayout, mu: np.ndarray, U: np.ndarray):
         """(y = M x (S, G, K), L_R (S, K, K) or None) of a factor."""
@@ -552,10 +557,7 @@ class MultilevelModel(Model):
         gradient sums): the terms of ``log_joint_grad``."""
         nb = self.n_base_params
         base = U[:, :nb]
-        mixed_parts = [self._mixed(lay, mu, U) for lay, mu
-                       in zip(self.layouts, self.cor_centring, strict=True)]
-        effects = [np.exp(lay.split(U)[0][:, None, :] * lam[None]) * y for lay, lam, (y, _)
-                   in zip(self.layouts, self.centring, mixed_parts, strict=True)]
+        mixed_parts, effects = self._effects_of(U)
         _, ll, _ = self._kernel_pass(U, effects, False)
         lp_prior, _ = self.log_prior_grad(base @ self.T[:nb, :nb].T + self.c[:nb])
         lp = ll + self.response_terms(base)[0] + self.loglik_const + lp_prior
