@@ -139,14 +139,19 @@ def read_design(cfg: Config):
     return design, intercept, None
 
 
-def _dask_group_spec(cfg: Config) -> list | None:
-    """data.groups as (factor, terms with "(Intercept)", correlated) for the Dask backend."""
+def _term_name(term: str) -> str:
+    """A group term as the model names it: "(Intercept)" for intercept, 1 or (Intercept)."""
     from vireg.models.multilevel import INTERCEPT
 
+    return INTERCEPT if term.lower() in ("intercept", "1", INTERCEPT.lower()) else term
+
+
+def _dask_group_spec(cfg: Config) -> list | None:
+    """data.groups as (factor, terms with "(Intercept)", correlated) for the Dask backend."""
     if not cfg.data.groups:
         return None
-    return [(factor, [INTERCEPT if t.lower() in ("intercept", "1", INTERCEPT.lower()) else t
-                      for t in terms], True) for factor, terms in cfg.data.groups.items()]
+    return [(factor, [_term_name(t) for t in terms], True)
+            for factor, terms in cfg.data.groups.items()]
 
 
 def _check_group_spec(table, spec: list[tuple[str, list[str], bool]]):
@@ -165,8 +170,7 @@ def _check_group_spec(table, spec: list[tuple[str, list[str], bool]]):
             if column not in table.columns:
                 raise InputError(f"group column '{column}' is not a column of '{table.source}': "
                                  f"columns are {', '.join(table.columns)}")
-        names = [INTERCEPT if t.lower() in ("intercept", "1", INTERCEPT.lower()) else t
-                 for t in terms]
+        names = [_term_name(t) for t in terms]
         for t in names:
             if t != INTERCEPT and t not in table.columns:
                 raise InputError(f"the group term on '{t}' (varying by '{factor}') names a column "
