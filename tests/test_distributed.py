@@ -128,7 +128,7 @@ def test_dask_backend_takes_group_terms(tmp_path):
     (tmp_path / "g.csv").write_text("\n".join(lines) + "\n")
     cfg = {"data": {"path": "g.csv", "response": "y", "covariates": ["x"],
                     "groups": {"a": ["intercept", "x"], "b": ["intercept"]}},
-           "model": {"family": "gaussian"}, "output": {"draws": 1000},
+           "model": {"family": "gaussian"}, "output": {"draws": 500, "psis_draws": 500},
            "runtime": {"backend": "dask", "scheduler": "local", "partitions": 4}}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
