@@ -116,14 +116,14 @@ def test_bad_data_on_a_worker_is_one_line_from_the_cli(tmp_path):
 
 def test_dask_backend_takes_group_terms(tmp_path):
     """(1 + x | a) + (1 | b) from data.groups: the Dask fit (4 partitions, each sorted by the
-    primary factor on its worker) gives the local fit's posterior to rounding, and a minibatch
-    of partitions the same within 0.1 sd; a slope constant within every group is refused in one
-    line as in memory."""
+    primary factor on its worker) gives the local fit's posterior to rounding, with b's numeric
+    levels in numeric order (0, 1, ..., 11) as locally, and a minibatch of partitions the same
+    within 0.1 sd; a slope constant within every group is refused in one line as in memory."""
     rng = np.random.default_rng(4)
     n = 3000
-    a, b, x = rng.integers(0, 30, n), rng.integers(0, 8, n), rng.standard_normal(n)
+    a, b, x = rng.integers(0, 30, n), rng.integers(0, 12, n), rng.standard_normal(n)
     y = (1 + 0.5 * x + rng.normal(0, 0.7, 30)[a] + rng.normal(0, 0.3, 30)[a] * x
-         + rng.normal(0, 0.5, 8)[b] + rng.normal(0, 1, n))
+         + rng.normal(0, 0.5, 12)[b] + rng.normal(0, 1, n))
     lines = ["y,x,c,a,b"] + [f"{y[i]:.6f},{x[i]:.6f},{a[i] % 3},a{a[i]},{b[i]}" for i in range(n)]
     (tmp_path / "g.csv").write_text("\n".join(lines) + "\n")
     cfg = {"data": {"path": "g.csv", "response": "y", "covariates": ["x"],

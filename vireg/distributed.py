@@ -160,7 +160,8 @@ def _partition_factors(cells, slopes, plan):
     factors, ranges = [], []
     for f, index in zip(plan["factors"], plan["index"], strict=True):
         cells_f = cells[len(factors)]
-        keys = [level_key(c) for c in cells_f]
+        numeric = _as_numbers(f.levels) is not None
+        keys = [level_key(c, numeric) for c in cells_f]
         gid = np.array([index[k] for k in keys], dtype=np.int64)
         cols = [np.ones(len(gid)) if t == INTERCEPT else slopes[:, plan["slopes"].index(t)]
                 for t in f.terms]
@@ -174,11 +175,14 @@ def _partition_factors(cells, slopes, plan):
     return factors, ranges
 
 
-def level_key(cell) -> str:
-    """A cell as the text of its level (``models.multilevel.level_text`` for numbers)."""
+def level_key(cell, numeric: bool = False) -> str:
+    """A cell as the text of its level (``models.multilevel.level_text`` for a number, or for
+    any cell of a factor whose levels are numbers)."""
     from vireg.models.multilevel import level_text
 
-    return level_text(cell) if isinstance(cell, float) else str(cell)
+    if isinstance(cell, float) or numeric:
+        return level_text(float(cell))
+    return str(cell)
 
 
 def _rows_taken(f, order):
@@ -387,17 +391,16 @@ class DaskSource:
 
 def _group_terms(spec, levels):
     """GroupTerms (levels, no rows) of each factor from the partitions' distinct cells: numbers
-    in numeric order when every partition read the column as numbers, else text, sorted."""
+    in numeric order, written as ``level_text`` does, when every cell is a number, else text,
+    sorted."""
     from vireg.models.multilevel import GroupTerms, level_text
 
     out = []
     for f, (factor, terms, correlated) in enumerate(spec):
         parts = [p[f] for p in levels]
-        if all(numeric for numeric, _ in parts):
-            values = sorted(set(np.concatenate([v for _, v in parts]).tolist()))
-            names = [level_text(v) for v in values]
-        else:
-            names = sorted({level_key(c) for _, v in parts for c in v.tolist()})
+        keys = {level_key(c) for _, v in parts for c in v.tolist()}
+        values = _as_numbers(keys)
+        names = [level_text(v) for v in sorted(set(values))] if values else sorted(keys)
         if len(names) < 2:
             raise InputError(f"group column '{factor}' has {len(names)} level(s): a group term "
                              "needs at least two groups; drop the term or use another column")
@@ -405,6 +408,15 @@ def _group_terms(spec, levels):
                              np.zeros((0, len(terms))))
         out.append(terms_f)
     return tuple(out)
+
+
+def _as_numbers(cells) -> list[float] | None:
+    """The cells as numbers when every one is one (a CSV column read as text), else None: a
+    numeric group column's levels are numbers in numeric order, as the local reader has them."""
+    try:
+        return [float(c) for c in cells]
+    except ValueError:
+        return None
 
 
 def _check_slopes_vary(factors, ranges) -> None:
