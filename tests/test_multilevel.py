@@ -485,7 +485,7 @@ def test_minibatch_estimate_averages_to_the_full_pass(tmp_path, control_variate)
     random_centring(model, rng)
     U = rng.normal(0, 0.3, (3, model.n_params))
     mb = GroupedMinibatch(model, 100, np.random.default_rng(0), control_variate)
-    mb._new_epoch(U + 0.1)  # the reference away from the draws
+    mb._next_block(U + 0.1)  # an epoch, its reference away from the draws
     estimates = [model.log_joint_grad(U, kernel_pass=lambda U, e, _, b=b: mb._estimate(U, e, b))
                  for b in mb.blocks]
     lp, G = model.log_joint_grad(U)

@@ -93,7 +93,7 @@ def em_map(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
     nb, k = model.n_base_params, model.n_location
     lp, g, (H, crosses, blocks) = frame_hessian(model, u, with_point=True)
     blocks = [_positive_if_needed(D) for D in blocks]
-    outside = _outside(model)
+    outside = model.outside_layouts()
     free = np.concatenate([np.arange(k), np.arange(model.n_global, model.n_joint)]).astype(int)
     g_w = [g[lay.x_at:lay.x_at + lay.n_x].reshape(lay.G, lay.K) for lay in outside]
     try:
@@ -114,13 +114,6 @@ def em_map(model, u: np.ndarray, floor: float) -> tuple[np.ndarray, int]:
         b = out[lay.x_at:lay.x_at + lay.n_x].reshape(lay.G, lay.K)
         _set_population(model, lay, out, (b.T @ b + V_f.sum(axis=0)) / lay.G, floor)
     return out, passes
-
-
-def _outside(model) -> list:
-    """The layouts of the factors outside the dense block, in u's order (the structured
-    family's segments)."""
-    return sorted((lay for lay, joint in zip(model.layouts, model.joint, strict=True)
-                   if not joint), key=lambda lay: lay.x_at)
 
 
 def _positive_if_needed(D: np.ndarray) -> np.ndarray:
@@ -374,8 +367,7 @@ def frame_hessian(model, u: np.ndarray, with_point: bool = False):
     on 100,000 rows crossed over 1,000 x 50 levels the intercept's sd came out 0.011 against
     0.058.) ``with_point`` adds u itself as a draw and returns (log p, gradient, blocks)."""
     n = model.n_joint
-    outside = sorted((lay for lay, joint in zip(model.layouts, model.joint, strict=True)
-                      if not joint), key=lambda lay: lay.x_at)
+    outside = model.outside_layouts()
     h = FD_STEP * np.maximum(1.0, np.abs(u))
     m = n + sum(lay.K for lay in outside)
     U = np.repeat(u[None, :], 2 * m + 1, axis=0)

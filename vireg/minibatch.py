@@ -28,39 +28,61 @@ from __future__ import annotations
 import numpy as np
 
 
-class MinibatchLogJoint:
-    """Callable like ``Model.log_joint_grad``: (log p, grad) for draws U, from one block."""
+class _Epochs:
+    """The blocks a minibatch reader visits: each epoch a fresh random order of its n_blocks,
+    one block per step, and at each epoch's start the reference pass (``_reference``, with the
+    control variate); counts what was read."""
 
-    def __init__(self, model, batch_size: int, draws_per_step: int, rng: np.random.Generator,
-                 control_variate: bool = True):
+    def __init__(self, model, n_blocks: int, rng: np.random.Generator, control_variate: bool):
         self.model = model
         self.control_variate = control_variate
-        model.rows.set_blocks(batch_size, draws_per_step + 1)
+        self.n_blocks = n_blocks
         self.rng = rng
-        self.n_blocks = model.rows.n_blocks
         self.order = np.empty(0, dtype=np.int64)
         self.position = 0
         self.epochs = 0
         self.blocks_read = 0
+
+    def _next_block(self, U: np.ndarray) -> int:
+        """The index of this step's block (a new epoch, at the mean of U, when one ends)."""
+        if self.position == len(self.order):
+            self.order = self.rng.permutation(self.n_blocks)
+            self.position = 0
+            self.epochs += 1
+            if self.control_variate:
+                self._reference(U.mean(axis=0, keepdims=True))
+        b = int(self.order[self.position])
+        self.position += 1
+        self.blocks_read += 1
+        return b
+
+    def _reference(self, u_ref: np.ndarray) -> None:
+        raise NotImplementedError
+
+    @property
+    def epochs_read(self) -> float:
+        """Data read so far in passes over all rows: blocks plus one reference pass per epoch."""
+        return self.blocks_read / self.n_blocks + self.epochs * self.control_variate
+
+
+class MinibatchLogJoint(_Epochs):
+    """Callable like ``Model.log_joint_grad``: (log p, grad) for draws U, from one block."""
+
+    def __init__(self, model, batch_size: int, draws_per_step: int, rng: np.random.Generator,
+                 control_variate: bool = True):
+        model.rows.set_blocks(batch_size, draws_per_step + 1)
+        super().__init__(model, model.rows.n_blocks, rng, control_variate)
         self.ref_kernel = None  # u_ref in the kernel's layout, (1, P_kernel)
         self.ref_ll = 0.0
         self.ref_G = None
 
-    def _new_epoch(self, U: np.ndarray) -> None:
-        self.order = self.rng.permutation(self.n_blocks)
-        self.position = 0
-        self.epochs += 1
-        if self.control_variate:
-            self.ref_kernel = self.model.kernel_draws(U.mean(axis=0, keepdims=True))
-            G, ll = self.model.rows.loglik_grad(self.ref_kernel)
-            self.ref_G, self.ref_ll = G[0], float(ll[0])
+    def _reference(self, u_ref: np.ndarray) -> None:
+        self.ref_kernel = self.model.kernel_draws(u_ref)
+        G, ll = self.model.rows.loglik_grad(self.ref_kernel)
+        self.ref_G, self.ref_ll = G[0], float(ll[0])
 
     def __call__(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.position == len(self.order):
-            self._new_epoch(U)
-        b = int(self.order[self.position])
-        self.position += 1
-        self.blocks_read += 1
+        b = self._next_block(U)
         S = U.shape[0]
         scale = float(self.n_blocks)
         if not self.control_variate:
@@ -72,13 +94,8 @@ class MinibatchLogJoint:
         G_hat = self.ref_G[None, :] + scale * (G[:S] - G[S][None, :])
         return self.model.add_prior(U, ll_hat, self.model.data_grad(G_hat))
 
-    @property
-    def epochs_read(self) -> float:
-        """Data read so far in passes over all rows: blocks plus one reference pass per epoch."""
-        return self.blocks_read / self.n_blocks + self.epochs * self.control_variate
 
-
-class GroupedMinibatch:
+class GroupedMinibatch(_Epochs):
     """``MinibatchLogJoint`` for a model with group terms (``models.multilevel``): a block is a
     run of whole groups of the primary factor (``MultilevelModel.row_blocks``), and what is
     estimated is the grouped kernel's pass, (base sums, log lik, each factor's per-effect sums
@@ -93,34 +110,19 @@ class GroupedMinibatch:
 
     def __init__(self, model, batch_size: int, rng: np.random.Generator,
                  control_variate: bool = True):
-        self.model = model
-        self.control_variate = control_variate
         self.blocks = model.row_blocks(batch_size)
-        self.n_blocks = len(self.blocks)
-        self.rng = rng
-        self.order = np.empty(0, dtype=np.int64)
-        self.position = 0
-        self.epochs = 0
-        self.blocks_read = 0
+        super().__init__(model, len(self.blocks), rng, control_variate)
         self.ref_u = None
         self.ref_effects = None
         self.ref_pass = None
 
-    def _new_epoch(self, U: np.ndarray) -> None:
-        self.order = self.rng.permutation(self.n_blocks)
-        self.position = 0
-        self.epochs += 1
-        if self.control_variate:
-            self.ref_u = U.mean(axis=0, keepdims=True)
-            self.ref_effects = self.model.group_effects(self.ref_u)
-            self.ref_pass = self.model._kernel_pass(self.ref_u, self.ref_effects, True)
+    def _reference(self, u_ref: np.ndarray) -> None:
+        self.ref_u = u_ref
+        self.ref_effects = self.model.group_effects(u_ref)
+        self.ref_pass = self.model._kernel_pass(u_ref, self.ref_effects, True)
 
     def __call__(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.position == len(self.order):
-            self._new_epoch(U)
-        block = self.blocks[int(self.order[self.position])]
-        self.position += 1
-        self.blocks_read += 1
+        block = self.blocks[self._next_block(U)]
         return self.model.log_joint_grad(U, kernel_pass=lambda U, effects, _: self._estimate(
             U, effects, block))
 
@@ -135,8 +137,3 @@ class GroupedMinibatch:
         ref_Gk, ref_ll, ref_dS = self.ref_pass
         return (ref_Gk + K * (Gk[:S] - Gk[S:]), ref_ll + K * (ll[:S] - ll[S:]),
                 [r + K * (d[:S] - d[S:]) for r, d in zip(ref_dS, dS, strict=True)])
-
-    @property
-    def epochs_read(self) -> float:
-        """Data read so far in passes over all rows: blocks plus one reference pass per epoch."""
-        return self.blocks_read / self.n_blocks + self.epochs * self.control_variate

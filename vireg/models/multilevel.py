@@ -365,12 +365,16 @@ class MultilevelModel(Model):
         return self.n_global + sum(lay.n_x for lay, j in zip(self.layouts, self.joint,
                                                              strict=True) if j)
 
+    def outside_layouts(self) -> list[FactorLayout]:
+        """The layouts of the factors outside the joint block, in u's order."""
+        outside = [lay for lay, j in zip(self.layouts, self.joint, strict=True) if not j]
+        return sorted(outside, key=lambda lay: lay.x_at)
+
     @property
     def segments(self) -> list[tuple[int, int]]:
         """(groups, terms) of each factor outside the joint block, in u's order: the
         structured family's segments."""
-        outside = [lay for lay, j in zip(self.layouts, self.joint, strict=True) if not j]
-        return [(lay.G, lay.K) for lay in sorted(outside, key=lambda lay: lay.x_at)]
+        return [(lay.G, lay.K) for lay in self.outside_layouts()]
 
     @property
     def param_names(self) -> list[str]:
