@@ -93,7 +93,7 @@ def read_design(cfg: Config):
         source = DaskSource(path, cfg.data.response, cfg.data.covariates, cfg.data.missing,
                             cfg.model.family, cfg.runtime.scheduler, cfg.runtime.partitions,
                             cfg.model.link, _row_data(cfg) and _row_data(cfg)[1],
-                            _dask_group_spec(cfg))
+                            _source_group_spec(cfg))
         return source.design, intercept, source
     if cfg.runtime.out_of_core:
         from vireg.cache import CachedSource
@@ -103,7 +103,7 @@ def read_design(cfg: Config):
         source = CachedSource(path, cfg.data.response, cfg.data.covariates, cfg.data.missing,
                               likelihood_module(cfg.model.family, cfg.model.link), intercept,
                               cfg.inference.dtype, cache_dir, cfg.runtime.memory_mb,
-                              _row_data(cfg) and _row_data(cfg)[1])
+                              _row_data(cfg) and _row_data(cfg)[1], _source_group_spec(cfg))
         return source.design, intercept, source
     table = read_table(path)
     group_spec = [(f, t, True) for f, t in (cfg.data.groups or {}).items()]
@@ -146,8 +146,9 @@ def _term_name(term: str) -> str:
     return INTERCEPT if term.lower() in ("intercept", "1", INTERCEPT.lower()) else term
 
 
-def _dask_group_spec(cfg: Config) -> list | None:
-    """data.groups as (factor, terms with "(Intercept)", correlated) for the Dask backend."""
+def _source_group_spec(cfg: Config) -> list | None:
+    """data.groups as (factor, terms with "(Intercept)", correlated) for a streamed source (the
+    disk cache or Dask)."""
     if not cfg.data.groups:
         return None
     return [(factor, [_term_name(t) for t in terms], True)

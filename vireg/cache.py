@@ -47,8 +47,9 @@ CACHE_VERSION = 2  # 2: y.bin holds the kernel's per-row data (``rows.kernel_res
 DTYPES = {"float64": np.float64, "float32": np.float32}
 
 
-def _reader_batches(path: Path, names: list[str], rows_per_batch: int):
-    """Record batches of the columns ``names`` from a Parquet or CSV file, in file order."""
+def _reader_batches(path: Path, names: list[str], rows_per_batch: int, text: tuple = ()):
+    """Record batches of the columns ``names`` from a Parquet or CSV file, in file order; the
+    columns ``text`` (group columns) may hold text, the others are numbers."""
     try:
         import pyarrow as pa
         import pyarrow.csv as pcsv
@@ -64,7 +65,7 @@ def _reader_batches(path: Path, names: list[str], rows_per_batch: int):
         except Exception as exc:  # pyarrow raises many types for unreadable files
             raise InputError(f"cannot read Parquet file '{path}': {exc}") from None
         _check_columns(path, pf.schema_arrow.names, names)
-        for name in names:
+        for name in (n for n in names if n not in text):
             t = pf.schema_arrow.field(name).type
             if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
                 raise _text_column(name)
@@ -82,7 +83,8 @@ def _reader_batches(path: Path, names: list[str], rows_per_batch: int):
         reader = pcsv.open_csv(
             path, read_options=pcsv.ReadOptions(block_size=block),
             convert_options=pcsv.ConvertOptions(include_columns=names,
-                                                column_types={n: pa.float64() for n in names}))
+                                                column_types={n: pa.string() if n in text else pa.float64()
+                                                          for n in names}))
         yield from reader
     except pa.ArrowInvalid as exc:
         import re
@@ -220,9 +222,13 @@ class CacheKey:
     intercept: bool
     dtype: str
     row_data: str | None = None  # the trials or exposure column
+    groups: str | None = None  # the group terms (JSON)
+    piece_rows: int | None = None  # with group terms: the rows of each sorted piece
 
     def digest(self) -> str:
-        text = json.dumps({**self.__dict__, "covariates": list(self.covariates),
+        fields = {k: v for k, v in self.__dict__.items()  # a cache without group terms keeps
+                  if v is not None or k not in ("groups", "piece_rows")}  # its digest
+        text = json.dumps({**fields, "covariates": list(self.covariates),
                            "version": CACHE_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -232,29 +238,40 @@ class CachedSource:
 
     def __init__(self, path: Path, response: str, covariates: list[str] | None, missing: str,
                  likelihood, intercept: bool, dtype: str, cache_dir: Path, memory_mb: int,
-                 row_data: str | None = None):
+                 row_data: str | None = None, groups: list | None = None):
+        """``groups``: the group terms, (factor column, terms, correlated) per factor (terms
+        "(Intercept)" or a numeric column); their rows are cached sorted (``cache_groups``)."""
         if str(path) == "-":
             raise InputError("runtime.out_of_core needs a data file, not standard input")
         if not path.is_file():
             raise InputError(f"data file '{path}' not found: check data.path (relative to the "
                              "config file)")
+        from vireg.cache_groups import GroupColumns
+
+        self.groups = GroupColumns(groups) if groups else None
+        factors = self.groups.factors if groups else []
         covariates = (default_covariates(path, response, covariates) if covariates is not None
-                      else [c for c in default_covariates(path, response, None) if c != row_data])
-        stat = path.stat()
-        family = likelihood.NAME + ("_probit" if likelihood.CODE == PROBIT else "")
-        self.key = CacheKey(str(path.resolve()), stat.st_size, stat.st_mtime_ns, response,
-                            tuple(covariates), missing, family, intercept, dtype, row_data)
-        self.path = path
-        self.likelihood = likelihood
-        self.has_row_data = row_data is not None
-        check_source_columns(path, [response, *covariates])
+                      else [c for c in default_covariates(path, response, None)
+                            if c != row_data and c not in factors])
         # The response, the covariates, then the trials or exposure (split off when read)
         self.names = [response, *covariates] + ([row_data] if row_data else [])
         # Columns of y.bin: the response, or it and the kernel's row data (``kernel_response``)
         self.y_cols = 1 if likelihood.CODE in (GAUSSIAN, LOGIT) else 2
-        self.binary = likelihood.NAME == "bernoulli"
         self.dtype = dtype
         self.memory_mb = memory_mb
+        stat = path.stat()
+        family = likelihood.NAME + ("_probit" if likelihood.CODE == PROBIT else "")
+        self.key = CacheKey(str(path.resolve()), stat.st_size, stat.st_mtime_ns, response,
+                            tuple(covariates), missing, family, intercept, dtype, row_data,
+                            json.dumps(groups) if groups else None,
+                            self._piece_rows(len(covariates)) if groups else None)
+        self.path = path
+        self.likelihood = likelihood
+        self.has_row_data = row_data is not None
+        check_source_columns(path, [response, *covariates, *factors,
+                                    *(self.groups.slopes if groups else [])])
+        self.binary = likelihood.NAME == "bernoulli"
+        self.primary = 0  # the model's primary factor (``MultilevelModel``) before standardize
         self.folder = cache_dir / self.key.digest()
         self.reused = (self.folder / "meta.json").is_file()
         self.build_seconds = 0.0
@@ -263,16 +280,28 @@ class CachedSource:
             self.moments = _moments_from_json(meta["moments"])
             self.dropped = meta["dropped_rows"]
             self._meta = meta
+            self.levels = meta.get("levels")
         else:
             self._meta = None
             self.moments, self.dropped = self._first_pass(cache_dir)
         self.design = Design.names_only(response, covariates, self.dropped)
+        if groups:
+            from dataclasses import replace
+
+            from vireg.group_rows import group_terms
+
+            self.design = replace(self.design, groups=group_terms(groups, self.levels))
 
     def _buffer_rows(self, n_cols: int) -> int:
         # One buffer of rows of the cached dtype within memory_mb (the cache build holds a
         # float64 piece and its standardised copy: it uses half as many rows).
         per_row = (n_cols + self.y_cols) * np.dtype(DTYPES[self.dtype]).itemsize
         return max(1024, (self.memory_mb << 20) // per_row)
+
+    def _piece_rows(self, n_cov: int) -> int:
+        # With group terms the cache is written and read in the same pieces; a piece (and its
+        # group ids, slopes, and the kernel's float64 response) within memory_mb while built.
+        return max(1024, (self.memory_mb << 20) // (2 * 8 * (n_cov + 8)))
 
     def _first_pass(self, cache_dir: Path) -> tuple[ColumnMoments, int]:
         import time
@@ -288,14 +317,16 @@ class CachedSource:
         moments, dropped, first_row = None, 0, 0
         rows = self._buffer_rows(len(self.names) - 1) // 2  # float64 while building
         n_cov = len(self.names) - 1 - self.has_row_data
+        raw = ["X.raw", "y.raw"] + (["g.raw", "w.raw"] if self.groups else [])
+        text = tuple(self.groups.factors) if self.groups else ()
+        columns = list(dict.fromkeys(self.names + (self.groups.factors + self.groups.slopes
+                                                   if self.groups else [])))
         try:
-            with open(self.building / "X.raw", "wb") as fx, open(self.building / "y.raw", "wb") as fy:
-                for batch in _reader_batches(self.path, list(dict.fromkeys(self.names)), rows):
-                    cols = [np.asarray(batch.column(n).to_numpy(zero_copy_only=False),
-                                       dtype=np.float64) for n in self.names]
-                    y, x, X, d = checked_piece(
-                        cols, self.names, self.key.missing, self.likelihood, self.has_row_data,
-                        lambda i, r=first_row: f"data row {r + i + 1}")
+            with contextlib.ExitStack() as stack:
+                out = {name: stack.enter_context(open(self.building / name, "wb"))
+                       for name in raw}
+                for batch in _reader_batches(self.path, columns, rows, text):
+                    y, x, X, d, group_rows = self._checked_batch(batch, first_row)
                     first_row += batch.num_rows
                     dropped += d
                     if len(y) == 0:
@@ -304,9 +335,17 @@ class CachedSource:
                     m = ColumnMoments.of_chunk(X, y, self.binary, x,
                                                self.likelihood if counts else None)
                     moments = m if moments is None else moments.merge(m)
-                    X.reshape(len(y), n_cov).tofile(fx)
+                    X.reshape(len(y), n_cov).tofile(out["X.raw"])
                     (np.column_stack([y, x if x is not None else np.zeros(len(y))])
-                     if counts else y).tofile(fy)
+                     if counts else y).tofile(out["y.raw"])
+                    if group_rows is not None:  # provisional ids, slope values
+                        group_rows[0].tofile(out["g.raw"])
+                        np.ascontiguousarray(group_rows[1]).tofile(out["w.raw"])
+            if self.groups is not None and moments is not None:
+                from vireg.group_rows import group_terms
+
+                self.levels = self.groups.levels()
+                group_terms(self.groups.spec, self.levels)  # one level: the reader's error
         except BaseException:
             shutil.rmtree(self.building, ignore_errors=True)
             raise
@@ -317,6 +356,36 @@ class CachedSource:
         self.build_seconds += time.perf_counter() - t0
         return moments, dropped
 
+    def _checked_batch(self, batch, first_row: int):
+        """(y, row data or None, X, dropped, group rows or None) of a record batch, checked as
+        the in-memory reader checks it; group rows: (provisional ids, slope values) of the rows
+        kept (``cache_groups.GroupColumns``)."""
+        def where(i: int) -> str:
+            return f"data row {first_row + i + 1}"
+
+        def numbers(names: list[str]) -> list[np.ndarray]:
+            return [np.asarray(batch.column(n).to_numpy(zero_copy_only=False), dtype=np.float64)
+                    for n in names]
+
+        missing = self.key.missing
+        if self.groups is None:
+            return (*checked_piece(numbers(self.names), self.names, missing, self.likelihood,
+                                   self.has_row_data, where), None)
+        from vireg.cache_groups import arrow_cells
+
+        cells = [arrow_cells(batch.column(f)) for f in self.groups.factors]
+        keep = self.groups.rows_with_levels(cells, missing, where)
+        head, tail = ((self.names[:-1], self.names[-1:]) if self.has_row_data
+                      else (self.names, []))
+        names = head + self.groups.slopes + tail
+        cols = [c[keep] for c in numbers(names)]
+        y, x, X, d, kept = checked_piece(cols, names, missing, self.likelihood,
+                                         self.has_row_data, lambda i: where(int(keep[i])), True)
+        ids = self.groups.ids([c[keep][kept] for c in cells])
+        n_cov = len(head) - 1
+        return (y, x, np.ascontiguousarray(X[:, :n_cov]), d + len(cells[0]) - len(keep),
+                (ids, X[:, n_cov:]))
+
     def standardize(self, x_centre, x_scale, y_centre, y_scale, intercept, dtype, draws_per_step,
                     likelihood):
         """Write the standardised rows (unless the cache has them) and open them for streaming;
@@ -325,56 +394,104 @@ class CachedSource:
 
         D = len(self.names) - 1 - self.has_row_data
         N = self.moments.n_rows
-        k = self.y_cols
+        scaling = (x_centre, x_scale, y_centre, y_scale)
         if self._meta is None:
             t0 = time.perf_counter()
-            np_dtype = DTYPES[dtype]
-            gram = None
-            rows = self._buffer_rows(D) // 2
             try:
-                with (open(self.building / "X.raw", "rb") as fx, open(self.building / "y.raw", "rb")
-                      as fy, open(self.building / "Z.bin", "wb") as fz,
-                      open(self.building / "y.bin", "wb") as fyo):
-                    for start in range(0, N, rows):
-                        m = min(rows, N - start)
-                        X = np.fromfile(fx, np.float64, m * D).reshape(m, D)
-                        yx = np.fromfile(fy, np.float64, m * k).reshape(m, k)
-                        Z = (X - x_centre) / x_scale
-                        yz = (yx[:, 0] - y_centre) / y_scale
-                        g = standardized_gram(Z, yz, intercept)
-                        gram = g if gram is None else (gram[0] + g[0], gram[1] + g[1],
-                                                       gram[2] + g[2])
-                        x = yx[:, 1] if self.has_row_data else None
-                        np.ascontiguousarray(Z, dtype=np_dtype).tofile(fz)
-                        np.ascontiguousarray(kernel_response(likelihood, yz, x),
-                                             dtype=np_dtype).tofile(fyo)
-                (self.building / "X.raw").unlink()
-                (self.building / "y.raw").unlink()
-                meta = {"version": CACHE_VERSION, "key": {**self.key.__dict__,
-                                                          "covariates": list(self.key.covariates)},
-                        "n_rows": N, "n_cov": D, "dropped_rows": self.dropped,
-                        "moments": _moments_to_json(self.moments),
-                        "gram": [gram[0].tolist(), gram[1].tolist(), gram[2]]}
-                tmp = self.building / "meta.json.tmp"
-                tmp.write_text(json.dumps(meta))
-                os.replace(tmp, self.building / "meta.json")
-                if self.folder.exists():  # another process finished the same cache first
-                    shutil.rmtree(self.building, ignore_errors=True)
-                else:
-                    os.replace(self.building, self.folder)
+                with contextlib.ExitStack() as stack:
+                    files = {name: stack.enter_context(open(self.building / name, mode))
+                             for name, mode in self._second_pass_files()}
+                    gram = (self._write_grouped(files, N, D, scaling, likelihood, intercept, dtype)
+                            if self.groups else
+                            self._write_rows(files, N, D, scaling, likelihood, intercept, dtype))
+                for name, mode in self._second_pass_files():
+                    if mode == "rb":
+                        (self.building / name).unlink()
+                self._meta = self._publish(gram, N, D)
             except BaseException:
                 shutil.rmtree(self.building, ignore_errors=True)
                 raise
-            self._meta = meta
             self.build_seconds += time.perf_counter() - t0
         g = self._meta["gram"]
         k = len(g[1])  # reshape: JSON turns a 0 x 0 matrix into an empty list
         gram = (np.array(g[0], dtype=np.float64).reshape(k, k), np.array(g[1], dtype=np.float64),
                 float(g[2]))
+        if self.groups:
+            return self._grouped_rows(N, D, dtype, likelihood, intercept, draws_per_step), gram
         rows = CacheRows(self.folder, N, D, DTYPES[dtype], self._buffer_rows(D), likelihood,
                          intercept, draws_per_step, self.y_cols)
         rows.built = {"reused": self.reused, "build_seconds": round(self.build_seconds, 2)}
         return rows, gram
+
+    def _second_pass_files(self) -> list[tuple[str, str]]:
+        names = [("X.raw", "rb"), ("y.raw", "rb"), ("Z.bin", "wb"), ("y.bin", "wb")]
+        if self.groups:
+            names += [("g.raw", "rb"), ("w.raw", "rb"), ("g.bin", "wb"), ("w.bin", "wb")]
+        return names
+
+    def _write_rows(self, files, N, D, scaling, likelihood, intercept, dtype):
+        """The standardised rows in file order; returns the Gram matrix."""
+        x_centre, x_scale, y_centre, y_scale = scaling
+        k = self.y_cols
+        gram = None
+        rows = self._buffer_rows(D) // 2
+        for start in range(0, N, rows):
+            m = min(rows, N - start)
+            X = np.fromfile(files["X.raw"], np.float64, m * D).reshape(m, D)
+            yx = np.fromfile(files["y.raw"], np.float64, m * k).reshape(m, k)
+            Z = (X - x_centre) / x_scale
+            yz = (yx[:, 0] - y_centre) / y_scale
+            g = standardized_gram(Z, yz, intercept)
+            gram = g if gram is None else (gram[0] + g[0], gram[1] + g[1], gram[2] + g[2])
+            x = yx[:, 1] if self.has_row_data else None
+            np.ascontiguousarray(Z, dtype=DTYPES[dtype]).tofile(files["Z.bin"])
+            np.ascontiguousarray(kernel_response(likelihood, yz, x),
+                                 dtype=DTYPES[dtype]).tofile(files["y.bin"])
+        return gram
+
+    def _write_grouped(self, files, N, D, scaling, likelihood, intercept, dtype):
+        """The standardised rows in pieces sorted by the primary factor (``cache_groups``)."""
+        from vireg.cache_groups import write_sorted_pieces
+
+        plan = self._group_plan()
+        return write_sorted_pieces(files, N, D, self.y_cols, self.key.piece_rows, scaling,
+                                   likelihood, intercept, DTYPES[dtype], plan,
+                                   self.groups.remap(self.levels))
+
+    def _group_plan(self) -> dict:
+        from vireg.group_rows import group_plan
+
+        return group_plan(self.design.groups, self.primary, self.groups.slopes)
+
+    def _publish(self, gram, N: int, D: int) -> dict:
+        """Write meta.json last and move the finished cache into place; returns the meta."""
+        meta = {"version": CACHE_VERSION, "key": {**self.key.__dict__,
+                                                  "covariates": list(self.key.covariates)},
+                "n_rows": N, "n_cov": D, "dropped_rows": self.dropped,
+                "moments": _moments_to_json(self.moments),
+                "gram": [gram[0].tolist(), gram[1].tolist(), gram[2]]}
+        if self.groups:
+            meta |= {"levels": self.levels, "primary": self.primary}
+        tmp = self.building / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, self.building / "meta.json")
+        if self.folder.exists():  # another process finished the same cache first
+            shutil.rmtree(self.building, ignore_errors=True)
+        else:
+            os.replace(self.building, self.folder)
+        return meta
+
+    def _grouped_rows(self, N, D, dtype, likelihood, intercept, draws_per_step):
+        from vireg.cache_groups import CacheGroupedRows
+
+        if self._meta.get("primary", self.primary) != self.primary:
+            raise InputError(f"the out-of-core cache '{self.folder}' was sorted for another "
+                             "grouping factor: delete the cache folder and run again")
+        piece = self.key.piece_rows
+        rows = CacheRows(self.folder, N, D, DTYPES[dtype], piece, likelihood, intercept,
+                         draws_per_step, 2, y_dtype=np.float64)
+        rows.built = {"reused": self.reused, "build_seconds": round(self.build_seconds, 2)}
+        return CacheGroupedRows(rows, self._group_plan(), piece)
 
 
 def _moments_to_json(m: ColumnMoments) -> dict:
@@ -394,7 +511,9 @@ class CacheRows:
     """Row source over the cache files, read in pieces of ``buffer_rows`` rows."""
 
     def __init__(self, folder: Path, n_rows: int, n_cov: int, dtype, buffer_rows: int,
-                 likelihood, intercept: bool, draws_per_step: int, y_cols: int = 1):
+                 likelihood, intercept: bool, draws_per_step: int, y_cols: int = 1,
+                 y_dtype=None):
+        """``y_dtype``: y.bin's dtype when not the rows' (the grouped kernel reads float64)."""
         self.n_rows, self.n_cov = n_rows, n_cov
         self.folder = folder
         self.dtype = np.dtype(dtype)
@@ -410,7 +529,7 @@ class CacheRows:
         self._Zbuf = np.empty((self.buffer_rows, n_cov), self.dtype)
         self.y_cols = y_cols
         self._ybuf = np.empty((self.buffer_rows, y_cols) if y_cols > 1 else self.buffer_rows,
-                              self.dtype)
+                              y_dtype or self.dtype)
         self.bounds = np.array([0, n_rows], dtype=np.int64)
         self.bytes_read = 0
         self.built: dict = {}  # whether the cache was reused, how long building it took
@@ -430,8 +549,9 @@ class CacheRows:
         row = self.n_cov * self.dtype.itemsize
         if self.n_cov:  # (a model without covariates has an empty Z file)
             _read_exact(self._z, memoryview(z).cast("B"), start * row)
-        _read_exact(self._y, memoryview(y).cast("B"), start * self.y_cols * self.dtype.itemsize)
-        self.bytes_read += m * (row + self.y_cols * self.dtype.itemsize)
+        y_row = self.y_cols * self._ybuf.dtype.itemsize
+        _read_exact(self._y, memoryview(y).cast("B"), start * y_row)
+        self.bytes_read += m * (row + y_row)
         return z, y
 
     def _range_sums(self, U: np.ndarray, lo: int, hi: int, with_grad: bool = True
@@ -493,6 +613,15 @@ class CacheRows:
         with contextlib.suppress(OSError):
             self._z.close()
             self._y.close()
+
+
+def read_array(fh, dtype, shape: tuple[int, int], start_row: int) -> np.ndarray:
+    """Rows [start_row, start_row + shape[0]) of a file of C-ordered rows of ``shape[1]``
+    values of ``dtype``."""
+    out = np.empty(shape, dtype)
+    if out.size:
+        _read_exact(fh, memoryview(out).cast("B"), start_row * shape[1] * out.itemsize)
+    return out
 
 
 def _read_exact(fh, view: memoryview, offset: int) -> None:

@@ -447,12 +447,11 @@ def _check_groups(data: dict[str, Any], inference: dict[str, Any], runtime: dict
     if has_terms and data.get("standardize"):
         raise InputError("data.standardize does not apply to models with group terms (their "
                          "slopes vary on the columns as given): remove it")
-    if has_terms and runtime["out_of_core"]:
-        raise InputError("group terms are fitted with the rows in memory or on Dask workers: "
-                         "remove runtime.out_of_core (or use runtime.backend: dask)")
-    if has_terms and runtime["backend"] == "dask" and any(":" in f for f in groups or {}):
+    streamed = runtime["out_of_core"] or runtime["backend"] == "dask"
+    if has_terms and streamed and any(":" in f for f in groups or {}):
         raise InputError("an interaction of grouping columns (a:b) is fitted with the rows in "
-                         "memory: use runtime.backend: local, or a column holding the pairs")
+                         "memory: remove runtime.out_of_core and runtime.backend: dask, or add "
+                         "a column holding the pairs")
 
 
 def parse_overrides(items: list[str]) -> list[tuple[list[str], Any]]:

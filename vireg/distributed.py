@@ -24,6 +24,20 @@ import numpy as np
 from vireg.cache import check_source_columns, checked_piece
 from vireg.data import Design
 from vireg.errors import InputError
+from vireg.group_rows import (
+    add_in_order,
+    cell_ids,
+    check_slopes_vary,
+    group_payload,
+    group_plan,
+    group_terms,
+    level_key,
+    merged_levels,
+    piece_factors,
+    piece_sums,
+    primary_order,
+    rows_taken,
+)
 from vireg.kernels.codes import GAUSSIAN, LOGIT
 from vireg.rows import ColumnMoments, standardized_gram
 
@@ -113,8 +127,8 @@ def _cells(col) -> np.ndarray:
 
 
 def _levels(part):
-    """Per factor (numeric, its distinct cells) of one partition."""
-    return [(cells.dtype != object, np.unique(cells)) for cells in part[4]]
+    """Per factor the distinct ``level_key`` texts of one partition's cells."""
+    return [{level_key(c) for c in np.unique(cells).tolist()} for cells in part[4]]
 
 
 def _moments(part, kind):
@@ -139,68 +153,16 @@ def _standardize(part, x_centre, x_scale, y_centre, y_scale, intercept, dtype, k
     Yk = kernel_response(_likelihood(kind), yz, x)
     if plan is None:
         return np.ascontiguousarray(Z, dtype=dtype), np.ascontiguousarray(Yk, dtype=dtype), gram
-    factors, ranges = _partition_factors(part[4], part[5], plan)
+    gids = [cell_ids(cells, plan, f) for f, cells in enumerate(part[4])]
+    factors, ranges = piece_factors(gids, part[5], plan)
     primary = plan["primary"]
-    order = np.argsort(factors[primary].gid, kind="stable")
-    factors = [_rows_taken(f, order) for f in factors]
+    order = primary_order(factors, primary)
+    factors = [rows_taken(f, order) for f in factors]
     Yk = Yk.reshape(len(yz), -1)
     Yk = np.column_stack([Yk, np.zeros(len(yz))]) if Yk.shape[1] == 1 else Yk
-    payload = _group_payload(factors, primary, len(yz), Z.shape[1])
+    payload = group_payload(factors, primary, len(yz), Z.shape[1])
     return (np.ascontiguousarray(Z[order], dtype=dtype),
             np.ascontiguousarray(Yk[order], dtype=np.float64), gram, payload, ranges)
-
-
-def _partition_factors(cells, slopes, plan):
-    """A partition's GroupTerms (gid and W of its rows) and, per factor and term, each group's
-    (min, max) of the term's values (the check that a slope varies within some group)."""
-    from dataclasses import replace
-
-    from vireg.models.multilevel import INTERCEPT
-
-    factors, ranges = [], []
-    for f, index in zip(plan["factors"], plan["index"], strict=True):
-        cells_f = cells[len(factors)]
-        numeric = _as_numbers(f.levels) is not None
-        keys = [level_key(c, numeric) for c in cells_f]
-        gid = np.array([index[k] for k in keys], dtype=np.int64)
-        cols = [np.ones(len(gid)) if t == INTERCEPT else slopes[:, plan["slopes"].index(t)]
-                for t in f.terms]
-        W = np.ascontiguousarray(np.column_stack(cols)) if cols else np.empty((len(gid), 0))
-        lo = np.full((f.n_groups, f.K), np.inf)
-        hi = np.full((f.n_groups, f.K), -np.inf)
-        np.minimum.at(lo, gid, W)
-        np.maximum.at(hi, gid, W)
-        factors.append(replace(f, gid=gid, W=W))
-        ranges.append((lo, hi))
-    return factors, ranges
-
-
-def level_key(cell, numeric: bool = False) -> str:
-    """A cell as the text of its level (``models.multilevel.level_text`` for a number, or for
-    any cell of a factor whose levels are numbers)."""
-    from vireg.models.multilevel import level_text
-
-    if isinstance(cell, float) or numeric:
-        return level_text(float(cell))
-    return str(cell)
-
-
-def _rows_taken(f, order):
-    from dataclasses import replace
-
-    return replace(f, gid=np.ascontiguousarray(f.gid[order]), W=np.ascontiguousarray(f.W[order]))
-
-
-def _group_payload(factors, primary: int, n_rows: int, n_cov: int):
-    """What the grouped kernel reads of a partition sorted by the primary factor: its W and
-    group ids, the chunks (whole groups) and the other factors' indices (``ExtraFactors``)."""
-    from vireg.kernels.flags import chunk_rows_for
-    from vireg.models.multilevel import ExtraFactors, _group_chunks
-
-    main = factors[primary]
-    starts = (_group_chunks(main.gid, main.n_groups, chunk_rows_for(n_rows, n_cov)) if n_rows
-              else np.zeros(1, dtype=np.int64))
-    return main.W, main.gid, starts, ExtraFactors(factors, primary)
 
 
 def _strip_gram(part):
@@ -245,17 +207,9 @@ def _grouped_sums(parts, U, Bg, Bx, kind, intercept: bool, with_grad: bool):
     """The grouped kernel on each of a worker's partitions (runs on the worker): per partition
     (base sums G, ll, the primary factor's per-group sums, the other factors' per-effect sums
     or None)."""
-    from vireg.kernels.glm import gather_effect_sums, grouped_loglik_grad
-
     code = _likelihood(kind).CODE
-    out = []
-    for Z, Yk, (W, gid, starts, extra) in parts:
-        R = np.empty((len(Yk) if with_grad and extra.n_terms else 0, U.shape[0]))
-        G, ll, Sg = grouped_loglik_grad(code, Z, Yk, W, gid, starts, U, Bg, intercept,
-                                        with_grad, extra.index, extra.weight, Bx, R)
-        Sx = gather_effect_sums(R, *extra.csr) if R.shape[0] else None
-        out.append((G, ll, Sg, Sx))
-    return out
+    return [piece_sums(Z, Yk, payload, U, Bg, Bx, code, intercept, with_grad)
+            for Z, Yk, payload in parts]
 
 
 def _partial_curvature(parts, u, kind, intercept: bool):
@@ -346,13 +300,13 @@ class DaskSource:
         if groups:
             from dataclasses import replace
 
-            self.design = replace(self.design, groups=_group_terms(groups, levels))
+            keys = [set().union(*(part[f] for part in levels)) for f in range(len(groups))]
+            self.design = replace(self.design, groups=group_terms(
+                groups, [merged_levels(k) for k in keys]))
 
     def group_plan(self) -> dict:
         """What the workers need to turn a partition's cells into group ids and term values."""
-        factors = self.design.groups
-        return {"factors": factors, "primary": self.primary, "slopes": self.group_columns[1],
-                "index": [{level: i for i, level in enumerate(f.levels)} for f in factors]}
+        return group_plan(self.design.groups, self.primary, self.group_columns[1])
 
     def standardize(self, x_centre, x_scale, y_centre, y_scale, intercept, dtype, draws_per_step,
                     likelihood):
@@ -367,7 +321,7 @@ class DaskSource:
                      for k, part in enumerate(self.raw)]
         grams = self.client.gather(self.client.map(_gram_of, with_gram, pure=False))
         if plan is not None:
-            _check_slopes_vary(self.design.groups, self.client.gather(
+            check_slopes_vary(self.design.groups, self.client.gather(
                 self.client.map(_ranges_of, with_gram, pure=False)))
         parts = [self.client.submit(_strip_gram, f, workers=[workers[k % len(workers)]], pure=False)
                  for k, f in enumerate(with_gram)]  # kept on the workers
@@ -387,51 +341,6 @@ class DaskSource:
         if getattr(self, "cluster", None) is not None:
             self.cluster.close()
             self.cluster = None
-
-
-def _group_terms(spec, levels):
-    """GroupTerms (levels, no rows) of each factor from the partitions' distinct cells: numbers
-    in numeric order, written as ``level_text`` does, when every cell is a number, else text,
-    sorted."""
-    from vireg.models.multilevel import GroupTerms, level_text
-
-    out = []
-    for f, (factor, terms, correlated) in enumerate(spec):
-        parts = [p[f] for p in levels]
-        keys = {level_key(c) for _, v in parts for c in v.tolist()}
-        values = _as_numbers(keys)
-        names = [level_text(v) for v in sorted(set(values))] if values else sorted(keys)
-        if len(names) < 2:
-            raise InputError(f"group column '{factor}' has {len(names)} level(s): a group term "
-                             "needs at least two groups; drop the term or use another column")
-        terms_f = GroupTerms(factor, terms, correlated, names, np.zeros(0, dtype=np.int64),
-                             np.zeros((0, len(terms))))
-        out.append(terms_f)
-    return tuple(out)
-
-
-def _as_numbers(cells) -> list[float] | None:
-    """The cells as numbers when every one is one (a CSV column read as text), else None: a
-    numeric group column's levels are numbers in numeric order, as the local reader has them."""
-    try:
-        return [float(c) for c in cells]
-    except ValueError:
-        return None
-
-
-def _check_slopes_vary(factors, ranges) -> None:
-    """The error of ``multilevel.group_terms`` for a slope constant within every group, from
-    the partitions' per-group ranges."""
-    from vireg.models.multilevel import INTERCEPT
-
-    for f, factor in enumerate(factors):
-        lo = np.min([r[f][0] for r in ranges], axis=0)
-        hi = np.max([r[f][1] for r in ranges], axis=0)
-        for k, t in enumerate(factor.terms):
-            if t != INTERCEPT and np.all(hi[:, k] - lo[:, k] == 0):
-                raise InputError(f"the slope on '{t}' varies by '{factor.factor}', but '{t}' is "
-                                 f"constant within every '{factor.factor}' group, so it cannot: "
-                                 "drop it from the group term (keep it as a covariate)")
 
 
 class DaskRows:
@@ -494,19 +403,15 @@ class DaskRows:
         return self._sums(U, list(range(len(self.parts))))
 
     def grouped_pass(self, U: np.ndarray, Bg: np.ndarray, Bx: np.ndarray, with_grad: bool,
-                     indices: list[int] | None = None):
-        """The grouped kernel over the partitions ``indices`` (default all): (G, ll, the
-        primary factor's per-group sums, the other factors' per-effect sums or None), each
-        summed in partition order."""
-        indices = list(range(len(self.parts))) if indices is None else indices
+                     rows: list[int] | None = None):
+        """The grouped kernel over the partitions ``rows`` (default all): (G, ll, the primary
+        factor's per-group sums, the other factors' per-effect sums or None), each summed in
+        partition order."""
+        indices = list(range(len(self.parts))) if rows is None else rows
         results = self._per_partition(_grouped_sums, indices, U, Bg, Bx, self.source.kind,
                                       self.intercept, with_grad)
-        G, ll, Sg, Sx = 0.0, 0.0, 0.0, None
-        for i in indices:  # partition order, whichever worker answered first
-            g, l_i, sg, sx = results[i]
-            G, ll, Sg = G + g, ll + l_i, Sg + sg
-            Sx = sx if Sx is None else (Sx if sx is None else Sx + sx)
-        return G, ll, Sg, Sx
+        # partition order, whichever worker answered first
+        return add_in_order([results[i] for i in indices])
 
     def grouped_blocks(self, batch_size: int) -> list[list[int]]:
         """Minibatch blocks of consecutive partitions, about ``batch_size`` rows each."""

@@ -9,6 +9,10 @@ only in where the rows are: in memory (``MemoryRows``), streamed from a binary c
 
 Blocks are contiguous row ranges (so a minibatch step still streams through memory) of near-equal
 size, fixed by ``set_blocks``; which block a step reads is the caller's choice.
+
+A model with group terms (``models.multilevel``) whose rows are streamed reads them through
+``GroupedRowSource`` instead: the grouped kernel over pieces sorted by the primary factor
+(``vireg.group_rows``), from the disk cache (``vireg.cache_groups``) or Dask workers.
 """
 
 from __future__ import annotations
@@ -55,6 +59,30 @@ class RowSource(Protocol):
 
     def warm_up(self, n_kernel_cols: int) -> None:
         """Compile the kernels (or load them from the cache) before the first timed step."""
+
+    def close(self) -> None:
+        """Release files, clients and memory."""
+
+
+@runtime_checkable
+class GroupedRowSource(Protocol):
+    """The contract of streamed rows for a model with group terms (disk cache, Dask workers):
+    the grouped kernel (``kernels.glm.grouped_loglik_grad``) over sorted pieces, added in piece
+    order (bit-identical at any thread count)."""
+
+    n_rows: int
+
+    def grouped_pass(self, U: np.ndarray, Bg: np.ndarray, Bx: np.ndarray, with_grad: bool,
+                     rows: list | None = None) -> tuple:
+        """(G, ll, the primary factor's per-group sums, the other factors' per-effect sums or
+        None) over all rows, or over the minibatch block ``rows`` (``grouped_blocks``)."""
+
+    def grouped_blocks(self, batch_size: int) -> list:
+        """Minibatch blocks of about ``batch_size`` rows, each of whole primary groups of a
+        piece; every row is in exactly one block."""
+
+    def describe(self) -> dict:
+        """Where the rows are, for fit.json."""
 
     def close(self) -> None:
         """Release files, clients and memory."""
