@@ -210,3 +210,16 @@ def test_out_of_core_takes_every_other_column_when_covariates_are_not_listed(tmp
         assert model.design.covariates == ["x1", "x2"]
     finally:
         model.rows.close()
+
+
+def test_quoted_csv_header_out_of_core(tmp_path):
+    """A header written with quotes ("y","x1","x2", as R's write.csv writes it) names the same
+    columns out of core as in memory."""
+    path = make_data(tmp_path, n=2000, family="gaussian")
+    lines = path.read_text().splitlines()
+    lines[0] = ",".join(f'"{name}"' for name in lines[0].split(","))
+    path.write_text("\n".join(lines) + "\n")
+    config = make_config(tmp_path, "gaussian")
+    ooc = vireg.fit(config)
+    mem = vireg.fit(config, overrides=["runtime.out_of_core=false"])
+    np.testing.assert_allclose(ooc.theta_mean, mem.theta_mean, rtol=1e-9, atol=1e-12)

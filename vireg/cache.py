@@ -19,6 +19,7 @@ thread count; a different ``memory_mb`` changes only the rounding of the sums.
 from __future__ import annotations
 
 import contextlib
+import csv
 import difflib
 import hashlib
 import json
@@ -129,8 +130,9 @@ def source_columns(path: Path) -> list[str]:
 
 def _csv_header(path: Path) -> list[str]:
     try:
-        with open(path, encoding="utf-8-sig") as fh:
-            return [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            # csv: a quoted header ("y","x"; R's write.csv) names the columns y and x
+            return [h.strip() for h in next(csv.reader([fh.readline()]), [])]
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read data file '{path}': {exc}") from None
 
