@@ -14,6 +14,9 @@ Each kernel pass then reads the files in pieces of at most ``runtime.memory_mb``
 (asking the OS to read the next piece ahead while the kernel works), so the process's memory is
 bounded by that setting, not by the data. Pieces are summed in file order, so results do not depend on the
 thread count; a different ``memory_mb`` changes only the rounding of the sums.
+
+With group terms (``data.groups``) the cache also holds every row's group ids and slope values,
+and each piece is written sorted by the primary factor (``cache_groups``).
 """
 
 from __future__ import annotations
