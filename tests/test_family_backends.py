@@ -86,8 +86,8 @@ def test_dask_backend_gives_the_local_answer(tmp_path, name):
         if __name__ == "__main__":
             out = {{}}
             for label, extra in (("dask", ["runtime.backend=dask", "runtime.partitions=3"]),
-                                 ("local", [])):
-                r = vireg.fit({str(config)!r}, overrides=extra)
+                                 ("local", [])):  # the trajectories compared over 300 steps
+                r = vireg.fit({str(config)!r}, overrides=extra + ["inference.max_steps=300"])
                 out[label] = r.theta_mean.tolist()
             print(json.dumps(out))
     """)

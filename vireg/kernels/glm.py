@@ -502,7 +502,9 @@ def _grouped_loglik_grad(family, Z, Y, W, gid, chunk_starts, U, Bg, has_intercep
             _glm_chunk(family, Z, Y, a, B, Bt, aux, start, stop, with_grad, grad_part[c],
                        group_part[c], sum_part[c], None, W, gid, Bg, Sg, Xi, Xw, Bx, R)
     G_sum, sums = _reduce_chunks(grad_part, sum_part)
-    G, ll = _finish(family, G_sum, sums, aux, N, P, has_intercept)
+    # The per-row constants count the rows of these chunks (a minibatch block's), not all N
+    n_rows = chunk_starts[n_chunks] - chunk_starts[0] if n_chunks > 0 else 0
+    G, ll = _finish(family, G_sum, sums, aux, n_rows, P, has_intercept)
     return G, ll, Sg
 
 
