@@ -177,20 +177,26 @@ class _Reference:
         effects = model.group_effects(u_ref)
         self.B = effects[p][0]
         self.E = self._stack(effects)[0]
-        G, K = self.B.shape
-        n_e = self.E.size
-        n_pair = n_e if n_e <= PAIR_EFFECTS_MAX else 0
-        self.n_pair = n_pair
-        # steps: FD_STEP times the spread of the draws in each input
-        spread_u = draws[:, :nb].std(axis=0) if draws.shape[0] > 1 else np.zeros(nb)
+        self.n_pair = self.E.size if self.E.size <= PAIR_EFFECTS_MAX else 0
+        Ud, eff_d, steps = self._stepped_points(draws)
+        self.blocks = [self._block_jacobian(block, Ud, eff_d, steps) for block in blocks]
+        self.full = self._sum_of_blocks()
+
+    def _stepped_points(self, draws: np.ndarray):
+        """v_ref, then v_ref with one input stepped at a time (each base coordinate, each
+        primary term in every group at once, each other effect up to PAIR_EFFECTS_MAX), by
+        FD_STEP of the draws' spread in that input: (base draws, effects, the steps)."""
+        model, nb, p, n_pair = self.model, self.nb, self.p, self.n_pair
+        K = self.B.shape[1]
+        spread = draws.shape[0] > 1
         eff = model.group_effects(draws)
-        spread_b = (eff[p].std(axis=0).mean(axis=0) if draws.shape[0] > 1 else np.zeros(K))
-        spread_e = self._stack(eff).std(axis=0) if draws.shape[0] > 1 else np.zeros(n_e)
+        spread_u = draws[:, :nb].std(axis=0) if spread else np.zeros(nb)
+        spread_b = eff[p].std(axis=0).mean(axis=0) if spread else np.zeros(K)
+        spread_e = self._stack(eff).std(axis=0) if spread else np.zeros(self.E.size)
         floor = 1e-4 * getattr(model, "y_scale", 1.0)
         h_u = FD_STEP * np.where(spread_u > 0, spread_u, 1e-1)
         h_b = FD_STEP * np.where(spread_b > 0, spread_b, floor / FD_STEP)
         h_e = FD_STEP * np.where(spread_e > 0, spread_e, floor / FD_STEP)[:n_pair]
-        steps = np.concatenate([h_u, h_b, h_e])
         n = 1 + nb + K + n_pair
         Ud = np.repeat(self.u[None], n, axis=0)
         Ud[1 + np.arange(nb), np.arange(nb)] += h_u
@@ -200,31 +206,40 @@ class _Reference:
         Ed[1 + nb + K + np.arange(n_pair), np.arange(n_pair)] += h_e
         eff_d = self._unstack(Ed)
         eff_d[p] = Bd
-        self.blocks = []
-        for block in blocks:
-            Gk, ll, dS = model._kernel_pass(Ud, eff_d, True, block)
-            Sp, Se = dS[p], self._stack(dS)
-            D_G = (Gk[1:, :nb] - Gk[0, :nb]) / steps[:, None]
-            D_p = (Sp[1:] - Sp[0]) / steps[:, None, None]
-            D_e = (Se[1:] - Se[0]) / steps[:, None]
-            rows = np.flatnonzero(np.any(Sp != 0.0, axis=(0, 2)))
-            self.blocks.append(_BlockJacobian(
-                Gk=Gk[0].copy(), ll=float(ll[0]), rows=rows, Sp=Sp[0, rows], Se=Se[0].copy(),
-                tt=D_G[:nb], pt=D_p[:nb, rows], pp=D_p[nb:nb + K, rows],
-                pe=D_p[nb + K:, rows], et=D_e[:nb], ee=D_e[nb + K:]))
-        # the sums over the blocks, so that the mean over blocks of the estimate is exact
-        self.full = _BlockJacobian(
-            Gk=sum(b.Gk for b in self.blocks), ll=sum(b.ll for b in self.blocks),
-            rows=np.arange(G), Sp=np.zeros((G, K)), Se=sum(b.Se for b in self.blocks),
-            tt=sum(b.tt for b in self.blocks), pt=np.zeros((nb, G, K)),
-            pp=np.zeros((K, G, K)), pe=np.zeros((n_pair, G, K)),
-            et=sum(b.et for b in self.blocks), ee=sum(b.ee for b in self.blocks))
-        for b in self.blocks:
-            f = self.full
-            f.Sp[b.rows] += b.Sp
-            f.pt[:, b.rows] += b.pt
-            f.pp[:, b.rows] += b.pp
-            f.pe[:, b.rows] += b.pe
+        return Ud, eff_d, np.concatenate([h_u, h_b, h_e])
+
+    def _block_jacobian(self, block, Ud, eff_d, steps) -> _BlockJacobian:
+        """A block's pass at v_ref and its Jacobian by one-sided differences (one pass over
+        its rows at every stepped point)."""
+        nb, K = self.nb, self.B.shape[1]
+        Gk, ll, dS = self.model._kernel_pass(Ud, eff_d, True, block)
+        Sp, Se = dS[self.p], self._stack(dS)
+        D_G = (Gk[1:, :nb] - Gk[0, :nb]) / steps[:, None]
+        D_p = (Sp[1:] - Sp[0]) / steps[:, None, None]
+        D_e = (Se[1:] - Se[0]) / steps[:, None]
+        rows = np.flatnonzero(np.any(Sp != 0.0, axis=(0, 2)))  # the groups it holds
+        return _BlockJacobian(
+            Gk=Gk[0].copy(), ll=float(ll[0]), rows=rows, Sp=Sp[0, rows], Se=Se[0].copy(),
+            tt=D_G[:nb], pt=D_p[:nb, rows], pp=D_p[nb:nb + K, rows],
+            pe=D_p[nb + K:, rows], et=D_e[:nb], ee=D_e[nb + K:])
+
+    def _sum_of_blocks(self) -> _BlockJacobian:
+        """The pass and Jacobian summed over the blocks (so the estimate's mean over the
+        blocks is exact)."""
+        G, K = self.B.shape
+        blocks = self.blocks
+        full = _BlockJacobian(
+            Gk=sum(b.Gk for b in blocks), ll=sum(b.ll for b in blocks),
+            rows=np.arange(G), Sp=np.zeros((G, K)), Se=sum(b.Se for b in blocks),
+            tt=sum(b.tt for b in blocks), pt=np.zeros((self.nb, G, K)),
+            pp=np.zeros((K, G, K)), pe=np.zeros((self.n_pair, G, K)),
+            et=sum(b.et for b in blocks), ee=sum(b.ee for b in blocks))
+        for b in blocks:
+            full.Sp[b.rows] += b.Sp
+            full.pt[:, b.rows] += b.pt
+            full.pp[:, b.rows] += b.pp
+            full.pe[:, b.rows] += b.pe
+        return full
 
     def _stack(self, parts: list) -> np.ndarray:
         """The other factors' (S, G_f, K_f) stacked as (S, n_e) (``ExtraFactors`` order)."""
