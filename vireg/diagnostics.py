@@ -109,10 +109,11 @@ def _advice(family: str | None) -> str:
                 "identified parameters, more data, or output.psis: true for importance-weighted "
                 "summaries")
     if family == "structured":
-        return ("; the group sds and correlations are where a Gaussian q falls short (their "
-                "posteriors are skewed): read their summaries as too narrow, give the group sds "
-                "informative priors (model.prior.group_sd), or set output.psis: true for "
-                "importance-weighted summaries")
+        return ("; the group sds and correlations are where a Gaussian q falls short: their "
+                "posteriors reach toward zero further than q does, so read their sds as too "
+                "narrow and their means, and the group effects' shrinkage, as approximate "
+                "(importance weighting cannot repair this at such a k-hat); give the group sds "
+                "informative priors (model.prior.group_sd) or check them with MCMC")
     return ("; try inference.family: fullrank, more inference.samples, or check the model (flat "
             "priors, heavy tails, few rows)")
 
