@@ -346,10 +346,15 @@ def find_start(model, u0: np.ndarray) -> GroupedLaplace:
     if not np.all(np.isfinite(u)):
         raise FitError("the start of the fit with group terms is not finite: check the data "
                        "and priors")
+    # The factors in the dense block keep a partial centring (q's dense block holds their
+    # effects with the globals); the others are mapped by their conditioning.
+    conditioning = [None if joint else c for joint, c in
+                    zip(model.joint, data_conditioning(model, u), strict=True)]
     lam = [1.0 / (1.0 + np.exp(2.0 * u[lay.tau_at:lay.tau_at + lay.K])[None, :]
                   * np.maximum(info, 0.0))
            for lay, info in zip(model.layouts, data_information(model, u), strict=True)]
     u = model.set_centring(lam, [cor_centring(a) for a in lam], u)[0]
+    u = model.set_conditioning(conditioning, u)[0]
     factor = _factor(StructuredFactor, *frame_hessian(model, u))
     log_p, _ = _log_joint_grad(model, u)
     return GroupedLaplace(u, factor, log_p, iterations, passes + 3)
@@ -401,6 +406,34 @@ def frame_hessian(model, u: np.ndarray, with_point: bool = False):
     return 0.5 * (H + H.T), crosses, blocks
 
 
+def data_conditioning(model, u: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per factor, each group's (H_g (K x K), r_g) at u in centred coordinates (b = x): the
+    likelihood's quadratic model in b_g, ll ~ r_g . b_g - b_g^T H_g b_g / 2, with H_g the
+    group's Hessian block less the prior's precision Psi^-1 (made positive semi-definite) and
+    r_g = dl/db_g + H_g b_g at u. For a factor in the dense block (``MultilevelModel.joint``)
+    the blocks are of the Schur complement with the other factors' effects eliminated, since
+    they compete for the same rows (nested (1 | batch/cask): a batch's own block says 6 rows'
+    worth, but its casks' effects take most of it)."""
+    from vireg.models.multilevel import population_cov
+
+    H, crosses, blocks = frame_hessian(model, u)
+    for C, D in zip(crosses, blocks, strict=True):
+        H = H - np.einsum("gkp,gkl,glq->pq", C, np.linalg.inv(_positive(D)), C)
+    _, grad = _log_joint_grad(model, u)
+    outside = iter(blocks)  # the other factors' blocks, in u's order
+    out: list = [None] * len(model.layouts)
+    for i in sorted(range(len(model.layouts)), key=lambda i: model.layouts[i].x_at):
+        lay = model.layouts[i]
+        psi_inv = np.linalg.inv(population_cov(u[None], lay)[0])
+        at = lay.x_at + np.arange(lay.n_x).reshape(lay.G, lay.K)
+        block = H[at[:, :, None], at[:, None, :]] if model.joint[i] else next(outside)
+        H_g = _semidefinite(block - psi_inv[None])
+        b = u[at]
+        r = grad[at] + b @ psi_inv + np.einsum("gkl,gl->gk", H_g, b)
+        out[i] = (H_g, r)
+    return out
+
+
 def data_information(model, u: np.ndarray) -> list[np.ndarray]:
     """Per factor, the data's information about each group's effects (G, K) at u in centred
     coordinates: the diagonal of the group's Hessian block less the prior's precision Psi^-1;
@@ -429,6 +462,12 @@ def data_information(model, u: np.ndarray) -> list[np.ndarray]:
 def cor_centring(lam: np.ndarray) -> np.ndarray:
     """mu_g, how far group g's correlation is non-centred: the mean of its terms' lambda."""
     return lam.mean(axis=1)
+
+
+def _semidefinite(H: np.ndarray) -> np.ndarray:
+    """Each symmetric matrix of the stack H (n, k, k) with its negative eigenvalues set to 0."""
+    vals, vecs = np.linalg.eigh(0.5 * (H + np.swapaxes(H, 1, 2)))
+    return vecs @ (np.maximum(vals, 0.0)[:, :, None] * np.swapaxes(vecs, 1, 2))
 
 
 def _factor(cls, H_GG, H_cross, H_blocks):

@@ -54,6 +54,7 @@ import numpy as np
 from vireg.data import MISSING_TOKENS
 from vireg.errors import InputError
 from vireg.kernels.flags import chunk_rows_for
+from vireg.models.conditional import ConditionalMap, coordinates
 from vireg.models.lkj import corr_cholesky, corr_cholesky_vjp, corr_of, lkj_log_density
 from vireg.models.model import Model
 from vireg.models.priors import Prior
@@ -331,6 +332,9 @@ class MultilevelModel(Model):
         self.group_cor_eta = group_cor_eta
         self.centring = [np.ones((f.n_groups, f.K)) for f in factors]
         self.cor_centring = [np.ones(f.n_groups) for f in factors]
+        # Per factor (H (G, K, K), r (G, K)) of the conditional map (``models.conditional``),
+        # which replaces lambda and mu once the start has set it; None until then
+        self.conditioning: list = [None] * len(factors)
         super().__init__(design, likelihood, intercept, priors, **kwargs)
         # Beside the primary factor, a factor with few effects joins the globals' dense block of
         # the structured family, so q keeps its effects' dependence on every other factor's
@@ -421,8 +425,9 @@ class MultilevelModel(Model):
 
     def group_effects(self, U: np.ndarray) -> list[np.ndarray]:
         """b per factor (S, G, K) on the natural scale, deviations from the fixed effects."""
-        return [factor_effects(U, lay, lam, mu) for lay, lam, mu
-                in zip(self.layouts, self.centring, self.cor_centring, strict=True)]
+        return [factor_effects(U, lay, lam, mu, cond) for lay, lam, mu, cond
+                in zip(self.layouts, self.centring, self.cor_centring, self.conditioning,
+                       strict=True)]
 
     def group_names(self) -> list[str]:
         """"factor[level]:term" of every group effect, factor by factor and group by group
@@ -436,11 +441,35 @@ class MultilevelModel(Model):
         factors = [{"factor": lay.terms.factor, "terms": lay.terms.terms,
                     "correlated": bool(lay.n_cor), "levels": lay.terms.levels,
                     "tau_at": lay.tau_at, "x_at": lay.x_at, "centring": lam.tolist(),
-                    "cor_centring": mu.tolist()}
-                   for lay, lam, mu in zip(self.layouts, self.centring, self.cor_centring,
-                                           strict=True)]
+                    "cor_centring": mu.tolist(),
+                    "conditioning": None if cond is None else {"H": cond[0].tolist(),
+                                                               "r": cond[1].tolist()}}
+                   for lay, lam, mu, cond in zip(self.layouts, self.centring,
+                                                 self.cor_centring, self.conditioning,
+                                                 strict=True)]
         return {"factors": factors, "n_global": self.n_global, "n_base": self.n_base_params,
                 "n_joint": self.n_joint, "segments": self.segments}
+
+    def set_conditioning(self, conditioning: list, U: np.ndarray) -> np.ndarray:
+        """Map every factor's effects by ``conditioning`` (per factor (H, r), or None to keep
+        its centring) and return the points U in the new coordinates, with the same effects."""
+        U = np.array(U, dtype=np.float64, ndmin=2)
+        effects = self.group_effects(U)
+        self.conditioning = [None if c is None else (np.asarray(c[0], dtype=np.float64),
+                                                     np.asarray(c[1], dtype=np.float64))
+                             for c in conditioning]
+        for lay, b, cond in zip(self.layouts, effects, self.conditioning, strict=True):
+            if cond is not None:
+                log_tau, c, x = lay.split(U)
+                L = None if c is None else corr_cholesky(c, lay.K)
+                x[...] = coordinates(b, log_tau, L, *cond)
+        return U
+
+    def restore_coordinates(self, records: list[dict]) -> None:
+        """The coordinates of a fit from its fit.json records (``records_of``)."""
+        self.centring = [np.asarray(r["centring"], dtype=np.float64) for r in records]
+        self.cor_centring = [np.asarray(r["cor_centring"], dtype=np.float64) for r in records]
+        self.conditioning = [_conditioning_of(r) for r in records]
 
     def set_centring(self, lam: list, mu: list, U: np.ndarray) -> np.ndarray:
         """Change lambda to ``lam`` (per factor G x K) and mu to ``mu`` (per factor G) and
@@ -515,16 +544,45 @@ class MultilevelModel(Model):
         lp = ll + ll_r + self.loglik_const + lp_prior
         for lay, lam, mu, (y, L), b, d in zip(self.layouts, self.centring, self.cor_centring,
                                               mixed_parts, effects, dS, strict=True):
-            lp = lp + self._factor_terms(lay, lam, mu, U, y, L, b, d, G)
+            if isinstance(y, ConditionalMap):
+                lp = lp + self._conditional_terms(lay, U, y, L, d, G)
+            else:
+                lp = lp + self._factor_terms(lay, lam, mu, U, y, L, b, d, G)
         return lp, G
 
     def _effects_of(self, U: np.ndarray) -> tuple[list, list]:
-        """Per factor, (y = M x, L_R or None) and the effects b = tau^lambda y of draws U."""
-        mixed_parts = [self._mixed(lay, mu, U) for lay, mu
-                       in zip(self.layouts, self.cor_centring, strict=True)]
-        effects = [np.exp(lay.split(U)[0][:, None, :] * lam[None]) * y for lay, lam, (y, _)
-                   in zip(self.layouts, self.centring, mixed_parts, strict=True)]
-        return mixed_parts, effects
+        """Per factor, (y = M x, L_R or None) and the effects b = tau^lambda y of draws U; or
+        for a factor mapped by its conditioning, (its ``ConditionalMap``, L_R or None) and
+        the map's b."""
+        parts, effects = [], []
+        for lay, lam, mu, cond in zip(self.layouts, self.centring, self.cor_centring,
+                                      self.conditioning, strict=True):
+            if cond is None:
+                y, L = self._mixed(lay, mu, U)
+                parts.append((y, L))
+                effects.append(np.exp(lay.split(U)[0][:, None, :] * lam[None]) * y)
+            else:
+                log_tau, c, x = lay.split(U)
+                L = None if c is None else corr_cholesky(c, lay.K)
+                cmap = ConditionalMap(log_tau, L, x, *cond)
+                parts.append((cmap, L))
+                effects.append(cmap.b)
+        return parts, effects
+
+    def _conditional_terms(self, lay, U, cmap, L, dS, G) -> np.ndarray:
+        """``_factor_terms`` for a factor mapped by its conditioning (``models.conditional``)."""
+        log_tau, c, _ = lay.split(U)
+        t, K = lay.tau_at, lay.K
+        g_x, Psi_bar = cmap.gradients(dS)
+        g_tau, g_L = cmap.population_gradients(Psi_bar, log_tau, L)
+        G[:, t:t + K] = g_tau + self.group_sd.grad(log_tau)
+        G[:, lay.x_at:lay.x_at + lay.n_x] = g_x.reshape(U.shape[0], -1)
+        lp = cmap.log_density() + self.group_sd.logpdf(log_tau).sum(axis=1)
+        if c is not None:
+            lp_c, g_c = lkj_log_density(c, K, self.group_cor_eta)
+            G[:, t + K:t + K + lay.n_cor] = corr_cholesky_vjp(c, K, g_L) + g_c
+            lp = lp + lp_c
+        return lp
 
     def _mixed(self, lay: FactorLayout, mu: np.ndarray, U: np.ndarray):
         """(y = M x (S, G, K), L_R (S, K, K) or None) of a factor."""
@@ -568,6 +626,11 @@ class MultilevelModel(Model):
         for lay, lam, mu, (y, L) in zip(self.layouts, self.centring, self.cor_centring,
                                         mixed_parts, strict=True):
             log_tau, c, _ = lay.split(U)
+            if isinstance(y, ConditionalMap):
+                lp = lp + y.log_density() + self.group_sd.logpdf(log_tau).sum(axis=1)
+                if c is not None:
+                    lp = lp + lkj_log_density(c, lay.K, self.group_cor_eta)[0]
+                continue
             lp = (lp + _effects_prior(log_tau, L, y, lam)[0]
                   + self.group_sd.logpdf(log_tau).sum(axis=1))
             if c is not None:
@@ -747,11 +810,14 @@ def unmixed(L: np.ndarray, y: np.ndarray, mu: np.ndarray) -> np.ndarray:
     return x
 
 
-def factor_effects(U: np.ndarray, lay: FactorLayout, lam: np.ndarray, mu: np.ndarray
-                   ) -> np.ndarray:
-    """b (S, G, K) of one factor for draws U: b_gk = tau_k^lambda_gk y_gk, y_g = M_g x_g."""
+def factor_effects(U: np.ndarray, lay: FactorLayout, lam: np.ndarray, mu: np.ndarray,
+                   conditioning: tuple | None = None) -> np.ndarray:
+    """b (S, G, K) of one factor for draws U: b_gk = tau_k^lambda_gk y_gk, y_g = M_g x_g; or
+    with ``conditioning`` (H, r), the conditional map's (``models.conditional``)."""
     log_tau, c, x = lay.split(U)
     L = None if c is None else corr_cholesky(c, lay.K)
+    if conditioning is not None:
+        return ConditionalMap(log_tau, L, x, *conditioning).b
     return np.exp(log_tau[:, None, :] * lam[None]) * mixed(L, x, mu)
 
 
@@ -789,7 +855,15 @@ def layout_of_record(rec: dict) -> FactorLayout:
 def effects_of_record(U: np.ndarray, rec: dict) -> np.ndarray:
     """b (S, G, K) of one factor of a fit.json record for draws U of u."""
     return factor_effects(U, layout_of_record(rec), np.asarray(rec["centring"], float),
-                          np.asarray(rec["cor_centring"], float))
+                          np.asarray(rec["cor_centring"], float), _conditioning_of(rec))
+
+
+def _conditioning_of(rec: dict) -> tuple | None:
+    """(H, r) of a factor's record, or None for one mapped by its centring."""
+    cond = rec.get("conditioning")
+    if not cond:
+        return None
+    return (np.asarray(cond["H"], dtype=np.float64), np.asarray(cond["r"], dtype=np.float64))
 
 
 def group_table(model, effects: list[np.ndarray]) -> list[dict]:

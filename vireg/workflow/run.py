@@ -176,10 +176,7 @@ def rebuild(run: Run, check: bool = True) -> Iterator[Rebuilt]:
         if run.grouped:  # the coordinates the fit's q is over
             from vireg.models.multilevel import records_of
 
-            records = records_of(run.doc["design"]["groups"])
-            model.centring = [np.asarray(r["centring"], dtype=np.float64) for r in records]
-            model.cor_centring = [np.asarray(r["cor_centring"], dtype=np.float64)
-                                  for r in records]
+            model.restore_coordinates(records_of(run.doc["design"]["groups"]))
         if check:
             check_log_p(run, model)
         yield Rebuilt(model, design.X, design.y, design)
