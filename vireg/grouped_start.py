@@ -19,7 +19,9 @@ centred coordinates:
 EM stops when tau and the base coordinates change by less than ``EM_TOL``. Each group's
 centring lambda_gk = 1 / (1 + tau_k^2 J_gk) then follows from the data's information about its
 effect, J_gk = (H_g - Psi^-1)_kk (``MultilevelModel`` doc: 1 is non-centred, for groups the data
-say little about; 0 centred, for groups they pin down; ``data_information``). The frame is the
+say little about; 0 centred, for groups they pin down; ``data_information``); the factors outside
+the structured family's dense block are mapped by their groups' quadratic models of the
+likelihood instead (``data_conditioning``, ``models.conditional``). The frame is the
 Laplace approximation at that point: the Hessian in the structured family's pattern (the dense
 block, each group a K x K block coupled to the dense block) by central differences of the
 hand-derived gradient, all of them in one pass of the grouped kernel (``frame_hessian``),

@@ -20,7 +20,11 @@ which it fits where they pin the group down. Each group's lambda_gk (and mu_g, t
 lambdas) is set once from the data's information about it at the start (``grouped_start``):
 radon's varying slopes reached ELBO -1044.3 with the correlation non-centred this way, -1045.1
 with mu = 0. The prior of y_g is N(0, Lam_g R Lam_g), Lam_g = diag(tau^(1 - lambda_g)), and
-that of x_g adds log |det M_g| = sum_k log M_g,kk (M_g is lower-triangular).
+that of x_g adds log |det M_g| = sum_k log M_g,kk (M_g is lower-triangular). That holds for
+the factors in the structured family's dense block; every other factor is then mapped by its
+``conditioning`` instead, b_g = P_g^-1 r_g + L_g^-T x_g with P_g = Psi^-1 + H_g = L_g L_g^T
+(``models.conditional``), which standardises each group's conditional posterior at every tau,
+not only at the start's (radon's varying slopes: ELBO -1043.7).
 
 The fitted coordinates u are the model's own (intercept and coefficients standardised, the
 likelihood's positive parameters as logs: ``Model``), then per factor log tau (K) and c
