@@ -78,11 +78,6 @@ class FitResult:
                                     self.config.inference.family))
         if not self.converged:
             out.append(f"warning: {self.reason}")
-        if self.group_rows is not None and (self.extras or {}).get("minibatch"):
-            out.append("warning: minibatch steps carry each group's block noise into q: "
-                       "measured within 0.1 sd of the full-batch fit on 4,000 rows, but sigma "
-                       "1.3-1.8 posterior sd high on 1,000,000 rows over 10,000 groups (and "
-                       "slower); confirm with a full-batch fit (remove inference.batch_size)")
         return out
 
     def summary_rows(self, summary: Summary | None = None) -> list[dict]:
