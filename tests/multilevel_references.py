@@ -7,8 +7,11 @@ from pathlib import Path
 
 DATA = Path(__file__).parent / "data" / "multilevel"
 CROSSED = ["penicillin_crossed", "pastes_nested", "oats_slopes_crossed"]
+# bench/references/glmm_public.py: mlmRev's Contraception (logistic, varying urban slopes),
+# nlme's Orthodont (varying age slopes) and lme4's grouseticks (Poisson, brood intercepts)
+PUBLIC = ["contraception_slopes", "orthodont_slopes", "grouseticks_brood"]
 CASES = ["radon_mn_intercepts", "verbagg_logit", "cbpp_binomial", "radon_mn_slopes",
-         "sleepstudy", *CROSSED]
+         "sleepstudy", *CROSSED, *PUBLIC]
 
 
 def reference(name: str) -> dict:
@@ -30,6 +33,8 @@ def reference(name: str) -> dict:
     own = DATA / f"{name}.json"
     if not own.exists() and name in CROSSED:
         own = DATA / "crossed.json"
+    if not own.exists() and name in PUBLIC:
+        own = DATA / "glmm_public.json"
     doc = json.loads((own if own.exists() else DATA / "reference.json").read_text())[name]
     fixed, effects = {}, {}
     for p in doc["parameters"]:

@@ -1,9 +1,11 @@
 """Models with group terms against long NUTS runs (tests/data/multilevel): Minnesota radon
 with varying intercepts (posteriordb's reference) and varying slopes, the verbal-aggression
 logistic model (316 respondents), the cbpp binomial model (15 herds) and lme4's sleepstudy
-(varying intercepts and slopes over 18 subjects), and three with several grouping factors
+(varying intercepts and slopes over 18 subjects), three with several grouping factors
 (lme4's Penicillin, crossed; Pastes, nested; MASS's oats, a varying slope crossed with a second
-factor), each with its reference's priors and vireg's default settings.
+factor), and mlmRev's Contraception (logistic, varying urban slopes over 60 districts), nlme's
+Orthodont (varying age slopes over 27 subjects) and lme4's grouseticks (Poisson, 118 broods),
+each with its reference's priors and vireg's default settings.
 
 The criteria are those of a multilevel fit worth reporting: fixed effects within 0.1 posterior
 sd with sds within 10%; each group sd's mean within 0.25 of its posterior sd and its sd within
@@ -41,7 +43,8 @@ def is_group_sd(p: str) -> bool:
 
 
 # The cases that meet every criterion; the others' shortfalls are strict xfails below.
-MET = ["radon_mn_intercepts", "verbagg_logit", "cbpp_binomial", "radon_mn_slopes"]
+MET = ["radon_mn_intercepts", "verbagg_logit", "cbpp_binomial", "radon_mn_slopes",
+       "contraception_slopes", "grouseticks_brood"]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -90,6 +93,24 @@ def test_group_sds(name):
     for p, (err, ratio) in fixed.items():
         if is_group_sd(p):
             assert abs(err) < 0.25 and abs(ratio - 1) < 0.25, (p, err, ratio)
+
+
+@pytest.mark.xfail(strict=True, reason="Orthodont (27 subjects, a small and poorly determined age "
+                   "slope sd): sigma's sd 0.80x, the correlation's 0.74x and a subject's effect "
+                   "0.17 sd off")
+def test_orthodont_sds_and_effects():
+    _, fixed, _ = errors("orthodont_slopes")
+    for p, (err, ratio) in fixed.items():
+        assert abs(ratio - 1) < (0.25 if is_group_sd(p) else 0.1), (p, ratio)
+        assert not is_group_sd(p) or abs(err) < 0.25, (p, err)
+    worst_mean, worst_sd = worst_effects("orthodont_slopes")
+    assert worst_mean < 0.1 and worst_sd < 0.15, (worst_mean, worst_sd)
+
+
+def test_orthodont_khat_says_it_falls_short():
+    """Never confidently wrong: where the sds fall short (above), k-hat is above 0.7."""
+    result, _, _ = errors("orthodont_slopes")
+    assert result.khat > 0.7
 
 
 def test_meanfield_understates_the_sds():
