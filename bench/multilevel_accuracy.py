@@ -1,6 +1,7 @@
 """Accuracy of vireg's fits of models with group terms against the long-NUTS references in
 tests/data/multilevel (radon varying intercepts and slopes, verbal aggression, cbpp,
-sleepstudy, and the crossed and nested Penicillin, Pastes and oats), for the
+sleepstudy, the crossed and nested Penicillin, Pastes and oats, and Contraception, Orthodont
+and grouseticks), for the
 structured family (the default) beside mean-field.
 
     python bench/multilevel_accuracy.py [--families structured,meanfield]
