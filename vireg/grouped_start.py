@@ -338,8 +338,9 @@ def find_start(model, u0: np.ndarray) -> GroupedLaplace:
     from vireg.families.structured import StructuredFactor
 
     scale = model.y_scale if model.likelihood.HAS_SCALE else 1.0
-    model.centring = [np.zeros((lay.G, lay.K)) for lay in model.layouts]
+    model.centring = [np.zeros((lay.G, lay.K)) for lay in model.layouts]  # EM is centred
     model.cor_centring = [np.zeros(lay.G) for lay in model.layouts]
+    model.conditioning = [None] * len(model.layouts)
     u = np.zeros(model.n_params)
     u[:model.n_base_params] = u0[:model.n_base_params]
     for lay in model.layouts:
