@@ -119,8 +119,8 @@ def test_missing_group_values_out_of_core(tmp_path):
 @pytest.mark.parametrize(("groups", "words"), [
     ({"one": ["intercept"]}, ("'one'", "1 level(s)")),
     ({"a": ["intercept", "c"]}, ("'c'", "constant within every 'a' group")),
-    ({"a": ["intercept", "x9"]}, ("'x9'", "columns are")),
-    ({"zz": ["intercept"]}, ("'zz'", "columns are")),
+    ({"a": ["intercept", "x9"]}, ("the group term on 'x9' (varying by 'a')", "columns are")),
+    ({"zz": ["intercept"]}, ("group column 'zz'", "columns are")),
     ({"a:b": ["intercept"]}, ("(a:b)", "runtime.out_of_core")),
 ])
 def test_bad_group_terms_out_of_core_are_one_line_and_leave_no_cache(tmp_path, groups, words):

@@ -273,8 +273,11 @@ class CachedSource:
         self.path = path
         self.likelihood = likelihood
         self.has_row_data = row_data is not None
-        check_source_columns(path, [response, *covariates, *factors,
-                                    *(self.groups.slopes if groups else [])])
+        check_source_columns(path, [response, *covariates])
+        if groups:
+            from vireg.group_rows import check_group_columns
+
+            check_group_columns(path, groups)
         self.binary = likelihood.NAME == "bernoulli"
         self.primary = 0  # the model's primary factor (``MultilevelModel``) before standardize
         self.folder = cache_dir / self.key.digest()

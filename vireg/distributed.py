@@ -27,6 +27,7 @@ from vireg.errors import InputError
 from vireg.group_rows import (
     add_in_order,
     cell_ids,
+    check_group_columns,
     check_slopes_vary,
     group_payload,
     group_plan,
@@ -250,7 +251,9 @@ class DaskSource:
         self.kind = (family, link)
         self.group_spec = groups or None
         self.group_columns = (factors, slopes) if groups else None
-        check_source_columns(path, self.names + factors + slopes)
+        check_source_columns(path, self.names)
+        if groups:
+            check_group_columns(path, groups)
         try:
             if path.suffix.lower() in (".parquet", ".pq"):
                 ddf = dd.read_parquet(str(path), columns=list(dict.fromkeys(

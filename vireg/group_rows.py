@@ -44,6 +44,24 @@ def merged_levels(keys) -> list[str]:
     return [level_text(v) for v in sorted(set(values))] if values else sorted(set(keys))
 
 
+def check_group_columns(path, spec) -> None:
+    """The in-memory reader's errors for a group term whose factor or slope is not a column of
+    the file (header only)."""
+    from vireg.cache import source_columns
+    from vireg.models.multilevel import INTERCEPT
+
+    header = source_columns(path)
+    for factor, terms, _ in spec:
+        if factor not in header:
+            raise InputError(f"group column '{factor}' is not a column of '{path}': columns are "
+                             f"{', '.join(header)}")
+        for t in terms:
+            if t != INTERCEPT and t not in header:
+                raise InputError(f"the group term on '{t}' (varying by '{factor}') names a "
+                                 f"column that '{path}' does not have: columns are "
+                                 f"{', '.join(header)}")
+
+
 def group_terms(spec, levels: list[list[str]]):
     """GroupTerms (levels, no rows) of each factor of ``spec`` ((factor, terms, correlated) per
     factor) from its levels; a factor with one level is the error the in-memory reader gives."""
