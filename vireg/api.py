@@ -78,7 +78,21 @@ class FitResult:
                                     self.config.inference.family))
         if not self.converged:
             out.append(f"warning: {self.reason}")
+        apart = self._factors_apart()
+        if len(apart) > 1 and self.config.inference.family == "structured":
+            out.append(f"warning: the grouping factors {' and '.join(apart)} each have too "
+                       "many effects for the structured family's dense block, so q holds their "
+                       "effects independent given the globals; rows they share couple them, "
+                       "so read the intercept's and their effects' sds as too narrow (k-hat "
+                       "shows how far), and check them with MCMC")
         return out
+
+    def _factors_apart(self) -> list[str]:
+        """The grouping factors outside the structured family's dense block."""
+        groups = (self.extras or {}).get("design", {}).get("groups")
+        if not groups:
+            return []
+        return [f"'{f['factor']}'" for f in groups["factors"] if f["x_at"] >= groups["n_joint"]]
 
     def summary_rows(self, summary: Summary | None = None) -> list[dict]:
         """One dict per parameter; ``summary`` defaults to the main one (see summary_original)."""
