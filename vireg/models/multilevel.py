@@ -427,11 +427,14 @@ class MultilevelModel(Model):
         """theta = T u + c of each draw's global coordinates."""
         return U[:, :self.n_global] @ self.T.T + self.c
 
-    def group_effects(self, U: np.ndarray) -> list[np.ndarray]:
-        """b per factor (S, G, K) on the natural scale, deviations from the fixed effects."""
-        return [factor_effects(U, lay, lam, mu, cond) for lay, lam, mu, cond
-                in zip(self.layouts, self.centring, self.cor_centring, self.conditioning,
-                       strict=True)]
+    def group_effects(self, U: np.ndarray, batch: int = 128) -> list[np.ndarray]:
+        """b per factor (S, G, K) on the natural scale, deviations from the fixed effects,
+        ``batch`` draws at a time (the conditional map's temporaries are S x G x K x K)."""
+        parts = [[factor_effects(U[i:i + batch], lay, lam, mu, cond) for lay, lam, mu, cond
+                  in zip(self.layouts, self.centring, self.cor_centring, self.conditioning,
+                         strict=True)]
+                 for i in range(0, max(U.shape[0], 1), batch)]
+        return [np.concatenate(f) if len(f) > 1 else f[0] for f in zip(*parts, strict=True)]
 
     def group_names(self) -> list[str]:
         """"factor[level]:term" of every group effect, factor by factor and group by group
