@@ -3,6 +3,7 @@ the outputs, predict, and one-line errors on bad input."""
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -595,4 +596,21 @@ def test_two_factors_outside_the_dense_block_are_named_in_a_warning(tmp_path, mo
     monkeypatch.setattr(multilevel, "JOINT_EFFECTS_MAX", 3)  # h's 5 levels stay outside
     words = [w for w in fit(base).warnings() if "dense block" in w]
     assert len(words) == 1 and "'g' and 'h'" in words[0] and "MCMC" in words[0]
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ({"response": "y", "covariates": ["x"], "groups": {"y": ["intercept"]}},
+     "the response 'y' is used as a grouping column"),
+    ({"response": "y", "covariates": ["x"], "groups": {"g": ["intercept", "y"]}},
+     "has a slope on the response 'y'"),
+    ({"formula": "y ~ x + (1 + y | g)"}, "has a slope on the response 'y'"),
+    ({"formula": "y ~ x + (1 | y)"}, "the response 'y' is used as a grouping column"),
+])
+def test_group_terms_on_the_response_are_refused(tmp_path, data, words):
+    import vireg
+    from vireg.api import fit
+
+    cfg = {"data": {"path": str(grouped_data(tmp_path)), **data}, "model": {"family": "gaussian"}}
+    with pytest.raises(vireg.InputError, match=re.escape(words)):
+        fit(cfg)
 

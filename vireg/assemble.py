@@ -115,6 +115,14 @@ def read_design(cfg: Config):
     group_dropped = 0
     if group_spec:
         group_spec = _check_group_spec(table, group_spec)
+        if fixed is not None:  # the formula's response: the names left of ~
+            import re
+
+            from vireg.config import check_not_response
+
+            for name in re.findall(r"[A-Za-z_.][\w.]*", fixed.split("~")[0]):
+                for factor, terms, _ in group_spec:
+                    check_not_response(name if name in table.columns else None, factor, terms)
         if cfg.data.missing == "drop":
             table, group_dropped = drop_missing(table, _columns_used(cfg, table, fixed,
                                                                      group_spec))

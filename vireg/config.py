@@ -444,6 +444,7 @@ def _check_groups(data: dict[str, Any], inference: dict[str, Any], runtime: dict
                     isinstance(t, str) for t in terms):
                 raise InputError(f"data.groups.{factor} must list the terms that vary by "
                                  f"'{factor}', e.g. [intercept, floor]")
+            check_not_response(data.get("response"), factor, terms)
     if has_terms and data.get("standardize"):
         raise InputError("data.standardize does not apply to models with group terms (their "
                          "slopes vary on the columns as given): remove it")
@@ -452,6 +453,18 @@ def _check_groups(data: dict[str, Any], inference: dict[str, Any], runtime: dict
         raise InputError("an interaction of grouping columns (a:b) is fitted with the rows in "
                          "memory: remove runtime.out_of_core and runtime.backend: dask, or add "
                          "a column holding the pairs")
+
+
+def check_not_response(response: str | None, factor: str, terms: list[str]) -> None:
+    """A group term may neither group by the response nor let a slope on it vary."""
+    if response is None:
+        return
+    if response in str(factor).split(":"):
+        raise InputError(f"the response '{response}' is used as a grouping column: group by "
+                         "another column")
+    if response in terms:
+        raise InputError(f"the group term varying by '{factor}' has a slope on the response "
+                         f"'{response}': drop it from the term")
 
 
 def parse_overrides(items: list[str]) -> list[tuple[list[str], Any]]:
