@@ -65,6 +65,31 @@ def random_centring(model, rng):
     model.cor_centring = [rng.uniform(0, 1, c.shape) for c in model.cor_centring]
 
 
+def assert_gradient_matches_finite_differences(model, u):
+    """The log joint's gradient at u against central differences, and ``log_joint_values``
+    against ``log_joint_grad``'s log p."""
+    _, g = model.log_joint_grad(u[None])
+    h = 1e-5
+    E = np.eye(model.n_params) * h
+    lp, _ = model.log_joint_grad(np.vstack([u + E, u - E]))
+    fd = (lp[:model.n_params] - lp[model.n_params:]) / (2 * h)
+    np.testing.assert_allclose(g[0], fd, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(g).max()))
+    values = model.log_joint_values(np.vstack([u + E, u - E])[:4])
+    np.testing.assert_allclose(values, lp[:4], rtol=1e-13)
+
+
+def assert_same_posterior(mini, full, tol: float = 0.1) -> None:
+    """Every reported quantity's and group effect's mean within ``tol`` of the full-batch
+    posterior sd, and their sds within 10%."""
+    rows = {r["parameter"]: r for r in full.summary_rows()}
+    for r in mini.summary_rows():
+        ref = rows[r["parameter"]]
+        assert abs(r["mean"] - ref["mean"]) < tol * ref["sd"], (r["parameter"], r, ref)
+        assert abs(r["sd"] / ref["sd"] - 1) < 0.1, (r["parameter"], r["sd"], ref["sd"])
+    for a, b in zip(mini.group_rows, full.group_rows, strict=True):
+        assert abs(a["mean"] - b["mean"]) < tol * b["sd"] and abs(a["sd"] / b["sd"] - 1) < 0.1
+
+
 @pytest.mark.parametrize("formula", FORMULAS)
 @pytest.mark.parametrize("family", ["gaussian", "bernoulli", "poisson", "binomial",
                                     "negative_binomial", "student_t", "probit"])
@@ -78,15 +103,7 @@ def test_gradient_matches_finite_differences(tmp_path, formula, family):
     model = model_of(path, formula, "bernoulli" if family == "probit" else family, **link)
     rng = np.random.default_rng(1)
     random_centring(model, rng)
-    u = rng.normal(0, 0.3, model.n_params)
-    _, g = model.log_joint_grad(u[None])
-    h = 1e-5
-    E = np.eye(model.n_params) * h
-    lp, _ = model.log_joint_grad(np.vstack([u + E, u - E]))
-    fd = (lp[:model.n_params] - lp[model.n_params:]) / (2 * h)
-    np.testing.assert_allclose(g[0], fd, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(g).max()))
-    values = model.log_joint_values(np.vstack([u + E, u - E])[:4])
-    np.testing.assert_allclose(values, lp[:4], rtol=1e-13)
+    assert_gradient_matches_finite_differences(model, rng.normal(0, 0.3, model.n_params))
 
 
 def random_conditioning(model, rng):
@@ -109,15 +126,7 @@ def test_gradient_matches_finite_differences_with_the_conditional_map(tmp_path, 
     model = model_of(grouped_data(tmp_path, family), formula, family)
     rng = np.random.default_rng(3)
     model.conditioning = random_conditioning(model, rng)
-    u = rng.normal(0, 0.3, model.n_params)
-    _, g = model.log_joint_grad(u[None])
-    h = 1e-5
-    E = np.eye(model.n_params) * h
-    lp, _ = model.log_joint_grad(np.vstack([u + E, u - E]))
-    fd = (lp[:model.n_params] - lp[model.n_params:]) / (2 * h)
-    np.testing.assert_allclose(g[0], fd, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(g).max()))
-    values = model.log_joint_values(np.vstack([u + E, u - E])[:4])
-    np.testing.assert_allclose(values, lp[:4], rtol=1e-13)
+    assert_gradient_matches_finite_differences(model, rng.normal(0, 0.3, model.n_params))
 
 
 def test_conditional_map_standardises_the_gaussian_conditional_posterior():
@@ -536,13 +545,7 @@ def test_minibatch_gives_the_full_batch_answer(tmp_path, formula):
     assert full.converged and mini.converged, mini.reason
     assert mini.extras["minibatch"]["blocks"] == 8
     assert not any("minibatch" in w for w in mini.warnings())
-    rows = {r["parameter"]: r for r in full.summary_rows()}
-    for r in mini.summary_rows():
-        ref = rows[r["parameter"]]
-        assert abs(r["mean"] - ref["mean"]) < 0.1 * ref["sd"], (r["parameter"], r, ref)
-        assert abs(r["sd"] / ref["sd"] - 1) < 0.1, (r["parameter"], r["sd"], ref["sd"])
-    for a, b in zip(mini.group_rows, full.group_rows, strict=True):
-        assert abs(a["mean"] - b["mean"]) < 0.1 * b["sd"] and abs(a["sd"] / b["sd"] - 1) < 0.1
+    assert_same_posterior(mini, full)
 
 
 @pytest.mark.parametrize("control_variate", [True, False])
