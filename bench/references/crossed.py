@@ -286,6 +286,11 @@ def make_model(family: str, priors: dict, covariates: list[str], factors: list[d
         if family == "gaussian":
             sigma = nc.sample_positive("sigma", priors["sigma"])
             numpyro.sample("y", dist.Normal(eta, sigma), obs=y)
+        elif family == "bernoulli":  # (glmm_public.py's references)
+            # log Bernoulli(y | logit^-1(eta)), written out: numpyro's Bernoulli(logits=eta) has
+            # the wrong gradient at eta = 0 exactly (its softplus is clip + log1p(exp(-|eta|))),
+            # where nuts_common.find_mode starts, and the mode search stalls there
+            numpyro.factor("y", jnp.sum(y * eta - jnp.logaddexp(0.0, eta)))
         elif family == "poisson":
             numpyro.sample("y", dist.Poisson(jnp.exp(eta)), obs=y)
         else:

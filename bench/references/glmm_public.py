@@ -5,8 +5,8 @@ Writes each data set to ``tests/data/multilevel/<CSV>`` and the posterior summar
 entry of ``crossed.json``: a ``groups`` list, ``formula``, ``priors``, ``parameters``, ``mean``,
 ``sd``, ...). The model, parameter names, sampler, convergence check and JSON entry are those of
 ``crossed.py`` (its ``build`` is reused by importing it, as ``sleepstudy.py`` reuses
-``multilevel.py``); this script has its own table of references and a copy of ``crossed.py``'s
-model with the Bernoulli (logit) likelihood added:
+``multilevel.py``); this script has its own table of references, and ``crossed.py``'s model
+takes the Bernoulli (logit) likelihood for them:
 
     eta_i = alpha + x_i . beta + b_{g[i]} . z_i,   z_i = (1, slope columns)
     b_g = diag(tau) L u_g,   u_g ~ Normal(0, I)  (non-centred),   R = L L' ~ LKJ(eta = 1)
@@ -74,7 +74,6 @@ import sys
 import crossed  # imports nuts_common: 2 host devices, float64
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 import numpyro.distributions as dist
 import nuts_common as nc
 import pandas as pd
@@ -207,55 +206,6 @@ REFERENCES = {
 SEEDS = {name: 20260501 + i for i, name in enumerate(REFERENCES)}
 
 
-# --- model: crossed.py's, with the Bernoulli likelihood besides ------------------------------------
-
-def make_model(family: str, priors: dict, covariates: list[str], factors: list[dict]):
-    """crossed.make_model (same sites, names and parameterisation: ``crossed._to_centred`` and
-    ``crossed.build`` read them), with family "bernoulli" (logit link) besides."""
-
-    def model(X, gs, Zs, y):
-        alpha = numpyro.sample("(Intercept)", nc.location_prior(priors["intercept"]))
-        eta = alpha
-        if covariates:
-            beta = jnp.stack([numpyro.sample(c, nc.location_prior(priors["coefficients"]))
-                              for c in covariates])
-            eta = eta + X @ beta
-        for f, spec in enumerate(factors):
-            K = len(spec["terms"])
-            cidx, nidx = crossed._split_levels(spec)
-            tau = jnp.stack([nc.sample_positive(f"tau_{f}_{k}", priors["group_sd"])
-                             for k in range(K)])
-            if K > 1:
-                L = numpyro.sample(f"L_{f}", dist.LKJCholesky(K, 1.0))
-                scale_tril = tau[:, None] * L
-            else:
-                scale_tril = jnp.diag(tau)
-            b = jnp.zeros((spec["n_groups"], K))
-            if nidx.size:
-                u = numpyro.sample(f"u_{f}", dist.Normal(0.0, 1.0).expand([nidx.size, K])
-                                   .to_event(2))
-                b = b.at[nidx].set(u @ scale_tril.T)
-            if cidx.size:
-                bc = numpyro.sample(f"b_{f}", dist.MultivariateNormal(
-                    jnp.zeros(K), scale_tril=scale_tril).expand([cidx.size]).to_event(1))
-                b = b.at[cidx].set(bc)
-            eta = eta + jnp.sum(Zs[f] * b[gs[f]], axis=1)
-        if family == "gaussian":
-            sigma = nc.sample_positive("sigma", priors["sigma"])
-            numpyro.sample("y", dist.Normal(eta, sigma), obs=y)
-        elif family == "bernoulli":
-            # log Bernoulli(y | logit^-1(eta)), written out: numpyro's Bernoulli(logits=eta) has
-            # the wrong gradient at eta = 0 exactly (its softplus is clip + log1p(exp(-|eta|))),
-            # where nuts_common.find_mode starts, and the mode search stalls there
-            numpyro.factor("y", jnp.sum(y * eta - jnp.logaddexp(0.0, eta)))
-        elif family == "poisson":
-            numpyro.sample("y", dist.Poisson(jnp.exp(eta)), obs=y)
-        else:
-            raise ValueError(family)
-
-    return model
-
-
 # --- pilot-based chain starts ---------------------------------------------------------------------
 
 PILOT_WARMUP = 1000
@@ -360,8 +310,7 @@ def build(name: str, log=print) -> dict:
     return entry
 
 
-# Register with crossed.py's build (in this process only; crossed.py is not changed).
-crossed.make_model = make_model
+# Register with crossed.py's build (in this process only).
 crossed.REFERENCES.update(REFERENCES)
 crossed.SEEDS.update(SEEDS)
 
