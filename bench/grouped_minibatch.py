@@ -2,11 +2,12 @@
 
     python bench/grouped_minibatch.py [--n 20000] [--d 1] [--groups 30] [--crossed 12]
                                       [--family gaussian|bernoulli|both]
-                                      [--batch 500,2000,5000] [--out-file PATH]
+                                      [--batch 500,2000,5000] [--out-of-core] [--out-file PATH]
 
 Data: ``bench/multilevel.py``'s synthetic set (``(1 + x0 | g)`` over ``--groups`` levels, with
 ``--crossed L`` a second factor ``(1 | h)`` of L levels crossed with g), written to a temporary
-folder. Each family is fitted with ``vireg.fit`` full batch, then with ``inference.batch_size``
+folder (with ``--out-of-core`` read from the disk cache, ``data.groups``, in both fits). Each
+family is fitted with ``vireg.fit`` full batch, then with ``inference.batch_size``
 at each batch size (blocks of whole g groups, ``minibatch.GroupedMinibatch``). Reported per
 minibatch fit: converged, steps, data passes, seconds, and against the full-batch posterior the
 largest |mean error| in full-batch sds of the fixed effects, sigma, the group sds and
@@ -65,6 +66,7 @@ def main() -> None:
     p.add_argument("--family", choices=["gaussian", "bernoulli", "both"], default="both")
     p.add_argument("--batch", default="500,2000,5000")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out-of-core", action="store_true")
     p.add_argument("--out-file", default=None)
     args = p.parse_args()
     meta = machine()
@@ -77,7 +79,7 @@ def main() -> None:
         for family in families:
             data, config = work / f"{family}.csv", work / f"{family}.yaml"
             make_data(data, family, args.n, args.d, args.groups, args.seed, args.crossed)
-            write_config(config, data, family, args.d, args.crossed)
+            write_config(config, data, family, args.d, args.crossed, args.out_of_core)
             full, seconds = fit(config, None)
             lines.append(f"| {family} | full | {full.converged} | {full.steps} | "
                          f"{full.extras['data_passes']} | {seconds:.1f} | | | | | |")
@@ -97,6 +99,7 @@ def main() -> None:
     target = Path(args.out_file) if args.out_file else (
         ROOT / "bench" / "results" / (f"grouped_minibatch_{args.n}_g{args.groups}"
                                       + (f"_h{args.crossed}" if args.crossed else "")
+                                      + ("_out_of_core" if args.out_of_core else "")
                                       + f"_{meta['commit']}.txt"))
     header = "\n".join(f"{k}: {v}" for k, v in meta.items())
     target.write_text(header + "\n\n" + "\n".join(lines) + "\n")
