@@ -351,11 +351,12 @@ def find_start(model, u0: np.ndarray) -> GroupedLaplace:
                        "and priors")
     # The factors in the dense block keep a partial centring (q's dense block holds their
     # effects with the globals); the others are mapped by their conditioning.
+    frame = _schur_frame(model, u)  # one pass for both
     conditioning = [None if joint else c for joint, c in
-                    zip(model.joint, data_conditioning(model, u), strict=True)]
+                    zip(model.joint, data_conditioning(model, u, frame), strict=True)]
     lam = [1.0 / (1.0 + np.exp(2.0 * u[lay.tau_at:lay.tau_at + lay.K])[None, :]
                   * np.maximum(info, 0.0))
-           for lay, info in zip(model.layouts, data_information(model, u), strict=True)]
+           for lay, info in zip(model.layouts, data_information(model, u, frame), strict=True)]
     u = model.set_centring(lam, [cor_centring(a) for a in lam], u)[0]
     u = model.set_conditioning(conditioning, u)[0]
     factor = _factor(StructuredFactor, *frame_hessian(model, u))
@@ -409,7 +410,17 @@ def frame_hessian(model, u: np.ndarray, with_point: bool = False):
     return 0.5 * (H + H.T), crosses, blocks
 
 
-def data_conditioning(model, u: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+def _schur_frame(model, u: np.ndarray):
+    """(the dense block's Hessian with the other factors' effects eliminated (their Schur
+    complement), the other factors' blocks) at u: ``frame_hessian``'s, for
+    ``data_conditioning`` and ``data_information``."""
+    H, crosses, blocks = frame_hessian(model, u)
+    for C, D in zip(crosses, blocks, strict=True):
+        H = H - np.einsum("gkp,gkl,glq->pq", C, np.linalg.inv(_positive(D)), C)
+    return H, blocks
+
+
+def data_conditioning(model, u: np.ndarray, frame=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per factor, each group's (H_g (K x K), r_g) at u in centred coordinates (b = x): the
     likelihood's quadratic model in b_g, ll ~ r_g . b_g - b_g^T H_g b_g / 2, with H_g the
     group's Hessian block less the prior's precision Psi^-1 (made positive semi-definite) and
@@ -419,9 +430,7 @@ def data_conditioning(model, u: np.ndarray) -> list[tuple[np.ndarray, np.ndarray
     worth, but its casks' effects take most of it)."""
     from vireg.models.multilevel import population_cov
 
-    H, crosses, blocks = frame_hessian(model, u)
-    for C, D in zip(crosses, blocks, strict=True):
-        H = H - np.einsum("gkp,gkl,glq->pq", C, np.linalg.inv(_positive(D)), C)
+    H, blocks = frame or _schur_frame(model, u)
     _, grad = _log_joint_grad(model, u)
     outside = iter(blocks)  # the other factors' blocks, in u's order
     out: list = [None] * len(model.layouts)
@@ -437,7 +446,7 @@ def data_conditioning(model, u: np.ndarray) -> list[tuple[np.ndarray, np.ndarray
     return out
 
 
-def data_information(model, u: np.ndarray) -> list[np.ndarray]:
+def data_information(model, u: np.ndarray, frame=None) -> list[np.ndarray]:
     """Per factor, the data's information about each group's effects (G, K) at u in centred
     coordinates: the diagonal of the group's Hessian block less the prior's precision Psi^-1;
     for a factor in the dense block (``MultilevelModel.joint``), of the Schur complement with
@@ -446,9 +455,7 @@ def data_information(model, u: np.ndarray) -> list[np.ndarray]:
     of it)."""
     from vireg.models.multilevel import population_cov
 
-    H, crosses, blocks = frame_hessian(model, u)
-    for C, D in zip(crosses, blocks, strict=True):
-        H = H - np.einsum("gkp,gkl,glq->pq", C, np.linalg.inv(_positive(D)), C)
+    H, blocks = frame or _schur_frame(model, u)
     outside = iter(blocks)  # the other factors' blocks, in u's order
     info: list = [None] * len(model.layouts)
     for i in sorted(range(len(model.layouts)), key=lambda i: model.layouts[i].x_at):
