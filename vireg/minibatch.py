@@ -44,19 +44,21 @@ class _Epochs:
         self.blocks_read = 0
 
     def _next_block(self, U: np.ndarray) -> int:
-        """The index of this step's block (a new epoch, at the mean of U, when one ends)."""
+        """The index of this step's block (a new epoch, its reference at the draws U, when one
+        ends)."""
         if self.position == len(self.order):
             self.order = self.rng.permutation(self.n_blocks)
             self.position = 0
             self.epochs += 1
             if self.control_variate:
-                self._reference(U.mean(axis=0, keepdims=True))
+                self._reference(U)
         b = int(self.order[self.position])
         self.position += 1
         self.blocks_read += 1
         return b
 
-    def _reference(self, u_ref: np.ndarray) -> None:
+    def _reference(self, U: np.ndarray) -> None:
+        """The epoch's reference pass at the mean of the draws U."""
         raise NotImplementedError
 
     @property
@@ -76,8 +78,8 @@ class MinibatchLogJoint(_Epochs):
         self.ref_ll = 0.0
         self.ref_G = None
 
-    def _reference(self, u_ref: np.ndarray) -> None:
-        self.ref_kernel = self.model.kernel_draws(u_ref)
+    def _reference(self, U: np.ndarray) -> None:
+        self.ref_kernel = self.model.kernel_draws(U.mean(axis=0, keepdims=True))
         G, ll = self.model.rows.loglik_grad(self.ref_kernel)
         self.ref_G, self.ref_ll = G[0], float(ll[0])
 
@@ -132,12 +134,9 @@ class GroupedMinibatch(_Epochs):
         super().__init__(model, len(self.blocks), rng, control_variate)
         self.ref = None  # _Reference of the epoch
 
-    def _next_block(self, U: np.ndarray) -> int:
-        self._draws = U  # the finite-difference steps are scaled to the draws' spread
-        return super()._next_block(U)
-
-    def _reference(self, u_ref: np.ndarray) -> None:
-        self.ref = _Reference(self.model, self.blocks, u_ref, self._draws)
+    def _reference(self, U: np.ndarray) -> None:
+        # (the finite-difference steps are scaled to the draws' spread)
+        self.ref = _Reference(self.model, self.blocks, U.mean(axis=0, keepdims=True), U)
 
     def __call__(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         b = self._next_block(U)
