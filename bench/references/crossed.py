@@ -317,38 +317,52 @@ def _to_centred(z: dict, factors: list[dict]) -> dict:
     return z
 
 
+def mcmc_batch(model, model_kwargs, key, init_list, warmup, draws, kernel_args, extra=()):
+    """One parallel NUTS run of ``len(init_list)`` chains from those starts."""
+    import jax
+    from numpyro.infer import MCMC, NUTS
+
+    init_params = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *init_list)
+    mcmc = MCMC(NUTS(model, **kernel_args), num_warmup=warmup, num_samples=draws,
+                num_chains=len(init_list), chain_method="parallel", progress_bar=False)
+    mcmc.run(key, init_params=init_params, extra_fields=extra, **model_kwargs)
+    return mcmc
+
+
+def run_chains(model, model_kwargs, inits, seed, warmup, draws, kernel_args):
+    """The N_CHAINS chains from ``inits``, CHAINS_AT_ONCE at a time: (draws by chain,
+    divergences, mean leapfrog steps)."""
+    import jax
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), nc.N_CHAINS // nc.CHAINS_AT_ONCE)
+    parts, divergences, steps = [], 0, []
+    for b, key in enumerate(keys):
+        mcmc = mcmc_batch(model, model_kwargs, key,
+                          inits[b * nc.CHAINS_AT_ONCE:(b + 1) * nc.CHAINS_AT_ONCE], warmup,
+                          draws, kernel_args, ("diverging", "num_steps"))
+        parts.append({k: np.asarray(v)
+                      for k, v in mcmc.get_samples(group_by_chain=True).items()})
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        divergences += int(np.asarray(extra["diverging"]).sum())
+        steps.append(np.asarray(extra["num_steps"]).ravel())
+    samples = {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+    return samples, divergences, float(np.mean(np.concatenate(steps)))
+
+
 def run_nuts_mixed(twin, factors: list[dict]):
     """``nuts_common.run_nuts`` for a model with centred factors: the mode and the Laplace
     covariance are found in the all-non-centred ``twin`` (the centred model's density is
     unbounded as a group sd goes to 0, so it has no usable mode) and each chain's starting point
     is mapped to the centred model. Otherwise identical to ``nuts_common.run_nuts``."""
-    import jax
-    from numpyro.infer import MCMC, NUTS
 
     def run(model, model_kwargs, seed, warmup, draws, target_accept, dense_mass=True,
             max_tree_depth=10):
         mode, cov, unravel = nc.find_mode(twin, model_kwargs, seed)
         inits = [_to_centred(z, factors)
                  for z in nc.chain_inits(mode, cov, unravel, nc.N_CHAINS, seed)]
-        keys = jax.random.split(jax.random.PRNGKey(seed), nc.N_CHAINS // nc.CHAINS_AT_ONCE)
-        parts, divergences, steps = [], 0, []
-        for b, key in enumerate(keys):
-            group = inits[b * nc.CHAINS_AT_ONCE:(b + 1) * nc.CHAINS_AT_ONCE]
-            init_params = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *group)
-            kernel = NUTS(model, target_accept_prob=target_accept, dense_mass=dense_mass,
-                          max_tree_depth=max_tree_depth, regularize_mass_matrix=False)
-            mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws,
-                        num_chains=nc.CHAINS_AT_ONCE, chain_method="parallel",
-                        progress_bar=False)
-            mcmc.run(key, init_params=init_params, extra_fields=("diverging", "num_steps"),
-                     **model_kwargs)
-            parts.append({k: np.asarray(v)
-                          for k, v in mcmc.get_samples(group_by_chain=True).items()})
-            extra = mcmc.get_extra_fields(group_by_chain=True)
-            divergences += int(np.asarray(extra["diverging"]).sum())
-            steps.append(np.asarray(extra["num_steps"]).ravel())
-        samples = {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
-        return samples, divergences, float(np.mean(np.concatenate(steps)))
+        kernel_args = dict(target_accept_prob=target_accept, dense_mass=dense_mass,
+                           max_tree_depth=max_tree_depth, regularize_mass_matrix=False)
+        return run_chains(model, model_kwargs, inits, seed, warmup, draws, kernel_args)
 
     return run
 

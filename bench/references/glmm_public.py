@@ -255,14 +255,6 @@ def pilot_runner(twin=None, factors=None):
     the mode and its Laplace covariance (``PILOT_INIT``)."""
     import jax
     from jax.flatten_util import ravel_pytree
-    from numpyro.infer import MCMC, NUTS
-
-    def batch(model, model_kwargs, key, init_list, warmup, draws, kernel_args, extra):
-        init_params = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *init_list)
-        mcmc = MCMC(NUTS(model, **kernel_args), num_warmup=warmup, num_samples=draws,
-                    num_chains=len(init_list), chain_method="parallel", progress_bar=False)
-        mcmc.run(key, init_params=init_params, extra_fields=extra, **model_kwargs)
-        return mcmc
 
     def run(model, model_kwargs, seed, warmup, draws, target_accept, dense_mass=True,
             max_tree_depth=10):
@@ -271,27 +263,15 @@ def pilot_runner(twin=None, factors=None):
         start = _rescaled_mode(twin if twin is not None else model, model_kwargs, seed)
         if factors is not None:
             start = crossed._to_centred(start, factors)
-        pilot = batch(model, model_kwargs, jax.random.PRNGKey(seed + 1),
-                      [start] * nc.CHAINS_AT_ONCE, PILOT_WARMUP, PILOT_DRAWS, kernel_args,
-                      ())
+        pilot = crossed.mcmc_batch(model, model_kwargs, jax.random.PRNGKey(seed + 1),
+                                   [start] * nc.CHAINS_AT_ONCE, PILOT_WARMUP, PILOT_DRAWS,
+                                   kernel_args)
         z = {k: _unconstrain(k, v) for k, v in pilot.get_samples().items()}
         flat = np.asarray(jax.vmap(lambda d: ravel_pytree(d)[0])(z))
         _, unravel = ravel_pytree(start)
         inits = nc.chain_inits(flat.mean(axis=0), np.cov(flat, rowvar=False), unravel,
                                nc.N_CHAINS, seed)
-        keys = jax.random.split(jax.random.PRNGKey(seed), nc.N_CHAINS // nc.CHAINS_AT_ONCE)
-        parts, divergences, steps = [], 0, []
-        for b, key in enumerate(keys):
-            mcmc = batch(model, model_kwargs, key,
-                         inits[b * nc.CHAINS_AT_ONCE:(b + 1) * nc.CHAINS_AT_ONCE], warmup, draws,
-                         kernel_args, ("diverging", "num_steps"))
-            parts.append({k: np.asarray(v)
-                          for k, v in mcmc.get_samples(group_by_chain=True).items()})
-            extra = mcmc.get_extra_fields(group_by_chain=True)
-            divergences += int(np.asarray(extra["diverging"]).sum())
-            steps.append(np.asarray(extra["num_steps"]).ravel())
-        samples = {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
-        return samples, divergences, float(np.mean(np.concatenate(steps)))
+        return crossed.run_chains(model, model_kwargs, inits, seed, warmup, draws, kernel_args)
 
     return run
 
